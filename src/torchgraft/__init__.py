@@ -1,3 +1,14 @@
-"""torchgraft: declarative, reviewable transfer of tensors between PyTorch checkpoints."""
+"""torchgraft: declarative, reviewable transfer of tensors between PyTorch checkpoints.
+
+    plan = torchgraft.plan("recipes/conv_only.yaml")   # headers only
+    print(torchgraft.render(plan))                      # review it
+    torchgraft.execute(plan, "model.safetensors")       # stream, write atomically, verify
+    torchgraft.load_into(model, "recipes/conv_only.yaml")
+"""
 
 __version__ = "0.1.0"
+
+from torchgraft.api import execute, load_into, plan, render  # noqa: E402
+from torchgraft.errors import GraftError  # noqa: E402
+
+__all__ = ["plan", "render", "execute", "load_into", "GraftError", "__version__"]

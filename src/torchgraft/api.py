@@ -1,0 +1,78 @@
+"""The library API the CLI is built on: ``plan``, ``render``, ``execute``, ``load_into``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from torchgraft.errors import RecipeError
+from torchgraft.examples.checkpoints import register_resolver
+from torchgraft.execute import execute, state_dict
+from torchgraft.plan import Plan
+from torchgraft.planner import make_plan
+from torchgraft.recipe import RUN_FIELDS, Recipe, parse_recipe
+from torchgraft.render import render
+from torchgraft.target import model_inventory
+
+RecipeLike = Recipe | Mapping[str, Any] | DictConfig | str | Path
+
+
+def resolve(cfg: Mapping[str, Any] | DictConfig) -> dict:
+    """Resolve interpolations (``${example:...}``, ``${hydra:...}``) to plain data, naming the field on failure."""
+    register_resolver()
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        cause = err.__cause__
+        reason = str(cause) if cause is not None else str(err).splitlines()[0]
+        raise RecipeError(err.full_key or None, reason if reason else "missing value") from None
+    data.pop("hydra", None)
+    return data
+
+
+def recipe_record(data: Mapping[str, Any]) -> dict:
+    """What a plan pins of its recipe: every transfer field, not run switches or where the output goes."""
+    record = {k: copy.deepcopy(v) for k, v in data.items() if k not in RUN_FIELDS}
+    output = dict(record.get("output") or {})
+    output.pop("path", None)
+    output.pop("overwrite", None)
+    record["output"] = output
+    return record
+
+
+def _load(recipe: RecipeLike) -> tuple[Recipe, dict]:
+    if isinstance(recipe, Recipe):
+        raise TypeError("pass the recipe as a mapping or a YAML path, so the plan can record it")
+    if isinstance(recipe, (str, Path)):
+        register_resolver()
+        recipe = OmegaConf.load(recipe)
+    data = resolve(recipe)
+    return parse_recipe(data), recipe_record(data)
+
+
+def plan(recipe: RecipeLike) -> Plan:
+    """Plan a recipe (a mapping, a DictConfig or a YAML path). Reads headers only."""
+    parsed, record = _load(recipe)
+    return make_plan(parsed, record)
+
+
+def load_into(model: nn.Module, recipe: RecipeLike) -> Plan:
+    """Fill ``model`` in place from the recipe's sources: the one call that replaces a
+    hand-written ``state_dict`` loop. Tensors no rule assigns keep the model's current
+    values; the recipe's ``target`` is ignored (the model is the target)."""
+    parsed, record = _load(recipe)
+    the_plan = make_plan(parsed, record, target=model_inventory(model))
+    current = {k: v.detach() for k, v in model.state_dict().items()}
+    model.load_state_dict(state_dict(the_plan, current), strict=True)
+    return the_plan
+
+
+__all__ = ["plan", "render", "execute", "load_into", "resolve", "recipe_record"]

@@ -1,0 +1,117 @@
+"""The one interface every checkpoint format implements.
+
+A reader answers three questions cheaply (what tensors, what identity, what metadata)
+from headers only, and reads one tensor -- or one region of it -- on demand. Planning
+uses the cheap half; execution streams through ``read``. A new format (DCP, GGUF...)
+is one module with one ``Reader`` subclass.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from torchgraft.errors import SourceError
+from torchgraft.tensors import TensorInfo
+
+CHUNK = 1 << 20  # content hashing streams 1 MiB at a time: flat memory on 100 GB files
+
+
+class Reader(abc.ABC):
+    """A checkpoint opened for reading. ``shown`` is the path as the user wrote it."""
+
+    format: ClassVar[str]
+
+    def __init__(self, path: Path, *, field: str, shown: str | None = None):
+        self.path = Path(path)
+        self.field = field
+        self.shown = shown if shown is not None else str(path)
+        self._infos: list[TensorInfo] = []
+        self._by_key: dict[str, TensorInfo] = {}
+
+    # -- header-only half -------------------------------------------------------------
+
+    def inventory(self) -> list[TensorInfo]:
+        """Every tensor, in file order, from headers only."""
+        return list(self._infos)
+
+    def metadata(self) -> dict[str, str]:
+        """The file's str->str metadata (safetensors ``__metadata__``), else ``{}``."""
+        return {}
+
+    def fingerprint(self) -> dict:
+        """Size, mtime and a hash of the header: cheap identity, reads no tensor data.
+
+        A file whose values changed but whose header did not is caught by size/mtime,
+        or for certain by ``content_sha256``.
+        """
+        st = os.stat(self.path)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "header_sha256": self._header_sha256()}
+
+    def content_sha256(self) -> str:
+        """sha256 of every byte of the checkpoint. Expensive: opt-in only."""
+        return sha256_files([self.path])
+
+    @abc.abstractmethod
+    def _header_sha256(self) -> str: ...
+
+    # -- data half --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
+        """One tensor (or ``tensor[index]``), CPU and contiguous, owning or mmap-backed.
+
+        ``index`` is applied before the data is materialized, so a row region reads
+        only its rows. Treat the result as read-only.
+        """
+
+    def close(self) -> None:
+        """Release file handles and mappings."""
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.shown!r}: {len(self._infos)} tensors>"
+
+    # -- helpers for subclasses -------------------------------------------------------
+
+    def _set_inventory(self, infos: Iterable[TensorInfo]) -> None:
+        self._infos = list(infos)
+        self._by_key = {info.key: info for info in self._infos}
+
+    def _info(self, key: str) -> TensorInfo:
+        try:
+            return self._by_key[key]
+        except KeyError:
+            raise self._error(f"no tensor '{key}'") from None
+
+    def _error(self, message: str) -> SourceError:
+        return SourceError(self.field, f"{self.shown}: {message}")
+
+
+def as_index(index: object) -> tuple | None:
+    """Accept ``tensor[2]``-style single indices as well as tuples."""
+    if index is None or isinstance(index, tuple):
+        return index
+    return (index,)
+
+
+def sha256_files(paths: Iterable[Path]) -> str:
+    """One sha256 over the concatenated bytes of ``paths``, streamed."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()

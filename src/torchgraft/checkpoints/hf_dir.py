@@ -1,0 +1,126 @@
+"""Reader for a Hugging Face model directory: one checkpoint spread over shards.
+
+The ``weight_map`` of ``*.index.json`` says which shard holds each tensor; the shards
+are read with the single-file readers, each opened once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path, PurePosixPath
+
+import torch
+
+from torchgraft.checkpoints.base import Reader, sha256_files
+from torchgraft.checkpoints.safetensors_file import SafetensorsReader
+from torchgraft.checkpoints.torch_file import TorchReader
+
+# Safetensors first, as transformers prefers it when both are present.
+CANDIDATES = ("model.safetensors.index.json", "model.safetensors",
+              "pytorch_model.bin.index.json", "pytorch_model.bin")
+
+
+class HFReader(Reader):
+    format = "hf"
+
+    def __init__(self, path: Path, *, field: str, shown: str | None = None):
+        super().__init__(path, field=field, shown=shown)
+        found = next((name for name in CANDIDATES if (self.path / name).is_file()), None)
+        if found is None:
+            raise self._error("no model.safetensors, pytorch_model.bin or *.index.json "
+                              "in this directory")
+        self._index: Path | None = None
+        self._index_metadata: dict[str, str] = {}
+        self._shards: dict[str, Reader] = {}
+        try:
+            if found.endswith(".index.json"):
+                self._index = self.path / found
+                weight_map = self._read_index(self._index)
+            else:
+                weight_map = None
+            self._open_shards(weight_map, single=found)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_index(self, index: Path) -> dict[str, str]:
+        try:
+            data = json.loads(index.read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise self._error(f"{index.name} is not valid JSON ({e})") from None
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not (isinstance(weight_map, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
+            raise self._error(f"{index.name} has no weight_map of tensor names to shard files")
+        if isinstance(data.get("metadata"), dict):
+            self._index_metadata = {str(k): str(v) for k, v in data["metadata"].items()}
+        return weight_map
+
+    def _open_shards(self, weight_map: dict[str, str] | None, *, single: str) -> None:
+        owner: dict[str, Reader] = {}
+        infos = []
+        names = sorted(set(weight_map.values())) if weight_map is not None else [single]
+        for name in names:
+            shard = self._open_shard(name)
+            self._shards[name] = shard
+            keys = set()
+            for info in shard.inventory():
+                # The index is the source of truth: tensors it does not map are not read.
+                if weight_map is None or weight_map.get(info.key) == name:
+                    infos.append(info)
+                    owner[info.key] = shard
+                    keys.add(info.key)
+            lost = sorted(k for k, v in (weight_map or {}).items() if v == name and k not in keys)
+            if lost:
+                raise self._error(f"{self._index.name} maps '{lost[0]}' to {name}, "
+                                  "which has no such tensor")
+        self._owner = owner
+        self._set_inventory(infos)
+
+    def _open_shard(self, name: str) -> Reader:
+        rel = PurePosixPath(name)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise self._error(f"{self._index.name} names {name}, outside this directory")
+        path = self.path / rel
+        if not path.is_file():
+            raise self._error(f"{self._index.name} names {name}, which does not exist")
+        shown = f"{self.shown.rstrip('/')}/{name}"
+        if name.endswith(".safetensors"):
+            return SafetensorsReader(path, field=self.field, shown=shown)
+        return TorchReader(path, field=self.field, shown=shown)
+
+    def _files(self) -> list[Path]:
+        shards = [shard.path for shard in self._shards.values()]
+        return ([self._index] if self._index else []) + shards
+
+    def metadata(self) -> dict[str, str]:
+        if self._index is None:
+            return next(iter(self._shards.values())).metadata()
+        return dict(self._index_metadata)
+
+    def fingerprint(self) -> dict:
+        stats = [os.stat(p) for p in self._files()]
+        return {"size": sum(s.st_size for s in stats),
+                "mtime_ns": max(s.st_mtime_ns for s in stats),
+                "header_sha256": self._header_sha256()}
+
+    def _header_sha256(self) -> str:
+        digest = hashlib.sha256()
+        if self._index is not None:
+            digest.update(self._index.read_bytes())
+        for shard in self._shards.values():
+            digest.update(shard.fingerprint()["header_sha256"].encode())
+        return digest.hexdigest()
+
+    def content_sha256(self) -> str:
+        return sha256_files(self._files())
+
+    def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
+        self._info(key)
+        return self._owner[key].read(key, index)
+
+    def close(self) -> None:
+        for shard in self._shards.values():
+            shard.close()

@@ -1,0 +1,114 @@
+"""Reader for one ``.safetensors`` file: the header is the inventory, reads are mmap slices."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from torchgraft.checkpoints.base import Reader, as_index
+from torchgraft.tensors import TensorInfo, from_safetensors_code
+
+MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers
+
+
+class HeaderError(ValueError):
+    """The first bytes of a file are not a safetensors header (``str(e)`` is the reason)."""
+
+
+def read_header(path: Path) -> tuple[bytes, dict]:
+    """The raw header bytes (8-byte length + JSON) and the parsed JSON.
+
+    A plain bounded read: used to sniff the format and to hash the header exactly as
+    stored, without trusting anything past it.
+    """
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise HeaderError("file is shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", prefix)
+        if n > MAX_HEADER:
+            raise HeaderError(f"header length {n} is over the 100 MB limit")
+        body = f.read(n)
+    if len(body) < n:
+        raise HeaderError(f"header length {n} runs past the end of the file")
+    try:
+        header = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HeaderError(f"header is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise HeaderError("header is not a JSON object")
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        if not (isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= entry.keys()):
+            raise HeaderError(f"entry '{key}' lacks dtype, shape or data_offsets")
+    return prefix + body, header
+
+
+class SafetensorsReader(Reader):
+    """``safe_open`` maps the file; nothing but the header is read until ``read``."""
+
+    format = "safetensors"
+
+    def __init__(self, path: Path, *, field: str, shown: str | None = None):
+        super().__init__(path, field=field, shown=shown)
+        try:
+            self._raw_header, header = read_header(self.path)
+            self._handle = safe_open(str(self.path), framework="pt")
+        except (HeaderError, SafetensorError) as e:
+            reason = str(e).removeprefix("Error while deserializing header: ")
+            raise self._error(f"not a valid safetensors file ({reason})") from None
+        self._metadata = dict(header.get("__metadata__") or {})
+        entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        try:
+            self._set_inventory(self._info_of(k, entries[k]) for k in self._file_order(entries))
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _file_order(entries: dict) -> list[str]:
+        """Where the bytes are; ties (zero-size tensors) in header order.
+
+        Not ``safe_open(...).offset_keys()``: it breaks such ties in hash-map order,
+        which changes from run to run (seen with safetensors 0.8), and plans must not.
+        """
+        return sorted(entries, key=lambda k: tuple(entries[k]["data_offsets"]))
+
+    def _info_of(self, key: str, entry: dict) -> TensorInfo:
+        try:
+            dtype = from_safetensors_code(entry["dtype"])
+        except KeyError:
+            raise self._error(f"tensor '{key}' has dtype {entry['dtype']}, "
+                              "which torchgraft does not support") from None
+        return TensorInfo(key, tuple(int(d) for d in entry["shape"]), dtype)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._metadata)
+
+    def _header_sha256(self) -> str:
+        return hashlib.sha256(self._raw_header).hexdigest()
+
+    def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
+        self._info(key)
+        index = as_index(index)
+        if self._handle is None:
+            raise RuntimeError(f"{self.shown} is closed")
+        try:
+            if index is None:
+                tensor = self._handle.get_tensor(key)
+            else:
+                tensor = self._handle.get_slice(key)[index]
+        except SafetensorError as e:
+            raise self._error(f"cannot read '{key}' ({e})") from None
+        return tensor.contiguous()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.__exit__(None, None, None)
+            self._handle = None

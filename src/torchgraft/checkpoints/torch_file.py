@@ -1,0 +1,209 @@
+"""Reader for ``torch.save`` pickles (.pt .pth .bin .ckpt), with ``weights_only=True`` only.
+
+The inventory is a ``map_location="meta"`` load: the pickle is walked, no tensor data
+is read. The data is one ``mmap=True`` load, done on the first ``read`` and kept, so
+reading a tensor touches only its pages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchgraft.checkpoints.base import Reader, as_index
+from torchgraft.tensors import TensorInfo, dtype_name
+
+ZIP_MAGIC = b"PK\x03\x04"
+# Where users' trainers put the state dict, most likely first (Lightning, DDP, timm...).
+HINT_ENTRIES = ("state_dict", "model", "module")
+MAX_LISTED = 10
+
+
+class TorchReader(Reader):
+    """``key`` is the dotted path of the state dict inside the pickle (``ema.model``)."""
+
+    format = "torch"
+
+    def __init__(self, path: Path, *, field: str, shown: str | None = None,
+                 key: str | None = None):
+        super().__init__(path, field=field, shown=shown)
+        self.key = key
+        tensors = self._state_dict(self._load(map_location="meta"))
+        infos = []
+        for name, value in tensors.items():
+            if not (isinstance(name, str) and isinstance(value, torch.Tensor)):
+                continue  # _extra_state, counters, configs: not tensors to move
+            if value.layout != torch.strided:
+                raise self._error(f"tensor '{name}' has layout {value.layout}, "
+                                  "which torchgraft does not support")
+            try:
+                dtype = dtype_name(value.dtype)
+            except ValueError:
+                raise self._error(f"tensor '{name}' has dtype {value.dtype}, "
+                                  "which torchgraft does not support") from None
+            infos.append(TensorInfo(name, tuple(value.shape), dtype))
+        self._set_inventory(infos)
+        self._metadata = _torchgraft_metadata(tensors)
+        self._data: Mapping[str, Any] | None = None
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._metadata)
+
+    def _header_sha256(self) -> str:
+        # A pickle has no header to hash; the inventory is what planning depends on.
+        listing = [[i.key, list(i.shape), i.dtype] for i in self._infos]
+        text = json.dumps(listing, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
+        self._info(key)
+        index = as_index(index)
+        if self._data is None:
+            self._data = self._state_dict(self._load_data())
+        tensor = self._data.get(key)
+        if not isinstance(tensor, torch.Tensor):
+            raise self._error(f"no tensor '{key}' (did the file change since it was opened?)")
+        if index is not None:
+            tensor = tensor[index]
+        return tensor.detach().contiguous()
+
+    def close(self) -> None:
+        self._data = None  # drops the mapping once the caller's tensors are gone
+
+    # -- loading ----------------------------------------------------------------------
+
+    def _load_data(self) -> Any:
+        with open(self.path, "rb") as f:
+            zipped = f.read(4) == ZIP_MAGIC
+        # mmap needs the zip format torch.save writes since 1.6; legacy files load whole.
+        return self._load(map_location="cpu", mmap=zipped)
+
+    def _load(self, **kwargs: Any) -> Any:
+        try:
+            return torch.load(self.path, weights_only=True, **kwargs)
+        except pickle.UnpicklingError as e:
+            if "Weights only load failed" not in str(e):
+                raise self._error(f"not a readable torch checkpoint ({_first_line(e)})") from None
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            culprit = found.group(1) if found else "an unsupported object"
+            raise self._error(
+                f"refused to unpickle {culprit}: torch.load(weights_only=True) allows only "
+                "tensors and plain containers, and torchgraft never runs code from a checkpoint"
+            ) from None
+        except OSError as e:
+            raise self._error(f"cannot read ({e.strerror or e})") from None
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            # On a corrupt file the unpickler fails with whatever it trips on (KeyError,
+            # struct.error, a bad zip's RuntimeError...): all mean "not a checkpoint".
+            raise self._error(f"not a readable torch checkpoint ({_first_line(e)})") from None
+
+    # -- finding the state dict -------------------------------------------------------
+
+    def _state_dict(self, top: Any) -> Mapping:
+        obj = self._follow(top, self.key) if self.key else top
+        if _is_state_dict(obj):
+            return obj
+        if isinstance(obj, Mapping):
+            under = _find_state_dict(obj)
+            if under is not None:
+                where = f"{self.key}.{under}" if self.key else under
+                raise self._error(f"the tensors are under '{where}': set key: {where}")
+            found = f"{type(obj).__name__} with no tensors"
+        else:
+            found = type(obj).__name__
+        raise self._error(f"expected a mapping of tensor names to tensors, found {found}")
+
+    def _follow(self, top: Any, key: str) -> Any:
+        if isinstance(top, Mapping) and key in top:  # a literal key with dots in it
+            return top[key]
+        obj, walked = top, []
+        for part in key.split("."):
+            if not isinstance(obj, Mapping):
+                what = f"'{'.'.join(walked)}' is" if walked else "the file holds"
+                raise self._error(f"no entry '{key}' ({what} {_a(type(obj).__name__)}, "
+                                  "not a mapping)")
+            if part not in obj:
+                entries = _listing(obj)
+                where = "top-level entries" if not walked else f"entries under '{'.'.join(walked)}'"
+                raise self._error(f"no entry '{key}' ({where}: {entries})")
+            obj = obj[part]
+            walked.append(part)
+        return obj
+
+
+def _is_state_dict(obj: Any) -> bool:
+    """A flat mapping: some tensors (or nothing at all), and no nested tensor mapping."""
+    if not isinstance(obj, Mapping):
+        return False
+    values = list(obj.values())
+    if any(isinstance(v, Mapping) and _has_tensors(v) for v in values):
+        return False
+    return not values or any(isinstance(v, torch.Tensor) for v in values)
+
+
+def _has_tensors(obj: Any, depth: int = 4) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return True
+    if isinstance(obj, Mapping) and depth > 0:
+        return any(_has_tensors(v, depth - 1) for v in obj.values())
+    return False
+
+
+def _find_state_dict(obj: Mapping, depth: int = 3) -> str | None:
+    """The dotted path of the most likely state dict nested in ``obj``, if any."""
+    found = []
+
+    def walk(node: Mapping, prefix: str, left: int) -> None:
+        for name in sorted(k for k in node if isinstance(k, str)):
+            value = node[name]
+            if isinstance(value, Mapping) and value:
+                if _is_state_dict(value):
+                    found.append(prefix + name)
+                elif left > 0:
+                    walk(value, f"{prefix}{name}.", left - 1)
+
+    walk(obj, "", depth)
+    if not found:
+        return None
+
+    def rank(path: str) -> tuple:
+        top = path.split(".")[0]
+        hinted = HINT_ENTRIES.index(top) if top in HINT_ENTRIES else len(HINT_ENTRIES)
+        return (path.count("."), hinted, path)
+
+    return min(found, key=rank)
+
+
+def _listing(obj: Mapping) -> str:
+    names = sorted(str(k) for k in obj)
+    shown = ", ".join(names[:MAX_LISTED])
+    return shown + (", ..." if len(names) > MAX_LISTED else "")
+
+
+def _torchgraft_metadata(state_dict: Mapping) -> dict[str, str]:
+    """What ``TorchWriter`` stored in ``state_dict._metadata["__metadata__"]``, if anything."""
+    meta = getattr(state_dict, "_metadata", None)
+    entry = meta.get("__metadata__") if isinstance(meta, Mapping) else None
+    if not isinstance(entry, Mapping):
+        return {}
+    return {str(k): str(v) for k, v in entry.items()}
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    if not text or isinstance(e, (KeyError, IndexError)):
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text.splitlines()[0].split(". ")[0]  # torch appends paragraphs of advice

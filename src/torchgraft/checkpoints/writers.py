@@ -1,0 +1,203 @@
+"""Writers: the output side of the checkpoint interface.
+
+The executor declares every output tensor up front (it has the plan), then writes
+them one by one in that order. That is what lets the safetensors writer stream: its
+header, with every offset, is known before the first byte of data.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import struct
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from torchgraft.checkpoints.atomic import final_name
+from torchgraft.checkpoints.safetensors_file import MAX_HEADER
+from torchgraft.errors import OutputError
+from torchgraft.tensors import TensorInfo, dtype_name, safetensors_code
+
+
+class Writer(abc.ABC):
+    """Receives exactly the declared tensors, in the declared order.
+
+    A tensor out of order, or with another shape or dtype than declared, is a bug in
+    the caller: ``RuntimeError``, not a user error.
+    """
+
+    def __init__(self, path: Path, infos: Sequence[TensorInfo], metadata: Mapping[str, str]):
+        self.path = Path(path)
+        self.infos = list(infos)
+        keys = [info.key for info in self.infos]
+        if len(set(keys)) != len(keys):
+            dup = next(k for i, k in enumerate(keys) if k in keys[:i])
+            raise RuntimeError(f"tensor '{dup}' is declared twice")
+        metadata = metadata or {}
+        bad = [k for k, v in metadata.items() if not (isinstance(k, str) and isinstance(v, str))]
+        if bad:
+            raise TypeError(f"metadata must map str to str; entry {bad[0]!r} does not")
+        self.metadata = dict(metadata)
+        self._written = 0
+        self._closed = False
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        info = self._expect(key, tensor)
+        self._write(info, tensor.detach().cpu())
+        self._written += 1
+
+    def close(self) -> None:
+        """Finish the file. Raises if a declared tensor was never written."""
+        if self._closed:
+            return
+        if self._written < len(self.infos):
+            self.abort()
+            missing = self.infos[self._written].key
+            raise RuntimeError(f"closed after {self._written} of {len(self.infos)} declared "
+                               f"tensors; '{missing}' and later ones were never written")
+        self._closed = True
+        self._finish()
+
+    def abort(self) -> None:
+        """Stop without finishing; the (temporary) file is left for the caller to remove."""
+        self._closed = True
+        self._discard()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()  # don't mask the real error with "never written"
+
+    def _expect(self, key: str, tensor: torch.Tensor) -> TensorInfo:
+        if self._closed:
+            raise RuntimeError(f"write of '{key}' after close")
+        if self._written >= len(self.infos):
+            raise RuntimeError(f"'{key}' was not declared (all {len(self.infos)} declared "
+                               "tensors are already written)")
+        info = self.infos[self._written]
+        if key != info.key:
+            raise RuntimeError(f"expected '{info.key}' next (declared order), got '{key}'")
+        if tuple(tensor.shape) != info.shape:
+            raise RuntimeError(f"'{key}' was declared with shape {list(info.shape)}, "
+                               f"got {list(tensor.shape)}")
+        if dtype_name(tensor.dtype) != info.dtype:
+            raise RuntimeError(f"'{key}' was declared as {info.dtype}, "
+                               f"got {dtype_name(tensor.dtype)}")
+        return info
+
+    @abc.abstractmethod
+    def _write(self, info: TensorInfo, tensor: torch.Tensor) -> None: ...
+
+    @abc.abstractmethod
+    def _finish(self) -> None: ...
+
+    @abc.abstractmethod
+    def _discard(self) -> None: ...
+
+
+class SafetensorsWriter(Writer):
+    """Streams a .safetensors file: header first, then each tensor's bytes as it comes.
+
+    Memory is one tensor at a time. Data is laid out in the declared order (the
+    reference writer sorts by alignment instead; readers need neither). The header is
+    space-padded to a multiple of 8, as the reference writer does.
+    """
+
+    def __init__(self, path: Path, infos: Sequence[TensorInfo], metadata: Mapping[str, str]):
+        super().__init__(path, infos, metadata)
+        header: dict[str, object] = {}
+        if self.metadata:
+            header["__metadata__"] = self.metadata
+        offset = 0
+        for info in self.infos:
+            header[info.key] = {"dtype": safetensors_code(info.dtype), "shape": list(info.shape),
+                                "data_offsets": [offset, offset + info.nbytes]}
+            offset += info.nbytes
+        raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        raw += b" " * (-len(raw) % 8)
+        if len(raw) > MAX_HEADER:
+            raise OutputError("output.path", f"{final_name(self.path)}: the safetensors header "
+                              f"would be {len(raw)} bytes, over the 100 MB readers accept")
+        self._end = 8 + len(raw) + offset
+        self._file = open(self.path, "wb")  # noqa: SIM115 -- closed in _finish/_discard
+        self._file.write(struct.pack("<Q", len(raw)))
+        self._file.write(raw)
+
+    def _write(self, info: TensorInfo, tensor: torch.Tensor) -> None:
+        # Viewed as bytes, every dtype (bf16 and fp8 included) goes through numpy.
+        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._file.write(memoryview(data))
+
+    def _finish(self) -> None:
+        try:
+            end = self._file.tell()
+        finally:
+            self._file.close()
+        if end != self._end:
+            raise RuntimeError(f"{self.path}: wrote {end} bytes, the header promised {self._end}")
+
+    def _discard(self) -> None:
+        self._file.close()
+
+
+class TorchWriter(Writer):
+    """Collects every tensor, then ``torch.save``s one OrderedDict at close.
+
+    The whole output is held in memory: a pickle cannot be streamed. Prefer
+    .safetensors for large outputs.
+
+    Metadata: stored as ``state_dict._metadata = {"__metadata__": {...}}``. Checked on
+    torch 2.13: the ``_metadata`` attribute of an OrderedDict survives
+    ``torch.load(weights_only=True)`` (and ``map_location="meta"``). ``load_state_dict``
+    reads ``_metadata[module_prefix]["version"]``; an entry that is a dict without
+    "version" behaves exactly like no entry, so this never changes how a model loads.
+    """
+
+    def __init__(self, path: Path, infos: Sequence[TensorInfo], metadata: Mapping[str, str]):
+        super().__init__(path, infos, metadata)
+        self._tensors: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def _write(self, info: TensorInfo, tensor: torch.Tensor) -> None:
+        # torch.save writes a view's whole storage: a region of a 1 GB mmap would
+        # drag the 1 GB along. Keep only the tensor's own bytes.
+        own = tensor.numel() * tensor.element_size()
+        if (not tensor.is_contiguous() or tensor.storage_offset() != 0
+                or tensor.untyped_storage().nbytes() != own):
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        self._tensors[info.key] = tensor
+
+    def _finish(self) -> None:
+        if self.metadata:
+            self._tensors._metadata = {"__metadata__": dict(self.metadata)}  # type: ignore[attr-defined]
+        try:
+            torch.save(self._tensors, self.path)
+        finally:
+            self._tensors = OrderedDict()
+
+    def _discard(self) -> None:
+        self._tensors = OrderedDict()
+
+
+WRITERS: dict[str, type[Writer]] = {".safetensors": SafetensorsWriter,
+                                    ".pt": TorchWriter, ".pth": TorchWriter}
+
+
+def open_writer(path: Path, infos: Sequence[TensorInfo], metadata: Mapping[str, str]) -> Writer:
+    """A writer chosen by the extension of the name ``path`` will be published under.
+
+    ``path`` may be a temporary path from ``atomic_output``: its decoration is ignored.
+    """
+    name = final_name(Path(path))
+    ext = Path(name).suffix
+    writer = WRITERS.get(ext.lower())
+    if writer is None:
+        raise OutputError("output.path", f"{name}: unsupported extension '{ext}' "
+                                         "(use .safetensors, .pt or .pth)")
+    return writer(Path(path), infos, metadata)

@@ -1,0 +1,166 @@
+"""``graft-inspect PATH_OR_CLASS``: a checkpoint's or a model class's tensors as a module
+tree with shapes, dtypes and parameter counts, to write recipe rules against.
+
+Repeated layers with identical structure fold into one branch (``layers.{0..11}``)
+so a deep model fits on a screen; ``--expand`` shows every layer."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from torchgraft.errors import GraftError
+from torchgraft.render import human_bytes, shape_text
+from torchgraft.tensors import TensorInfo, short_dtype
+
+
+@dataclass
+class Node:
+    name: str
+    module_type: str | None = None
+    tensor: TensorInfo | None = None
+    children: dict[str, Node] = field(default_factory=dict)
+
+    def numel(self) -> int:
+        own = self.tensor.numel if self.tensor else 0
+        return own + sum(c.numel() for c in self.children.values())
+
+    def signature(self) -> tuple:
+        """Structure without names of this node: equal for identical repeated layers."""
+        t = self.tensor
+        return (
+            self.module_type,
+            (t.shape, t.dtype) if t else None,
+            tuple((k, c.signature()) for k, c in self.children.items()),
+        )
+
+
+def build_tree(infos: list[TensorInfo], module_types: dict[str, str] | None = None) -> Node:
+    root = Node("", (module_types or {}).get(""))
+    for info in infos:
+        node, path = root, []
+        for part in info.key.split("."):
+            path.append(part)
+            node = node.children.setdefault(part, Node(part, (module_types or {}).get(".".join(path))))
+        node.tensor = info
+    return root
+
+
+def _fold(children: list[Node]) -> list[tuple[str, Node]]:
+    """Runs of consecutive integer-named siblings with one signature -> ``{a..b}``."""
+    out: list[tuple[str, Node]] = []
+    i = 0
+    while i < len(children):
+        j = i
+        if children[i].name.isdigit():
+            while (
+                j + 1 < len(children)
+                and children[j + 1].name.isdigit()
+                and int(children[j + 1].name) == int(children[j].name) + 1
+                and children[j + 1].signature() == children[i].signature()
+            ):
+                j += 1
+        label = children[i].name if j == i else f"{{{children[i].name}..{children[j].name}}}"
+        out.append((label, children[i]))
+        i = j + 1
+    return out
+
+
+def render_tree(root: Node, title: str, expand: bool = False) -> str:
+    total = root.numel()
+    count = sum(1 for _ in _tensors(root))
+    nbytes = sum(t.nbytes for t in _tensors(root))
+    lines = [f"{title}  {count} tensors, {total:,} elements, {human_bytes(nbytes)}"]
+
+    def walk(node: Node, prefix: str) -> None:
+        items = [(c.name, c) for c in node.children.values()] if expand else _fold(list(node.children.values()))
+        for n, (label, child) in enumerate(items):
+            last = n == len(items) - 1
+            branch, indent = ("└── ", "    ") if last else ("├── ", "│   ")
+            if child.tensor is not None and not child.children:
+                t = child.tensor
+                kind = f"  {t.kind}" if t.kind == "buffer" else ""
+                lines.append(f"{prefix}{branch}{label}  {shape_text(t.shape)}  {short_dtype(t.dtype)}{kind}")
+            else:
+                kind = f"  {child.module_type.rpartition('.')[2]}" if child.module_type else ""
+                times = ""
+                if label.startswith("{"):
+                    a, b = label[1:-1].split("..")
+                    times = f" x{int(b) - int(a) + 1}"
+                lines.append(f"{prefix}{branch}{label}{kind}  {child.numel():,}{times}")
+                walk(child, prefix + indent)
+
+    walk(root, "")
+    return "\n".join(lines) + "\n"
+
+
+def _tensors(node: Node):
+    if node.tensor is not None:
+        yield node.tensor
+    for child in node.children.values():
+        yield from _tensors(child)
+
+
+def _parse_kwargs(pairs: list[str]) -> dict:
+    kwargs = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise GraftError("graft-inspect", f"expected NAME=VALUE for a constructor argument, got '{pair}'")
+        kwargs[name] = yaml.safe_load(value)
+    return kwargs
+
+
+def inspect_target(class_path: str, kwargs: dict, expand: bool) -> str:
+    from torchgraft.target import build_model, model_inventory
+
+    spec = {"_target_": class_path, **kwargs}
+    model = build_model(spec, device="meta")
+    types = {name: f"{type(m).__module__}.{type(m).__qualname__}" for name, m in model.named_modules()}
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return render_tree(build_tree(model_inventory(model), types), f"{class_path}({args})", expand)
+
+
+def inspect_checkpoint(path: str, fmt: str, key: str | None, expand: bool) -> str:
+    from torchgraft.checkpoints import open_checkpoint
+
+    with open_checkpoint(path, format=fmt, key=key, field="graft-inspect") as reader:
+        infos = reader.inventory()
+        title = f"{path} ({reader.format}{f', key={key}' if key else ''})"
+    return render_tree(build_tree(infos), title, expand)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="graft-inspect",
+        description="List a checkpoint's or a model class's tensors as a module tree.",
+        epilog="examples:\n  graft-inspect model.safetensors\n  graft-inspect last.ckpt --key state_dict\n"
+        "  graft-inspect torchgraft.examples.ConvNet num_classes=5",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("what", metavar="PATH_OR_CLASS", help="a checkpoint file or HF directory, or a dotted model class")
+    parser.add_argument("kwargs", nargs="*", metavar="NAME=VALUE", help="constructor arguments for a class")
+    parser.add_argument("--key", help="dotted path of the state dict inside a torch checkpoint (e.g. state_dict)")
+    parser.add_argument("--format", default="auto", help="auto | safetensors | torch | hf")
+    parser.add_argument("--expand", action="store_true", help="show every repeated layer instead of folding them")
+    args = parser.parse_args(argv)
+    try:
+        if os.path.exists(args.what) or Path(args.what).suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
+            if args.kwargs:
+                raise GraftError("graft-inspect", "NAME=VALUE arguments apply to a model class, not a checkpoint")
+            text = inspect_checkpoint(args.what, args.format, args.key, args.expand)
+        else:
+            text = inspect_target(args.what, _parse_kwargs(args.kwargs), args.expand)
+    except GraftError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

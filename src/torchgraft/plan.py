@@ -1,0 +1,236 @@
+"""The plan: every target tensor and where its values come from. The seam between
+the planner (which never touches tensor data) and the executor (which never reads a
+recipe). Plans are frozen values, serialized as canonical JSON and checked against
+the JSON Schema shipped beside this module whenever they are written or read."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from torchgraft.errors import PlanError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Read:
+    """One source tensor (or a region of it) that a piece reads."""
+
+    source: str
+    key: str
+    shape: tuple[int, ...]  # of the source tensor
+    dtype: str
+    region: str | None = None  # e.g. "[:, :10]"; None = whole tensor
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Values for a target tensor, or for one region of it."""
+
+    reads: tuple[Read, ...]  # several only when merged
+    rule: str  # "rules[0]"
+    region: str | None = None  # destination region; None = the whole tensor
+    transforms: tuple[Any, ...] = ()  # canonical transform specs, applied in order
+    merge: Any = None  # None | "mean" | {"weights": [...]}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of the output, in the target's own order."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    pieces: tuple[Piece, ...] = ()  # empty: the tensor keeps its initial value
+    uncovered: tuple[str, ...] = ()  # regions left at their initial value, when pieces are partial
+    kind: str | None = None  # "parameter" | "buffer" (target tensors)
+
+    @property
+    def kept(self) -> bool:
+        return not self.pieces
+
+    @property
+    def needs_initial(self) -> bool:
+        """Kept wholly, or only partly covered by regions."""
+        return not self.pieces or bool(self.uncovered)
+
+
+@dataclass(frozen=True)
+class Unused:
+    """A source tensor that no rule reads."""
+
+    source: str
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A tensor a rule would have assigned but skipped under ``policy.mismatch: skip``."""
+
+    key: str
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    name: str
+    path: str
+    format: str
+    key: str | None
+    fingerprint: dict = field(hash=False)
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    """How to rebuild the target: its class and arguments, seed, and a hash of its inventory."""
+
+    spec: dict | None = field(hash=False)  # {"_target_": ..., **kwargs}; None without a model class
+    seed: int
+    inventory_sha256: str
+    base: str | None = None  # source whose tensors are the initial values
+
+
+@dataclass(frozen=True)
+class Plan:
+    entries: tuple[Entry, ...]
+    unused: tuple[Unused, ...]
+    skipped: tuple[Skipped, ...]
+    sources: tuple[SourceRef, ...]
+    target: TargetRef
+    recipe: dict = field(hash=False)  # the resolved recipe the plan was made from
+    version: str = ""
+
+    def source(self, name: str) -> SourceRef:
+        return next(s for s in self.sources if s.name == name)
+
+    def to_dict(self) -> dict:
+        body = _body(self)
+        return {**body, "sha256": _digest(body)}
+
+    def to_json(self) -> str:
+        """Canonical, byte-deterministic JSON (sorted keys, fixed separators)."""
+        data = self.to_dict()
+        validate(data)
+        return json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+    @property
+    def sha256(self) -> str:
+        return _digest(_body(self))
+
+
+def _body(plan: Plan) -> dict:
+    return {
+        "format": "torchgraft.plan",
+        "schema_version": SCHEMA_VERSION,
+        "torchgraft_version": plan.version,
+        "recipe": plan.recipe,
+        "target": {
+            "spec": plan.target.spec,
+            "seed": plan.target.seed,
+            "inventory_sha256": plan.target.inventory_sha256,
+            "base": plan.target.base,
+        },
+        "sources": [
+            {"name": s.name, "path": s.path, "format": s.format, "key": s.key, "fingerprint": s.fingerprint}
+            for s in plan.sources
+        ],
+        "entries": [_entry_dict(e) for e in plan.entries],
+        "unused": [{"source": u.source, "key": u.key, "shape": list(u.shape), "dtype": u.dtype} for u in plan.unused],
+        "skipped": [{"key": s.key, "rule": s.rule, "reason": s.reason} for s in plan.skipped],
+    }
+
+
+def _entry_dict(entry: Entry) -> dict:
+    return {
+        "key": entry.key,
+        "shape": list(entry.shape),
+        "dtype": entry.dtype,
+        "kind": entry.kind,
+        "pieces": [
+            {
+                "reads": [
+                    {"source": r.source, "key": r.key, "shape": list(r.shape), "dtype": r.dtype, "region": r.region}
+                    for r in p.reads
+                ],
+                "rule": p.rule,
+                "region": p.region,
+                "transforms": list(p.transforms),
+                "merge": p.merge,
+            }
+            for p in entry.pieces
+        ],
+        "uncovered": list(entry.uncovered),
+    }
+
+
+def _digest(body: dict) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@functools.cache
+def schema() -> dict:
+    return json.loads(resources.files("torchgraft").joinpath("plan.schema.json").read_text())
+
+
+def validate(data: dict) -> None:
+    """Check a plan document against the shipped JSON Schema."""
+    validator = jsonschema.Draft202012Validator(schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise PlanError("plan", f"does not conform to the plan schema at {where}: {error.message}")
+
+
+def from_dict(data: dict) -> Plan:
+    """Rebuild a plan from its JSON document (schema-checked first)."""
+    validate(data)
+    target = data["target"]
+    return Plan(
+        entries=tuple(
+            Entry(
+                key=e["key"],
+                shape=tuple(e["shape"]),
+                dtype=e["dtype"],
+                kind=e["kind"],
+                uncovered=tuple(e["uncovered"]),
+                pieces=tuple(
+                    Piece(
+                        reads=tuple(
+                            Read(r["source"], r["key"], tuple(r["shape"]), r["dtype"], r["region"]) for r in p["reads"]
+                        ),
+                        rule=p["rule"],
+                        region=p["region"],
+                        transforms=tuple(p["transforms"]),
+                        merge=p["merge"],
+                    )
+                    for p in e["pieces"]
+                ),
+            )
+            for e in data["entries"]
+        ),
+        unused=tuple(Unused(u["source"], u["key"], tuple(u["shape"]), u["dtype"]) for u in data["unused"]),
+        skipped=tuple(Skipped(s["key"], s["rule"], s["reason"]) for s in data["skipped"]),
+        sources=tuple(SourceRef(s["name"], s["path"], s["format"], s["key"], s["fingerprint"]) for s in data["sources"]),
+        target=TargetRef(target["spec"], target["seed"], target["inventory_sha256"], target["base"]),
+        recipe=data["recipe"],
+        version=data["torchgraft_version"],
+    )
+
+
+def from_json(text: str) -> Plan:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PlanError("plan", f"not valid JSON: {err}") from None
+    return from_dict(data)

@@ -1,0 +1,411 @@
+"""The recipe schema: a resolved Hydra config (a plain dict) -> frozen dataclasses.
+
+``parse_recipe`` reports the first problem with its field (``rules[1].select``). Unknown
+fields come first at every level (a typo usually explains the rest); then sections in the
+documented order, not Hydra's composed key order, so the error is the same however composed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+import torch
+
+from torchgraft.errors import RecipeError
+from torchgraft.tensors import is_floating, parse_dtype
+
+# Run-time switches composed into the same config; they are not part of the recipe.
+RUN_FIELDS = ("dry_run", "debug", "apply", "check", "plan_dir", "verify_sources")
+RECIPE_FIELDS = ("sources", "target", "rules", "keep", "base", "policy", "output", "target_seed")
+
+# The first value of each choice is its default.
+SOURCE_FORMATS = ("auto", "safetensors", "torch", "hf")
+MISSING_MODES = ("error", "skip")
+UNASSIGNED_MODES = ("error", "keep")
+UNUSED_MODES = ("warn", "ignore", "error")
+MISMATCH_MODES = ("error", "skip")
+
+_SOURCE_FIELDS = ("path", "format", "key")
+_BULK_FIELDS = ("from", "select", "exclude", "rename", "missing", "transform")
+_EXPLICIT_FIELDS = ("to", "from", "merge", "missing", "transform")
+_POLICY_FIELDS = ("unassigned", "unused", "mismatch")
+_OUTPUT_FIELDS = ("path", "dtype", "overwrite", "shard_size")
+
+_SOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    path: str
+    format: str = "auto"  # auto | safetensors | torch | hf
+    key: str | None = None  # dotted path of the state dict inside a torch checkpoint
+
+
+@dataclass(frozen=True)
+class BulkRule:
+    index: int  # position in rules
+    sources: tuple[str, ...]  # `from`: source names (several only for merges, later)
+    select: tuple[str, ...] = ()  # empty: every key of the source
+    exclude: tuple[str, ...] = ()
+    rename: tuple[tuple[str, str], ...] = ()  # (pattern, replacement), in recipe order
+    missing: str = "error"  # error | skip
+    # Raw specs (names or one-key dicts), validated by transforms.py; dicts are not
+    # hashable, so they stay out of the hash but still count for equality.
+    transforms: tuple = dataclasses.field(default=(), hash=False)
+
+    @property
+    def field(self) -> str:
+        return f"rules[{self.index}]"
+
+
+@dataclass(frozen=True)
+class ExplicitRule:
+    index: int
+    to: str  # "fc.weight[:, :10]", "blocks.{i}.qkv.weight[0:384]"
+    sources: tuple[str, ...]  # `from`: "source:key[region]" strings, several to merge
+    merge: object = dataclasses.field(default=None, hash=False)  # None | "mean" | {"weights": [floats]}
+    missing: str = "error"
+    transforms: tuple = dataclasses.field(default=(), hash=False)
+
+    @property
+    def field(self) -> str:
+        return f"rules[{self.index}]"
+
+
+@dataclass(frozen=True)
+class Policy:
+    unassigned: str = "error"  # error | keep
+    unused: str = "warn"  # warn | ignore | error
+    mismatch: str = "error"  # error | skip
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    path: str | None = None
+    dtype: str | None = None  # canonical floating dtype name
+    overwrite: bool = False
+    shard_size: int | None = None  # bytes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    sources: tuple[SourceSpec, ...]  # in recipe order
+    target: dict | None = dataclasses.field(hash=False)  # {"_target_": "pkg.Class", **kwargs}
+    rules: tuple[BulkRule | ExplicitRule, ...]
+    keep: tuple[str, ...] = ()
+    base: str | None = None  # a source name
+    policy: Policy = Policy()
+    output: OutputSpec = OutputSpec()
+    target_seed: int = 0
+
+    def source(self, name: str) -> SourceSpec:
+        for spec in self.sources:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def parse_recipe(cfg: Mapping) -> Recipe:
+    """A resolved config (``hydra`` key removed) -> Recipe, or the first RecipeError."""
+    if not isinstance(cfg, Mapping):
+        raise RecipeError(None, f"expected a mapping at the top of the recipe, got {_type_name(cfg)}")
+    _reject_unknown(cfg, RECIPE_FIELDS + RUN_FIELDS, None)
+    sources = _parse_sources(cfg.get("sources"))
+    if not sources and (cfg.get("rules") or cfg.get("base") is not None):
+        raise RecipeError("sources", "no sources (name at least one checkpoint)")
+    names = [spec.name for spec in sources]
+    target = _parse_target(cfg.get("target"))
+    rules = _parse_rules(cfg.get("rules"), names)
+    keep = tuple(text for _, text in _strings(cfg.get("keep"), "keep"))
+    base = None
+    if cfg.get("base") is not None:
+        base = _expect_str(cfg["base"], "base")
+        _check_source(base, "base", names)
+    seed = cfg.get("target_seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise _wrong_type(seed, "target_seed", "an integer")
+    return Recipe(sources=sources, target=target, rules=rules, keep=keep, base=base,
+                  policy=_parse_policy(cfg.get("policy")), output=_parse_output(cfg.get("output")),
+                  target_seed=seed or 0)
+
+
+def _parse_sources(value: object) -> tuple[SourceSpec, ...]:
+    specs = []
+    for name, raw in _expect_mapping(value, "sources").items():
+        field = f"sources.{name}"
+        if not isinstance(name, str) or not _SOURCE_NAME.fullmatch(name):
+            raise RecipeError(field, "invalid source name (letters, digits, '_' and '-')")
+        if raw is None or isinstance(raw, str):
+            specs.append(SourceSpec(name, _expect_str(raw, field)))
+            continue
+        if not isinstance(raw, Mapping):
+            raise _wrong_type(raw, field, "a string or a mapping")
+        _reject_unknown(raw, _SOURCE_FIELDS, field)
+        path = _expect_str(raw.get("path"), f"{field}.path")
+        fmt = _choice(raw.get("format"), f"{field}.format", SOURCE_FORMATS)
+        key = _optional_str(raw.get("key"), f"{field}.key")
+        if key is not None and fmt == "safetensors":
+            raise RecipeError(f"{field}.key", "only torch checkpoints have a key (format is 'safetensors')")
+        specs.append(SourceSpec(name, path, fmt, key))
+    return tuple(specs)
+
+
+def _parse_target(value: object) -> dict | None:
+    if value is None:
+        return None
+    target = _expect_mapping(value, "target")
+    if target.get("_target_") in (None, ""):
+        raise RecipeError("target._target_",
+                          "missing value (the model class to fill, e.g. torchgraft.examples.ConvNet)")
+    _expect_str(target["_target_"], "target._target_")
+    return copy.deepcopy(dict(target))
+
+
+def _parse_rules(value: object, sources: list[str]) -> tuple[BulkRule | ExplicitRule, ...]:
+    if value is None:
+        return ()
+    if not _is_list(value):
+        raise _wrong_type(value, "rules", "a list")
+    return tuple(_parse_rule(index, raw, sources) for index, raw in enumerate(value))
+
+
+def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | ExplicitRule:
+    field = f"rules[{index}]"
+    if not isinstance(raw, Mapping):
+        raise _wrong_type(raw, field, "a mapping")
+    explicit = "to" in raw
+    known = _EXPLICIT_FIELDS if explicit else _BULK_FIELDS
+    for key in raw:
+        if key in known:
+            continue
+        if key in _EXPLICIT_FIELDS + _BULK_FIELDS:  # a real field, of the other kind of rule
+            kind = "bulk rules (without 'to')" if explicit else "explicit rules (with 'to')"
+            raise RecipeError(f"{field}.{key}", f"only {kind} take this field")
+        # A bulk rule may be an explicit rule whose `to` is misspelt.
+        raise RecipeError(f"{field}.{key}", "unknown field" + _did_you_mean(key, known + ("to",)))
+    if explicit:
+        to = _expect_str(raw["to"], f"{field}.to")
+        refs = _strings(raw.get("from"), f"{field}.from")
+        if not refs:
+            raise RecipeError(f"{field}.from", "missing value")
+        for path, ref in refs:
+            name, colon, key = ref.partition(":")
+            if not colon or not key or not _SOURCE_NAME.fullmatch(name):
+                raise RecipeError(path, f"expected 'source:key' (got {ref!r})")
+            _check_source(name, path, sources)
+        return ExplicitRule(
+            index, to, tuple(ref for _, ref in refs),
+            merge=_parse_merge(raw.get("merge"), f"{field}.merge", len(refs)),
+            missing=_choice(raw.get("missing"), f"{field}.missing", MISSING_MODES),
+            transforms=_parse_transforms(raw.get("transform"), f"{field}.transform"))
+    names = _strings(raw.get("from"), f"{field}.from")
+    if not names:
+        raise RecipeError(f"{field}.from", "missing value")
+    for path, name in names:
+        if ":" in name:
+            raise RecipeError(path, f"expected a source name (got {name!r}; "
+                                    "'source:key' is for explicit rules, with 'to')")
+        _check_source(name, path, sources)
+    return BulkRule(
+        index, tuple(name for _, name in names),
+        select=tuple(p for _, p in _strings(raw.get("select"), f"{field}.select")),
+        exclude=tuple(p for _, p in _strings(raw.get("exclude"), f"{field}.exclude")),
+        rename=_parse_rename(raw.get("rename"), f"{field}.rename"),
+        missing=_choice(raw.get("missing"), f"{field}.missing", MISSING_MODES),
+        transforms=_parse_transforms(raw.get("transform"), f"{field}.transform"))
+
+
+def _parse_rename(value: object, field: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for pattern, replacement in _expect_mapping(value, field).items():
+        if not isinstance(pattern, str):
+            raise RecipeError(field, f"expected string patterns, got {_type_name(pattern)} {pattern!r}")
+        if replacement == "":
+            pairs.append((pattern, ""))  # strips the prefix: `model: ""`
+            continue
+        pairs.append((pattern, _expect_str(replacement, f"{field}.{pattern}")))
+    return tuple(pairs)
+
+
+def _parse_merge(value: object, field: str, count: int) -> object:
+    if value is None:
+        if count > 1:
+            raise RecipeError(field, "missing value (several sources need mean or {weights: [...]})")
+        return None
+    if count < 2:
+        raise RecipeError(field, "needs several sources in from")
+    if isinstance(value, str):
+        if value != "mean":
+            raise RecipeError(field, f"must be mean or {{weights: [...]}} (got {value!r})")
+        return value
+    if not isinstance(value, Mapping):
+        raise _wrong_type(value, field, "a string or a mapping")
+    _reject_unknown(value, ("weights",), field)
+    weights = value.get("weights")
+    if weights is None:
+        raise RecipeError(f"{field}.weights", "missing value")
+    if not _is_list(weights):
+        raise _wrong_type(weights, f"{field}.weights", "a list")
+    for i, weight in enumerate(weights):
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise _wrong_type(weight, f"{field}.weights[{i}]", "a number")
+        if not math.isfinite(weight):
+            raise RecipeError(f"{field}.weights[{i}]", f"must be a finite number (got {weight!r})")
+    if len(weights) != count:
+        raise RecipeError(f"{field}.weights",
+                          f"expected {count} weights, one per source (got {len(weights)})")
+    return {"weights": [float(w) for w in weights]}
+
+
+def _parse_transforms(value: object, field: str) -> tuple:
+    specs = []
+    for path, item in _one_or_many(value, field):
+        if isinstance(item, str):
+            specs.append(_expect_str(item, path))
+        elif isinstance(item, Mapping) and len(item) == 1 and isinstance(next(iter(item)), str):
+            specs.append(copy.deepcopy(dict(item)))
+        elif isinstance(item, Mapping):
+            raise RecipeError(path,
+                              f"expected a one-key mapping such as {{scale: 0.5}}, got {len(item)} keys")
+        else:
+            raise _wrong_type(item, path, "a string or a one-key mapping")
+    return tuple(specs)
+
+
+def _parse_policy(value: object) -> Policy:
+    raw = _expect_mapping(value, "policy")
+    _reject_unknown(raw, _POLICY_FIELDS, "policy")
+    return Policy(unassigned=_choice(raw.get("unassigned"), "policy.unassigned", UNASSIGNED_MODES),
+                  unused=_choice(raw.get("unused"), "policy.unused", UNUSED_MODES),
+                  mismatch=_choice(raw.get("mismatch"), "policy.mismatch", MISMATCH_MODES))
+
+
+def _parse_output(value: object) -> OutputSpec:
+    raw = _expect_mapping(value, "output")
+    _reject_unknown(raw, _OUTPUT_FIELDS, "output")
+    path = _optional_str(raw.get("path"), "output.path")
+    dtype = _parse_dtype(raw.get("dtype"), "output.dtype")
+    overwrite = raw.get("overwrite")
+    if overwrite is not None and not isinstance(overwrite, bool):
+        raise _wrong_type(overwrite, "output.overwrite", "true or false")
+    return OutputSpec(path, dtype, bool(overwrite), _parse_size(raw.get("shard_size"), "output.shard_size"))
+
+
+def _parse_dtype(value: object, field: str) -> str | None:
+    if value is None:
+        return None
+    text = _expect_str(value, field)
+    name = parse_dtype(text)
+    if name is None:
+        names = {parse_dtype(n) for n, v in vars(torch).items() if isinstance(v, torch.dtype)}
+        known = sorted(n for n in names if n is not None and is_floating(n))
+        hint = _did_you_mean(text, known) or f" (known: {', '.join(known)})"
+        raise RecipeError(field, f"unknown dtype {text!r}{hint}")
+    if not is_floating(name):
+        raise RecipeError(field, f"must be a floating dtype (got {text!r})")
+    return name
+
+
+def _parse_size(value: object, field: str) -> int | None:
+    """``5GB`` -> 5 * 1000**3, ``1.5GiB`` -> 1.5 * 1024**3; plain integers are bytes."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise RecipeError(field, f"expected a size such as 5GB or 500MiB (got {value!r})")
+        size = int(Decimal(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()])
+    if size <= 0:
+        raise RecipeError(field, f"must be positive (got {value!r})")
+    return size
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _wrong_type(value: object, field: str, expected: str) -> RecipeError:
+    return RecipeError(field, f"expected {expected}, got {_type_name(value)}")
+
+
+def _is_list(value: object) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _did_you_mean(word: object, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _reject_unknown(mapping: Mapping, known: Sequence[str], field: str | None) -> None:
+    for key in mapping:
+        if key not in known:
+            path = f"{field}.{key}" if field else str(key)
+            raise RecipeError(path, "unknown field" + _did_you_mean(key, known))
+
+
+def _expect_mapping(value: object, field: str) -> Mapping:
+    """null counts as an empty mapping."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _wrong_type(value, field, "a mapping")
+    return value
+
+
+def _expect_str(value: object, field: str) -> str:
+    if value is None or value == "":
+        raise RecipeError(field, "missing value")
+    if not isinstance(value, str):
+        raise _wrong_type(value, field, "a string")
+    return value
+
+
+def _optional_str(value: object, field: str) -> str | None:
+    return None if value is None else _expect_str(value, field)
+
+
+def _choice(value: object, field: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices``; null means the default, ``choices[0]``."""
+    if value is None:
+        return choices[0]
+    if not isinstance(value, str):
+        raise _wrong_type(value, field, "a string")
+    if value not in choices:
+        raise RecipeError(field, f"must be one of {', '.join(choices)} (got {value!r})")
+    return value
+
+
+def _one_or_many(value: object, field: str) -> list[tuple[str, object]]:
+    """A field that takes one item or a list of them -> [(field path, item)]; null -> []."""
+    if value is None:
+        return []
+    if _is_list(value):
+        return [(f"{field}[{i}]", item) for i, item in enumerate(value)]
+    return [(field, value)]
+
+
+def _strings(value: object, field: str) -> list[tuple[str, str]]:
+    """A string or a list of strings -> [(field path, string)]; null -> []."""
+    if value is not None and not isinstance(value, str) and not _is_list(value):
+        raise _wrong_type(value, field, "a string or a list")
+    return [(path, _expect_str(item, path)) for path, item in _one_or_many(value, field)]
+
+
+def _check_source(name: str, field: str, sources: list[str]) -> None:
+    if name not in sources:
+        hint = _did_you_mean(name, sources) or f" (known: {', '.join(sorted(sources))})"
+        raise RecipeError(field, f"unknown source {name!r}{hint}")

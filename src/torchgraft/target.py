@@ -1,0 +1,120 @@
+"""The target model: its inventory from a meta-device build, and its initial values.
+
+Planning builds the model on the meta device, so a 70B-parameter target costs no
+memory; only execution (when some tensor keeps its initial value) builds it for real,
+seeded, exactly as ``torch.manual_seed(seed); Model(**kwargs)`` would.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from torchgraft.errors import TargetError
+from torchgraft.tensors import TensorInfo, dtype_name
+
+
+def _locate(path: str) -> Any:
+    """Import ``pkg.module.Class`` (or a nested attribute); raise TargetError with one line."""
+    parts = path.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise TargetError("target._target_", f"cannot import '{path}': expected a dotted path such as torchgraft.examples.ConvNet")
+    for split in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:split])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and module_name.startswith(err.name):
+                continue  # a shorter prefix may be the module
+            raise TargetError("target._target_", f"cannot import '{path}': {err}") from None
+        except Exception as err:
+            raise TargetError("target._target_", f"cannot import '{path}': {type(err).__name__}: {err}") from None
+        for name in parts[split:]:
+            if not hasattr(obj, name):
+                raise TargetError("target._target_", f"cannot import '{path}': '{module_name}' has no attribute '{name}'")
+            obj = getattr(obj, name)
+            module_name = f"{module_name}.{name}"
+        return obj
+    raise TargetError("target._target_", f"cannot import '{path}': no module named '{parts[0]}'")
+
+
+def _target_class(spec: Mapping[str, Any]) -> type:
+    path = spec["_target_"]
+    cls = _locate(path)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TargetError("target._target_", f"'{path}' is not a torch.nn.Module subclass")
+    return cls
+
+
+def _check_arguments(cls: type, spec: Mapping[str, Any]) -> None:
+    """Bind the recipe's arguments to the constructor before anything is built."""
+    kwargs = {k: v for k, v in spec.items() if not k.startswith("_")}
+    signature = inspect.signature(cls)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    names = [n for n, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in kwargs:
+        if key not in names and not takes_any:
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (it takes: {', '.join(names) or 'nothing'})"
+            raise TargetError(f"target.{key}", f"{spec['_target_']} has no argument '{key}'{hint}")
+    try:
+        signature.bind(**kwargs)
+    except TypeError as err:
+        raise TargetError("target", f"{spec['_target_']}: {err}") from None
+
+
+def build_model(spec: Mapping[str, Any], *, device: str | torch.device) -> nn.Module:
+    """Instantiate the target model on ``device`` after checking its class and arguments."""
+    cls = _target_class(spec)
+    _check_arguments(cls, spec)
+    try:
+        with torch.device(device):
+            return instantiate(dict(spec), _convert_="all")
+    except Exception as err:
+        cause = err.__cause__ or err
+        reason = f"{type(cause).__name__}: {cause}".splitlines()[0]
+        where = " on the meta device" if str(device) == "meta" else ""
+        raise TargetError("target", f"cannot build {spec['_target_']}{where}: {reason}") from None
+
+
+def model_inventory(model: nn.Module) -> list[TensorInfo]:
+    """Every entry of ``model.state_dict()``, in its own order, with parameter/buffer and module type."""
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    infos = []
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        module_path = key.rpartition(".")[0]
+        module = model.get_submodule(module_path)
+        module_type = f"{type(module).__module__}.{type(module).__qualname__}"
+        infos.append(
+            TensorInfo(
+                key=key,
+                shape=tuple(tensor.shape),
+                dtype=dtype_name(tensor.dtype),
+                kind="parameter" if key in parameters else "buffer",
+                module_type=module_type,
+            )
+        )
+    return infos
+
+
+def target_inventory(spec: Mapping[str, Any]) -> list[TensorInfo]:
+    """The target's tensors from a meta-device build: names, shapes, dtypes, no memory."""
+    return model_inventory(build_model(spec, device="meta"))
+
+
+def initial_state(spec: Mapping[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    """The values ``torch.manual_seed(seed); Model(**kwargs)`` gives, on the CPU."""
+    torch.manual_seed(seed)
+    model = build_model(spec, device="cpu")
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def class_path(spec: Mapping[str, Any]) -> str:
+    return str(spec["_target_"])

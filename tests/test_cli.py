@@ -1,0 +1,130 @@
+"""The ``graft`` command, run as a user runs it: in a subprocess, from a fresh directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from torchgraft.examples import ConvNet
+from torchgraft.examples.checkpoints import example_path
+
+
+def only(paths):
+    paths = list(paths)
+    assert len(paths) == 1, paths
+    return paths[0]
+
+
+def test_bare_graft_runs_the_default_recipe_end_to_end(graft, tmp_path):
+    result = graft()
+    assert result.returncode == 0, result.stderr
+    model = only(tmp_path.glob("outputs/conv_only/*/model.safetensors"))
+    got = load_file(model)
+    assert torch.equal(got["conv1.weight"], load_file(example_path("convnet"))["conv1.weight"])
+    assert "conv1.weight" in result.stdout and "← pretrained:conv1.weight" in result.stdout
+    assert "wrote" in result.stderr and "verified against the plan" in result.stderr
+    assert (model.parent / "plan.json").exists() and (model.parent / "plan.txt").exists()
+
+
+def test_dry_run_writes_the_plan_and_no_checkpoint(graft, tmp_path):
+    result = graft("recipe=partial_columns", "dry_run=true")
+    assert result.returncode == 0, result.stderr
+    run_dir = only(tmp_path.glob("outputs/partial_columns/*"))
+    assert not list(run_dir.glob("*.safetensors")) and not list(tmp_path.rglob("*.safetensors"))
+    plan = json.loads((run_dir / "plan.json").read_text())
+    fc = next(e for e in plan["entries"] if e["key"] == "fc.weight")
+    assert fc["uncovered"] == ["[:, 10:]"] and fc["pieces"][0]["region"] == "[:, :10]"
+    assert (run_dir / "plan.txt").read_text() == result.stdout
+    assert "fc.weight    [4,20]  f32  [:, :10] ← pretrained:fc.weight[:, :10]; [:, 10:] keep  (rules[0])" in result.stdout
+
+
+def test_overrides_reach_every_recipe_field(graft, tmp_path):
+    out = tmp_path / "custom" / "seven.pt"
+    result = graft("recipe=conv_only", "target.num_classes=7", f"output.path={out}", "output.dtype=bfloat16")
+    assert result.returncode == 0, result.stderr
+    got = torch.load(out, weights_only=True)
+    assert got["fc3.weight"].shape == (7, 84) and got["fc3.weight"].dtype == torch.bfloat16
+    source = load_file(example_path("convnet"))
+    assert torch.equal(got["conv1.weight"], source["conv1.weight"].to(torch.bfloat16))
+    model = ConvNet(num_classes=7).to(torch.bfloat16)
+    model.load_state_dict(got, strict=True)
+
+
+def test_multirun_runs_one_job_per_recipe(graft, tmp_path):
+    result = graft("-m", "recipe=conv_only,partial_columns")
+    assert result.returncode == 0, result.stderr
+    outputs = sorted(p.parent.name for p in tmp_path.glob("outputs/multirun/*/*/model.safetensors"))
+    assert outputs == ["0_conv_only", "1_partial_columns"]
+
+
+def test_every_bundled_recipe_plans_cleanly(graft, tmp_path):
+    result = graft("-m", "recipe=glob(*)", "dry_run=true")
+    assert result.returncode == 0, result.stderr
+    plans = sorted(p.parent.name.split("_", 1)[1] for p in tmp_path.glob("outputs/multirun/*/*/plan.json"))
+    bundled = sorted(p.stem for p in Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
+    assert plans == bundled
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_a_recipe_in_the_working_directory_wins_over_the_bundled_ones(graft, tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "conv_only.yaml").write_text(
+        "sources: {pretrained: '${example:convnet}'}\n"
+        "target: {_target_: torchgraft.examples.ConvNet, num_classes: 3}\n"
+        "rules: [{from: pretrained, select: conv1}]\n"
+        "keep: [conv2, 'fc*']\n"
+    )
+    result = graft("recipe=conv_only", "dry_run=true")
+    assert result.returncode == 0, result.stderr
+    assert "fc3.weight    [3,84]" in result.stdout
+
+
+def test_unknown_recipe_lists_the_available_ones(graft):
+    result = graft("recipe=conv_onyl")
+    assert result.returncode == 1
+    assert "Could not find 'recipe/conv_onyl'" in result.stderr
+    assert "conv_only" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_user_error_is_one_line_with_exit_1_and_no_traceback(graft, tmp_path):
+    result = graft("recipe=conv_only", "+rules.0.selct=conv1")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: rules[0].selct: unknown field (did you mean 'select'?)"
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob("*.safetensors")) and not list(tmp_path.rglob("plan.json"))
+
+
+def test_hydra_full_error_shows_the_traceback(graft):
+    result = graft("recipe=conv_only", "+rules.0.selct=conv1", env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "RecipeError" in result.stderr
+
+
+def test_existing_output_is_refused_and_left_untouched(graft, tmp_path):
+    out = tmp_path / "model.safetensors"
+    out.write_bytes(b"precious")
+    result = graft("recipe=conv_only", f"output.path={out}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: output.path: {out}: already exists (set output.overwrite=true to replace it)"
+    )
+    assert out.read_bytes() == b"precious"
+    assert not list(tmp_path.rglob("plan.json"))
+    assert graft("recipe=conv_only", f"output.path={out}", "output.overwrite=true").returncode == 0
+    assert "conv1.weight" in load_file(out)
+
+
+def test_graft_inspect_lists_a_checkpoint_and_a_class(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("graft-inspect", example_path("lightning"), "--key", "state_dict", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "└── model  62,006" in result.stdout or "model  " in result.stdout
+    assert "conv1" in result.stdout and "[6,3,5,5]  f32" in result.stdout
+    result = run_cli("graft-inspect", "torchgraft.examples.ConvNet", "num_classes=5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "├── conv1  Conv2d  456" in result.stdout
+    assert "fc3  Linear  425" in result.stdout
