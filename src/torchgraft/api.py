@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from torchgraft.errors import RecipeError
+from torchgraft.errors import GraftError, RecipeError
 from torchgraft.examples.checkpoints import register_resolver
 from torchgraft.execute import execute, state_dict
 from torchgraft.plan import Plan
@@ -23,6 +23,16 @@ from torchgraft.target import model_inventory
 RecipeLike = Recipe | Mapping[str, Any] | DictConfig | str | Path
 
 
+def _find_cause(err: BaseException, kind: type) -> BaseException | None:
+    """The first ``kind`` in an exception's cause/context chain (OmegaConf wraps resolver errors twice)."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, kind):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
 def resolve(cfg: Mapping[str, Any] | DictConfig) -> dict:
     """Resolve interpolations (``${example:...}``, ``${hydra:...}``) to plain data, naming the field on failure."""
     register_resolver()
@@ -31,8 +41,12 @@ def resolve(cfg: Mapping[str, Any] | DictConfig) -> dict:
     try:
         data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as err:
-        cause = err.__cause__
-        reason = str(cause) if cause is not None else str(err).splitlines()[0]
+        graft_error = _find_cause(err, GraftError)
+        if graft_error is not None:
+            reason = graft_error.message
+        else:
+            cause = err.__cause__
+            reason = str(cause) if cause is not None else str(err).splitlines()[0]
         raise RecipeError(err.full_key or None, reason if reason else "missing value") from None
     data.pop("hydra", None)
     return data

@@ -74,7 +74,7 @@ def example_path(name: str) -> str:
     """The path of example checkpoint ``name``, built (atomically) if it is not there yet."""
     if name not in EXAMPLES:
         known = ", ".join(sorted(EXAMPLES))
-        raise RecipeError("sources", f"unknown example checkpoint '{name}' (known: {known})")
+        raise RecipeError(None, f"unknown example checkpoint '{name}' (known: {known})")
     filename, build = EXAMPLES[name]
     path = examples_dir() / filename
     if not path.exists():
