@@ -38,7 +38,9 @@ def test_dry_run_writes_the_plan_and_no_checkpoint(graft, tmp_path):
     fc = next(e for e in plan["entries"] if e["key"] == "fc.weight")
     assert fc["uncovered"] == ["[:, 10:]"] and fc["pieces"][0]["region"] == "[:, :10]"
     assert (run_dir / "plan.txt").read_text() == result.stdout
-    assert "fc.weight    [4,20]  f32  [:, :10] ← pretrained:fc.weight[:, :10]; [:, 10:] keep  (rules[0])" in result.stdout
+    # same line format; the key column is wider because the kept LayerNorm folds into norm.{weight,bias}
+    assert "fc.weight           [4,20]  f32  [:, :10] ← pretrained:fc.weight[:, :10]; [:, 10:] keep  (rules[0])" in result.stdout
+    assert "norm.{weight,bias}  [20]    f32  keep" in result.stdout
 
 
 def test_overrides_reach_every_recipe_field(graft, tmp_path):

@@ -245,15 +245,15 @@ def test_an_interrupted_write_leaves_no_partial_file(tmp_path, convnet, monkeypa
     execute_module = importlib.import_module("torchgraft.execute")  # the module, not the API function
 
     calls = {"n": 0}
-    real = execute_module.materialize
+    real = execute_module._unchanged  # asked for every entry, copied or computed
 
-    def fail_midway(entry, readers, initial):
+    def fail_midway(entry, readers):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return real(entry, readers, initial)
+        return real(entry, readers)
 
-    monkeypatch.setattr(execute_module, "materialize", fail_midway)
+    monkeypatch.setattr(execute_module, "_unchanged", fail_midway)
     with pytest.raises(KeyboardInterrupt):
         torchgraft.execute(plan, out)
     assert not out.exists()

@@ -73,8 +73,8 @@ BAD = [
      "rules[1].slect: unknown field"),  # suggestions come from the fields of that kind of rule
     (rules({"to": "fc.weight", "from": "pretrained:fc.weight", "rename": {}}),
      "rules[1].rename: only bulk rules (without 'to') take this field"),
-    (rules({"from": ["pretrained", "other"], "merge": "mean"}),
-     "rules[1].merge: only explicit rules (with 'to') take this field"),
+    (rules({"to": "fc.weight", "from": "pretrained:fc.weight", "kind": "parameters"}),
+     "rules[1].kind: only bulk rules (without 'to') take this field"),
     # rules: bulk values
     (rules({"from": "pretrianed"}), "rules[1].from: unknown source 'pretrianed' (did you mean 'pretrained'?)"),
     (rules({"from": "zzz"}), "rules[1].from: unknown source 'zzz' (known: other, pretrained)"),
@@ -90,6 +90,19 @@ BAD = [
     (rules({"from": "pretrained", "rename": {1: "a"}}), "rules[1].rename: expected string patterns, got int 1"),
     (rules({"from": "pretrained", "missing": "ignore"}), "rules[1].missing: must be one of error, skip (got 'ignore')"),
     (rules({"from": "pretrained", "missing": False}), "rules[1].missing: expected a string, got bool"),
+    (rules({"from": ["pretrained", "other"]}),
+     "rules[1].merge: missing value (several sources need mean or {weights: [...]})"),
+    (rules({"from": "pretrained", "merge": "mean"}), "rules[1].merge: needs several sources in from"),
+    (rules({"from": ["pretrained", "other"], "merge": {"weights": [1]}}),
+     "rules[1].merge.weights: expected 2 weights, one per source (got 1)"),
+    (rules({"from": "pretrained", "types": "Conv2d"}),
+     "rules[1].types: expected a module class such as torch.nn.Conv2d (got 'Conv2d')"),
+    (rules({"from": "pretrained", "types": ["torch.nn.Conv2d", "torch.nn.Conv2d()"]}),
+     "rules[1].types[1]: expected a module class such as torch.nn.Conv2d (got 'torch.nn.Conv2d()')"),
+    (rules({"from": "pretrained", "types": {"a": 1}}), "rules[1].types: expected a string or a list, got dict"),
+    (rules({"from": "pretrained", "kind": "parameter"}),
+     "rules[1].kind: must be one of all, parameters, buffers (got 'parameter')"),
+    (rules({"from": "pretrained", "typs": ["torch.nn.Conv2d"]}), "rules[1].typs: unknown field (did you mean 'types'?)"),
     (rules({"from": "pretrained", "transform": [3]}),
      "rules[1].transform[0]: expected a string or a one-key mapping, got int"),
     (rules({"from": "pretrained", "transform": {"scale": 0.5, "cast": "bf16"}}),
@@ -202,7 +215,8 @@ def test_bulk_rule_fields():
               "re:^encoder\\.(\\d+)\\.": "blocks.\\1.", "a": "b"}
     recipe = parse_recipe(cfg(rules=[{"from": "pretrained", "select": "embeddings", "exclude": ["**.position_ids"],
                                       "rename": rename, "missing": "skip", "transform": "transpose"},
-                                     {"from": ["pretrained", "other"], "transform": [{"scale": 0.5}, "transpose"]}]))
+                                     {"from": ["pretrained", "other"], "transform": [{"scale": 0.5}, "transpose"],
+                                      "merge": {"weights": [3, 1]}, "types": ["torch.nn.Conv2d"], "kind": "buffers"}]))
     first, second = recipe.rules
     assert first == BulkRule(0, ("pretrained",), ("embeddings",), ("**.position_ids",),
                              tuple(rename.items()), "skip", ("transpose",))
@@ -210,6 +224,8 @@ def test_bulk_rule_fields():
     assert first.field == "rules[0]"
     assert second.sources == ("pretrained", "other") and second.select == ()
     assert second.transforms == ({"scale": 0.5}, "transpose")
+    assert second.merge == {"weights": [3.0, 1.0]} and second.types == ("torch.nn.Conv2d",)
+    assert second.kind == "buffers" and first.kind == "all" and first.merge is None and first.types == ()
 
 
 def test_explicit_rules():

@@ -21,35 +21,45 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from torchgraft import recipe_source
+from torchgraft import recipe_source, review, sweep
 from torchgraft.api import recipe_record, resolve
 from torchgraft.errors import GraftError
 from torchgraft.examples.checkpoints import register_resolver
 from torchgraft.execute import check_output, execute
+from torchgraft.initial import advice as init_advice
+from torchgraft.outputs import output_bytes
 from torchgraft.planner import make_plan
 from torchgraft.recipe import parse_recipe
+from torchgraft.plan_files import register_resolver as register_job_name, write_plan
 from torchgraft.render import group_keys, human_bytes, render
 
 log = logging.getLogger("torchgraft")
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a plan file is whole or absent."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def run(cfg: DictConfig) -> None:
-    """One job: plan the composed recipe, print it, and execute it unless dry_run."""
+def run(cfg: DictConfig) -> sweep.Outcome:
+    """One job: plan the composed recipe, print it, and execute it unless dry_run.
+    ``apply=PLAN`` runs a reviewed plan instead; ``check=PLAN`` compares with a committed one."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.get("apply"):
+        return _apply(cfg, run_dir)
     data = resolve(cfg)
     recipe = parse_recipe(data)
+    verify = review.verify_mode(data.get("verify_sources"))
+    name = HydraConfig.get().runtime.choices.get("recipe") or "recipe"
+    if data.get("check"):
+        result = review.check(str(data["check"]), name, lambda: make_plan(recipe, recipe_record(data)), verify)
+        sys.stdout.write(result.text)
+        sys.stdout.flush()
+        if not result.same:
+            raise review.out_of_date(str(data["check"]), name)
+        return sweep.Outcome("check")
     dry_run = bool(data.get("dry_run"))
     output = Path(recipe.output.path) if recipe.output.path else run_dir / "model.safetensors"
     if not dry_run:
         check_output(output, recipe.output.overwrite)
     plan = make_plan(recipe, recipe_record(data))
+    if verify == "hash":
+        plan = review.pin_contents(plan)
     text = render(plan)
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -57,25 +67,50 @@ def run(cfg: DictConfig) -> None:
         names = group_keys(f"{u.source}:{u.key}" for u in plan.unused)
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         log.warning("warning: %d source tensors are read by no rule: %s (policy.unused=ignore silences this)", len(plan.unused), shown)
-    _write_text(run_dir / "plan.json", plan.to_json())
-    _write_text(run_dir / "plan.txt", text)
+    note = init_advice(plan)
+    if note:
+        log.info("%s", note)
+    written = write_plan(plan, run_dir / "plan", text)
+    if data.get("plan_dir"):
+        written = write_plan(plan, Path(str(data["plan_dir"])) / f"{name}.plan", text)
     if dry_run:
-        log.info("dry run: wrote %s and plan.txt; no tensor data read, no checkpoint written", run_dir / "plan.json")
-        return
+        log.info("dry run: wrote %s (and .txt, .md); no tensor data read, no checkpoint written", written)
+        return sweep.Outcome.of(plan, "dry_run")
     start = time.perf_counter()
     execute(plan, output, overwrite=recipe.output.overwrite)
-    written = output.stat().st_size
+    written = output_bytes(output)
     log.info("wrote %s (%d tensors, %s) in %.2f s; verified against the plan", output, len(plan.entries), human_bytes(written), time.perf_counter() - start)
+    return sweep.Outcome.of(plan, "run", output)
+
+
+def _apply(cfg: DictConfig, run_dir: Path) -> sweep.Outcome:
+    """``apply=PLAN``: the plan is the recipe; only output.path/overwrite and dry_run apply."""
+    path = str(cfg.apply)
+    review.refuse_overrides(list(HydraConfig.get().overrides.task), bool(cfg.get("check")))
+    output = Path(str(cfg.output.path)) if cfg.output.get("path") else run_dir / "model.safetensors"
+    if cfg.get("dry_run"):
+        plan = review.apply(path, output, dry_run=True)
+        sys.stdout.write(render(plan))
+        log.info("dry run: %s is unedited and its sources and target are unchanged; nothing written", path)
+        return sweep.Outcome.of(plan, "apply")
+    start = time.perf_counter()
+    plan = review.apply(path, output, overwrite=bool(cfg.output.get("overwrite")))
+    text = render(plan)
+    sys.stdout.write(text)
+    write_plan(plan, run_dir / "plan", text)
+    log.info("applied %s: wrote %s (%d tensors, %s) in %.2f s; verified against the plan", path, output, len(plan.entries), human_bytes(output_bytes(output)), time.perf_counter() - start)
+    return sweep.Outcome.of(plan, "apply", output)
 
 
 _user_wants_traceback = False
 
 
 @hydra.main(version_base="1.3", config_path="pkg://torchgraft.conf", config_name="config")
-def _job(cfg: DictConfig) -> None:
+def _job(cfg: DictConfig) -> sweep.Outcome:
     try:
-        run(cfg)
+        outcome = run(cfg)
     except GraftError as err:
+        sweep.write_status(cfg, None, err)
         print(f"error: {err}", file=sys.stderr)
         if cfg.get("debug"):
             traceback.print_exc()
@@ -83,17 +118,27 @@ def _job(cfg: DictConfig) -> None:
             sys.exit(1)  # one line; raising would make Hydra add its own report
         err.reported = True  # type: ignore[attr-defined]
         raise  # multirun: Hydra runs the other jobs, then re-raises the first failure
+    except Exception as err:
+        sweep.write_status(cfg, None, err)
+        raise
+    sweep.write_status(cfg, outcome, None)
+    return outcome
 
 
 def main() -> None:
     """Console entry point of ``graft``."""
     register_resolver()
+    register_job_name()
     recipe_source.register()
     global _user_wants_traceback
     _user_wants_traceback = user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach this function instead of Hydra's printer
     try:
-        _job()
+        try:
+            _job()
+        finally:
+            if sweep.last_summary is not None:  # a sweep ran in this process: show its table
+                print(sweep.last_summary.read_text(encoding="utf-8"), file=sys.stderr, end="")
     except GraftError as err:
         if not getattr(err, "reported", False):
             print(f"error: {err}", file=sys.stderr)

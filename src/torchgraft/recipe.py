@@ -23,7 +23,7 @@ from torchgraft.tensors import is_floating, parse_dtype
 
 # Run-time switches composed into the same config; they are not part of the recipe.
 RUN_FIELDS = ("dry_run", "debug", "apply", "check", "plan_dir", "verify_sources")
-RECIPE_FIELDS = ("sources", "target", "rules", "keep", "base", "policy", "output", "target_seed")
+RECIPE_FIELDS = ("sources", "target", "rules", "keep", "base", "policy", "output", "target_seed", "target_init")
 
 # The first value of each choice is its default.
 SOURCE_FORMATS = ("auto", "safetensors", "torch", "hf")
@@ -31,14 +31,18 @@ MISSING_MODES = ("error", "skip")
 UNASSIGNED_MODES = ("error", "keep")
 UNUSED_MODES = ("warn", "ignore", "error")
 MISMATCH_MODES = ("error", "skip")
+INIT_MODES = ("full", "per_module")  # how kept tensors get initial values without a base
+KINDS = ("all", "parameters", "buffers")
 
 _SOURCE_FIELDS = ("path", "format", "key")
-_BULK_FIELDS = ("from", "select", "exclude", "rename", "missing", "transform")
+_BULK_FIELDS = ("from", "select", "exclude", "rename", "types", "kind", "merge", "missing", "transform")
 _EXPLICIT_FIELDS = ("to", "from", "merge", "missing", "transform")
 _POLICY_FIELDS = ("unassigned", "unused", "mismatch")
-_OUTPUT_FIELDS = ("path", "dtype", "overwrite", "shard_size")
+_OUTPUT_FIELDS = ("path", "dtype", "overwrite", "shard_size", "copy_files")
+_COPY_FIELDS = ("from", "files")
 
 _SOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_CLASS_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 _SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -55,7 +59,7 @@ class SourceSpec:
 @dataclass(frozen=True)
 class BulkRule:
     index: int  # position in rules
-    sources: tuple[str, ...]  # `from`: source names (several only for merges, later)
+    sources: tuple[str, ...]  # `from`: source names (several: merged, tensor by tensor)
     select: tuple[str, ...] = ()  # empty: every key of the source
     exclude: tuple[str, ...] = ()
     rename: tuple[tuple[str, str], ...] = ()  # (pattern, replacement), in recipe order
@@ -63,6 +67,11 @@ class BulkRule:
     # Raw specs (names or one-key dicts), validated by transforms.py; dicts are not
     # hashable, so they stay out of the hash but still count for equality.
     transforms: tuple = dataclasses.field(default=(), hash=False)
+    merge: object = dataclasses.field(default=None, hash=False)  # None | "mean" | {"weights": [floats]}
+    # Filters on the target tensor a key lands on: module classes (dotted paths,
+    # subclasses match), and parameters or buffers.
+    types: tuple[str, ...] = ()
+    kind: str = "all"  # all | parameters | buffers
 
     @property
     def field(self) -> str:
@@ -91,11 +100,20 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class CopyFiles:
+    """Non-tensor files (config.json, tokenizer files) to copy into a directory output."""
+
+    source: str  # a source that is a model directory
+    files: tuple[str, ...] = ()  # names or globs in its top folder; empty: every non-checkpoint file
+
+
+@dataclass(frozen=True)
 class OutputSpec:
     path: str | None = None
     dtype: str | None = None  # canonical floating dtype name
     overwrite: bool = False
     shard_size: int | None = None  # bytes
+    copy_files: CopyFiles | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +126,7 @@ class Recipe:
     policy: Policy = Policy()
     output: OutputSpec = OutputSpec()
     target_seed: int = 0
+    target_init: str = "full"  # full | per_module
 
     def source(self, name: str) -> SourceSpec:
         for spec in self.sources:
@@ -135,9 +154,15 @@ def parse_recipe(cfg: Mapping) -> Recipe:
     seed = cfg.get("target_seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise _wrong_type(seed, "target_seed", "an integer")
-    return Recipe(sources=sources, target=target, rules=rules, keep=keep, base=base,
-                  policy=_parse_policy(cfg.get("policy")), output=_parse_output(cfg.get("output")),
-                  target_seed=seed or 0)
+    policy, output = _parse_policy(cfg.get("policy")), _parse_output(cfg.get("output"), names)
+    init = _choice(cfg.get("target_init"), "target_init", INIT_MODES)
+    if init == "per_module" and target is None:
+        raise RecipeError("target_init", "per_module needs a target model class (target is null)")
+    if init == "per_module" and base is not None:
+        raise RecipeError("target_init", "per_module makes initial values from the target class, "
+                                         f"but this recipe takes them from base '{base}'")
+    return Recipe(sources=sources, target=target, rules=rules, keep=keep, base=base, policy=policy,
+                  output=output, target_seed=seed or 0, target_init=init)
 
 
 def _parse_sources(value: object) -> tuple[SourceSpec, ...]:
@@ -217,11 +242,18 @@ def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | Expli
             raise RecipeError(path, f"expected a source name (got {name!r}; "
                                     "'source:key' is for explicit rules, with 'to')")
         _check_source(name, path, sources)
+    select = tuple(p for _, p in _strings(raw.get("select"), f"{field}.select"))
+    exclude = tuple(p for _, p in _strings(raw.get("exclude"), f"{field}.exclude"))
+    rename = _parse_rename(raw.get("rename"), f"{field}.rename")
+    types = []
+    for path, text in _strings(raw.get("types"), f"{field}.types"):
+        if not _CLASS_PATH.fullmatch(text):
+            raise RecipeError(path, f"expected a module class such as torch.nn.Conv2d (got {text!r})")
+        types.append(text)
     return BulkRule(
-        index, tuple(name for _, name in names),
-        select=tuple(p for _, p in _strings(raw.get("select"), f"{field}.select")),
-        exclude=tuple(p for _, p in _strings(raw.get("exclude"), f"{field}.exclude")),
-        rename=_parse_rename(raw.get("rename"), f"{field}.rename"),
+        index, tuple(name for _, name in names), select=select, exclude=exclude, rename=rename,
+        types=tuple(types), kind=_choice(raw.get("kind"), f"{field}.kind", KINDS),
+        merge=_parse_merge(raw.get("merge"), f"{field}.merge", len(names)),
         missing=_choice(raw.get("missing"), f"{field}.missing", MISSING_MODES),
         transforms=_parse_transforms(raw.get("transform"), f"{field}.transform"))
 
@@ -291,7 +323,7 @@ def _parse_policy(value: object) -> Policy:
                   mismatch=_choice(raw.get("mismatch"), "policy.mismatch", MISMATCH_MODES))
 
 
-def _parse_output(value: object) -> OutputSpec:
+def _parse_output(value: object, sources: list[str]) -> OutputSpec:
     raw = _expect_mapping(value, "output")
     _reject_unknown(raw, _OUTPUT_FIELDS, "output")
     path = _optional_str(raw.get("path"), "output.path")
@@ -299,7 +331,28 @@ def _parse_output(value: object) -> OutputSpec:
     overwrite = raw.get("overwrite")
     if overwrite is not None and not isinstance(overwrite, bool):
         raise _wrong_type(overwrite, "output.overwrite", "true or false")
-    return OutputSpec(path, dtype, bool(overwrite), _parse_size(raw.get("shard_size"), "output.shard_size"))
+    return OutputSpec(path, dtype, bool(overwrite), _parse_size(raw.get("shard_size"), "output.shard_size"),
+                      _parse_copy_files(raw.get("copy_files"), sources))
+
+
+def _parse_copy_files(value: object, sources: list[str]) -> CopyFiles | None:
+    """``copy_files: NAME`` (every non-checkpoint file) or ``{from: NAME, files: [globs]}``."""
+    field = "output.copy_files"
+    if value is None:
+        return None
+    if isinstance(value, str):
+        _check_source(_expect_str(value, field), field, sources)
+        return CopyFiles(value)
+    if not isinstance(value, Mapping):
+        raise _wrong_type(value, field, "a source name or a mapping")
+    _reject_unknown(value, _COPY_FIELDS, field)
+    source = _expect_str(value.get("from"), f"{field}.from")
+    _check_source(source, f"{field}.from", sources)
+    files = _strings(value.get("files"), f"{field}.files")
+    for path, name in files:
+        if "/" in name or "\\" in name or name in (".", ".."):
+            raise RecipeError(path, f"expected a file name or glob in the source's top folder (got {name!r})")
+    return CopyFiles(source, tuple(name for _, name in files))
 
 
 def _parse_dtype(value: object, field: str) -> str | None:

@@ -1,8 +1,9 @@
 """Publish an output all at once or not at all.
 
-Writers write to a hidden temporary file next to the output; only a complete,
-fsynced file is renamed into place, so an interrupted run (error, Ctrl-C) leaves no
-partial checkpoint behind and a crash leaves at worst a hidden ``.tmp-`` file.
+Writers write to a hidden temporary file (or directory, for a sharded model
+directory) next to the output; only a complete, fsynced one is renamed into place, so
+an interrupted run (error, Ctrl-C) leaves no partial checkpoint behind and a crash
+leaves at worst a hidden ``.tmp-`` file or directory.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +51,70 @@ def atomic_output(path: Path, *, overwrite: bool) -> Iterator[Path]:
     _fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def atomic_directory(path: Path, *, overwrite: bool, replaceable: re.Pattern) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; publish it as ``path`` if the
+    block succeeds (every file fsynced, then one rename).
+
+    ``overwrite=True`` replaces an existing directory only if each of its entries is a
+    file whose name ``replaceable`` matches (what an earlier run wrote), never a file
+    or a directory holding anything else: ``output.path=.`` must not empty a project.
+    """
+    path = Path(path)
+    if os.path.lexists(path):
+        if not overwrite:
+            raise _exists(path)
+        _check_replaceable(path, replaceable)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_temp(path, directory=True)
+    except OSError as e:
+        raise OutputError(FIELD, f"{path}: cannot write ({e.strerror or e})") from None
+    try:
+        yield tmp
+        for entry in tmp.iterdir():
+            _fsync(entry)
+        _fsync(tmp)
+        _publish_directory(tmp, path, overwrite=overwrite, replaceable=replaceable)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(path.parent)
+
+
+def _check_replaceable(path: Path, replaceable: re.Pattern) -> None:
+    if not path.is_dir() or path.is_symlink():
+        raise OutputError(FIELD, f"{path}: exists and is not a directory (a model directory never replaces it)")
+    others = sorted(p.name for p in path.iterdir() if not (p.is_file() and replaceable.fullmatch(p.name)))
+    if others:
+        raise OutputError(FIELD, f"{path}: not replaced, it holds files torchgraft did not write "
+                                 f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})")
+
+
+def _publish_directory(tmp: Path, path: Path, *, overwrite: bool, replaceable: re.Pattern) -> None:
+    old = None
+    try:
+        if os.path.lexists(path):
+            if not overwrite:
+                raise _exists(path)
+            _check_replaceable(path, replaceable)  # again: it may have changed while we wrote
+            old = _create_temp(path, directory=True, kind="old")
+            os.rename(path, old)  # onto the empty placeholder: replaced atomically
+        try:
+            os.rename(tmp, path)  # fails on a non-empty directory that appeared meanwhile
+        except OSError:
+            if old is not None:
+                os.rename(old, path)
+                old = None
+            raise
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise _exists(path) from None
+        raise OutputError(FIELD, f"{path}: cannot write ({e.strerror or e})") from None
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def final_name(path: Path) -> str:
     """The name a temporary path from ``atomic_output`` will be published under."""
     name = Path(path).name
@@ -56,10 +122,13 @@ def final_name(path: Path) -> str:
     return match.group("name") if match else name
 
 
-def _create_temp(path: Path) -> Path:
+def _create_temp(path: Path, *, directory: bool = False, kind: str = "tmp") -> Path:
     while True:
-        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+        tmp = path.with_name(f".{path.name}.{kind}-{secrets.token_hex(4)}")
         try:
+            if directory:
+                os.mkdir(tmp, 0o777)  # the umask decides, as for a plain mkdir
+                return tmp
             # O_EXCL: never reuse someone's file; mode 0o666 lets the umask decide, as
             # for any file the user creates (mkstemp would force 0o600).
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))

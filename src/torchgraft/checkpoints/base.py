@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import torch
 
+from torchgraft.checkpoints.byteranges import ByteRange
 from torchgraft.errors import SourceError
 from torchgraft.tensors import TensorInfo
 
@@ -71,6 +72,12 @@ class Reader(abc.ABC):
         ``index`` is applied before the data is materialized, so a row region reads
         only its rows. Treat the result as read-only.
         """
+
+    def byte_range(self, key: str) -> ByteRange | None:
+        """Where ``key``'s data lies in a file, if it is stored there whole, contiguous and
+        little-endian (so its bytes are exactly what a safetensors file holds); else None."""
+        self._info(key)
+        return None
 
     def close(self) -> None:
         """Release file handles and mappings."""

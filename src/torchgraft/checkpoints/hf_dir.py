@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from torchgraft.checkpoints.base import Reader, sha256_files
+from torchgraft.checkpoints.byteranges import ByteRange
 from torchgraft.checkpoints.safetensors_file import SafetensorsReader
 from torchgraft.checkpoints.torch_file import TorchReader
 
@@ -120,6 +121,10 @@ class HFReader(Reader):
     def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
         self._info(key)
         return self._owner[key].read(key, index)
+
+    def byte_range(self, key: str) -> ByteRange | None:
+        self._info(key)
+        return self._owner[key].byte_range(key)
 
     def close(self) -> None:
         for shard in self._shards.values():

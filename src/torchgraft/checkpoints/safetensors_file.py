@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from torchgraft.checkpoints.base import Reader, as_index
+from torchgraft.checkpoints.byteranges import ByteRange
 from torchgraft.tensors import TensorInfo, from_safetensors_code
 
 MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers
@@ -65,6 +66,7 @@ class SafetensorsReader(Reader):
             raise self._error(f"not a valid safetensors file ({reason})") from None
         self._metadata = dict(header.get("__metadata__") or {})
         entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        self._offsets = {k: tuple(v["data_offsets"]) for k, v in entries.items()}
         try:
             self._set_inventory(self._info_of(k, entries[k]) for k in self._file_order(entries))
         except BaseException:
@@ -86,13 +88,20 @@ class SafetensorsReader(Reader):
         except KeyError:
             raise self._error(f"tensor '{key}' has dtype {entry['dtype']}, "
                               "which torchgraft does not support") from None
-        return TensorInfo(key, tuple(int(d) for d in entry["shape"]), dtype)
+        return TensorInfo(key, tuple(map(int, entry["shape"])), dtype)
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
 
     def _header_sha256(self) -> str:
         return hashlib.sha256(self._raw_header).hexdigest()
+
+    def byte_range(self, key: str) -> ByteRange:
+        info = self._info(key)
+        begin, end = self._offsets[key]
+        if end - begin != info.nbytes:  # safe_open has already checked; belt and braces
+            raise self._error(f"tensor '{key}' has {end - begin} bytes, its shape and dtype need {info.nbytes}")
+        return ByteRange(self.path, len(self._raw_header) + begin, end - begin)
 
     def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
         self._info(key)

@@ -11,6 +11,8 @@ import hashlib
 import json
 import pickle
 import re
+import struct
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 
 from torchgraft.checkpoints.base import Reader, as_index
+from torchgraft.checkpoints.byteranges import ByteRange
 from torchgraft.tensors import TensorInfo, dtype_name
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -52,6 +55,9 @@ class TorchReader(Reader):
         self._set_inventory(infos)
         self._metadata = _torchgraft_metadata(tensors)
         self._data: Mapping[str, Any] | None = None
+        # Meta tensors hold no data; they say where each tensor's bytes are (byte_range).
+        self._meta = {info.key: tensors[info.key] for info in infos}
+        self._ranges: dict[str, ByteRange | None] | None = None
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
@@ -73,6 +79,12 @@ class TorchReader(Reader):
         if index is not None:
             tensor = tensor[index]
         return tensor.detach().contiguous()
+
+    def byte_range(self, key: str) -> ByteRange | None:
+        self._info(key)
+        if self._ranges is None:
+            self._ranges = _byte_ranges(self.path, self._meta)
+        return self._ranges.get(key)
 
     def close(self) -> None:
         self._data = None  # drops the mapping once the caller's tensors are gone
@@ -138,6 +150,42 @@ class TorchReader(Reader):
             obj = obj[part]
             walked.append(part)
         return obj
+
+
+def _byte_ranges(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, ByteRange | None]:
+    """Byte ranges of the contiguous tensors of a zip checkpoint (torch.save since 1.6).
+
+    A ``map_location="meta"`` load records each storage's file offset in
+    ``_checkpoint_offset`` (torch >= 2.4, not public API): each is checked against the
+    zip's own records -- stored uncompressed, little-endian, large enough -- so a file
+    torch lays out differently some day gets no ranges, never wrong ones.
+    """
+    try:
+        with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
+            records = {}
+            for item in archive.infolist():
+                name = item.filename
+                if name.endswith("/byteorder") and archive.read(item).strip() != b"little":
+                    return {}
+                if "/data/" not in name or item.compress_type != zipfile.ZIP_STORED:
+                    continue
+                f.seek(item.header_offset + 26)
+                name_len, extra_len = struct.unpack("<HH", f.read(4))
+                records[item.header_offset + 30 + name_len + extra_len] = item.file_size
+    except (OSError, zipfile.BadZipFile, struct.error):
+        return {}  # legacy (non-zip) files: read them the ordinary way
+    ranges: dict[str, ByteRange | None] = {}
+    for key, tensor in tensors.items():
+        storage = tensor.untyped_storage()
+        start = getattr(storage, "_checkpoint_offset", None)
+        own = tensor.numel() * tensor.element_size()
+        skip = tensor.storage_offset() * tensor.element_size()
+        if (start is None or start not in records or not own or not tensor.is_contiguous()
+                or skip + own > min(records[start], storage.nbytes())):
+            ranges[key] = None
+        else:
+            ranges[key] = ByteRange(path, start + skip, own)
+    return ranges
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -2,13 +2,16 @@
 
 The executor declares every output tensor up front (it has the plan), then writes
 them one by one in that order. That is what lets the safetensors writer stream: its
-header, with every offset, is known before the first byte of data.
+header, with every offset, is known before the first byte of data. A tensor that is
+copied unchanged from a file arrives as a byte range (``copy``), which the
+safetensors writer moves without ever holding it in memory.
 """
 
 from __future__ import annotations
 
 import abc
 import json
+import os
 import struct
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -17,6 +20,7 @@ from pathlib import Path
 import torch
 
 from torchgraft.checkpoints.atomic import final_name
+from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles, copy_range, read_range, write_all
 from torchgraft.checkpoints.safetensors_file import MAX_HEADER
 from torchgraft.errors import OutputError
 from torchgraft.tensors import TensorInfo, dtype_name, safetensors_code
@@ -49,6 +53,18 @@ class Writer(abc.ABC):
         self._write(info, tensor.detach().cpu())
         self._written += 1
 
+    def copy(self, key: str, source: ByteRange, files: SourceFiles) -> None:
+        """Write ``key`` from the bytes at ``source`` (its data, stored whole and
+        little-endian). Formats that can move bytes override ``_copy``."""
+        info = self._expect(key, None)
+        if source.length != info.nbytes:
+            raise RuntimeError(f"'{key}' needs {info.nbytes} bytes, the source range has {source.length}")
+        self._copy(info, source, files)
+        self._written += 1
+
+    def _copy(self, info: TensorInfo, source: ByteRange, files: SourceFiles) -> None:
+        self._write(info, read_range(files.fd(source.path), source, info.dtype, info.shape))
+
     def close(self) -> None:
         """Finish the file. Raises if a declared tensor was never written."""
         if self._closed:
@@ -75,7 +91,7 @@ class Writer(abc.ABC):
         else:
             self.abort()  # don't mask the real error with "never written"
 
-    def _expect(self, key: str, tensor: torch.Tensor) -> TensorInfo:
+    def _expect(self, key: str, tensor: torch.Tensor | None) -> TensorInfo:
         if self._closed:
             raise RuntimeError(f"write of '{key}' after close")
         if self._written >= len(self.infos):
@@ -84,6 +100,8 @@ class Writer(abc.ABC):
         info = self.infos[self._written]
         if key != info.key:
             raise RuntimeError(f"expected '{info.key}' next (declared order), got '{key}'")
+        if tensor is None:
+            return info
         if tuple(tensor.shape) != info.shape:
             raise RuntimeError(f"'{key}' was declared with shape {list(info.shape)}, "
                                f"got {list(tensor.shape)}")
@@ -105,13 +123,15 @@ class Writer(abc.ABC):
 class SafetensorsWriter(Writer):
     """Streams a .safetensors file: header first, then each tensor's bytes as it comes.
 
-    Memory is one tensor at a time. Data is laid out in the declared order (the
-    reference writer sorts by alignment instead; readers need neither). The header is
-    space-padded to a multiple of 8, as the reference writer does.
+    Memory is one tensor at a time, and none for copied byte ranges. Data is laid out
+    in the declared order (the reference writer sorts by alignment instead; readers
+    need neither). The header is space-padded to a multiple of 8, as the reference
+    writer does.
     """
 
     def __init__(self, path: Path, infos: Sequence[TensorInfo], metadata: Mapping[str, str]):
         super().__init__(path, infos, metadata)
+        self._file: _Appender | None = None
         header: dict[str, object] = {}
         if self.metadata:
             header["__metadata__"] = self.metadata
@@ -126,25 +146,94 @@ class SafetensorsWriter(Writer):
             raise OutputError("output.path", f"{final_name(self.path)}: the safetensors header "
                               f"would be {len(raw)} bytes, over the 100 MB readers accept")
         self._end = 8 + len(raw) + offset
-        self._file = open(self.path, "wb")  # noqa: SIM115 -- closed in _finish/_discard
-        self._file.write(struct.pack("<Q", len(raw)))
-        self._file.write(raw)
+        self._file = _Appender(self.path)
+        self._file.write(memoryview(struct.pack("<Q", len(raw)) + raw))
 
     def _write(self, info: TensorInfo, tensor: torch.Tensor) -> None:
         # Viewed as bytes, every dtype (bf16 and fp8 included) goes through numpy.
         data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
         self._file.write(memoryview(data))
 
+    def _copy(self, info: TensorInfo, source: ByteRange, files: SourceFiles) -> None:
+        self._file.copy(files.fd(source.path), source.offset, source.length)
+
     def _finish(self) -> None:
         try:
-            end = self._file.tell()
+            end = self._file.finish()
         finally:
             self._file.close()
         if end != self._end:
             raise RuntimeError(f"{self.path}: wrote {end} bytes, the header promised {self._end}")
 
     def _discard(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+
+
+class _Appender:
+    """Appends to a file through its descriptor: small writes are gathered into one,
+    large ones and kernel copies go straight through.
+
+    Every ``WRITEBACK`` bytes it asks the kernel to start writing what came before
+    (``posix_fadvise(DONTNEED)``), and to drop what is already on disk: the fsync that
+    publishes the file then has little left to do, and a 100 GB output does not push
+    everything else out of the page cache.
+    """
+
+    BUFFER = 1 << 20
+    WRITEBACK = 64 << 20
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        # Not O_TRUNC on the (empty) temporary file: ext4 flushes a file truncated at open
+        # when it is closed, which would write everything synchronously a second time.
+        if os.fstat(self.fd).st_size:
+            os.ftruncate(self.fd, 0)
+        self.position = 0
+        self._pending = bytearray()
+        self._kicked = 0  # written back up to here (asked to)
+        self._dropped = 0
+
+    def write(self, data: memoryview) -> None:
+        if len(data) < self.BUFFER:
+            self._pending += data
+            if len(self._pending) >= self.BUFFER:
+                self.flush()
+            return
+        self.flush()
+        write_all(self.fd, data)
+        self._advance(len(data))
+
+    def copy(self, src: int, offset: int, length: int) -> None:
+        self.flush()
+        copy_range(src, offset, length, self.fd)
+        self._advance(length)
+
+    def flush(self) -> None:
+        if self._pending:
+            write_all(self.fd, memoryview(self._pending))
+            self._advance(len(self._pending))
+            self._pending = bytearray()
+
+    def finish(self) -> int:
+        """Flush; the number of bytes in the file."""
+        self.flush()
+        return os.lseek(self.fd, 0, os.SEEK_CUR)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _advance(self, n: int) -> None:
+        self.position += n
+        if self.position - self._kicked < self.WRITEBACK or not hasattr(os, "posix_fadvise"):
+            return
+        # The previous window has had a window's time to reach the disk: drop it; start this one.
+        if self._kicked > self._dropped:  # (a length of 0 would mean "to the end of the file")
+            os.posix_fadvise(self.fd, self._dropped, self._kicked - self._dropped, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(self.fd, self._kicked, self.position - self._kicked, os.POSIX_FADV_DONTNEED)
+        self._dropped, self._kicked = self._kicked, self.position
 
 
 class TorchWriter(Writer):

@@ -18,6 +18,9 @@ from safetensors.torch import save_file
 from torchgraft import __version__
 from torchgraft.errors import RecipeError
 from torchgraft.examples import ConvNet, LinearProbe, LitClassifier, SequentialNet
+from torchgraft.examples.bert import BertForPreTraining
+from torchgraft.examples.encoders import TextEncoder, TinyViT
+from torchgraft.examples.gpt import GPT2LMHeadModel
 
 
 def _state_dict(make: Callable[[], torch.nn.Module], seed: int) -> dict[str, torch.Tensor]:
@@ -54,11 +57,68 @@ def _lightning(path: Path) -> None:
     torch.save(checkpoint, path)
 
 
+def _random_state(make: Callable[[], torch.nn.Module], seed: int) -> dict[str, torch.Tensor]:
+    """Every floating parameter drawn at random (LayerNorm scales around 1), so that a port
+    that drops a bias or swaps two tensors changes the numbers: fresh-init zeros and
+    ones would hide it."""
+    torch.manual_seed(seed)
+    model = make()
+    with torch.no_grad():
+        for module in model.modules():
+            for name, p in module.named_parameters(recurse=False):
+                around = 1.0 if isinstance(module, torch.nn.LayerNorm) and name == "weight" else 0.0
+                p.copy_(around + 0.1 * torch.randn_like(p))
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _gpt2(path: Path) -> None:
+    """Hugging Face's GPT-2 layout; like HF files it leaves out ``lm_head.weight`` (tied)."""
+    state = _random_state(GPT2LMHeadModel, seed=10)
+    del state["lm_head.weight"]
+    _save_safetensors(state, path)
+
+
+def _bert(path: Path) -> None:
+    """``bert-base-uncased``'s layout (encoder under ``bert.``, heads under ``cls.``), as a torch .bin."""
+    torch.save(_random_state(BertForPreTraining, seed=11), path)
+
+
+def _encoder_12(path: Path) -> None:
+    _save_safetensors(_random_state(lambda: TextEncoder(depth=12), seed=12), path)
+
+
+def _vit(path: Path) -> None:
+    _save_safetensors(_random_state(lambda: TinyViT(img_size=32, patch_size=8), seed=13), path)
+
+
+def _training_run(step: int) -> Callable[[Path], None]:
+    """One checkpoint of a training run: the weights drift a little every 1000 steps, as
+    the last checkpoints of a run do; saved the way training scripts save them."""
+
+    def build(path: Path) -> None:
+        state = _random_state(lambda: SequentialNet(num_classes=10, hidden=32), seed=14)
+        generator = torch.Generator().manual_seed(step)
+        for key, value in state.items():
+            if value.is_floating_point():
+                value = value + 0.01 * torch.randn(value.shape, generator=generator)
+                state[key] = value.abs() if key.endswith("running_var") else value
+            elif key.endswith("num_batches_tracked"):
+                state[key] = torch.tensor(step)
+        torch.save({"model": state, "step": step, "optimizer": {"lr": 0.01, "momentum": 0.9}}, path)
+
+    return build
+
+
 EXAMPLES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "convnet": ("convnet.safetensors", _convnet),
     "sequential": ("sequential.pt", _sequential),
     "linear_probe": ("linear_probe.safetensors", _linear_probe),
     "lightning": ("lightning.ckpt", _lightning),
+    "gpt2": ("gpt2.safetensors", _gpt2),
+    "bert": ("bert.bin", _bert),
+    "encoder_12": ("encoder_12.safetensors", _encoder_12),
+    "vit": ("vit.safetensors", _vit),
+    **{f"run_step{step}": (f"run_step{step}.pt", _training_run(step)) for step in (3000, 4000, 5000)},
 }
 
 

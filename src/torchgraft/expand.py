@@ -1,0 +1,293 @@
+"""Rules x inventories -> assignments: each bulk or explicit rule expanded into the
+target tensors (or regions) it writes, with templates bound, renames applied, merged
+sources paired and transforms' shapes checked. Reads headers only."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from torchgraft.checkpoints import Reader
+from torchgraft.errors import PlanError
+from torchgraft.patterns import PatternError, Renamer, Template, matching_counts, select_keys
+from torchgraft.plan import Piece, Read, Skipped
+from torchgraft.recipe import BulkRule, ExplicitRule, Recipe
+from torchgraft.regions import Box, Region, describe, split_key_region
+from torchgraft.selection import TargetFilter
+from torchgraft.tensors import TensorInfo, is_floating
+from torchgraft.transforms import Transform, compile_transforms
+from torchgraft.transforms import describe as describe_transform
+
+
+@dataclass(frozen=True)
+class _Assignment:
+    """One rule writing one target tensor (or a region of it)."""
+
+    key: str
+    box: Box | None  # None: the whole tensor
+    piece: Piece
+    shape: tuple[int, ...]  # of the values, after transforms
+    dtype: str
+    field: str  # recipe field to blame
+
+
+def closest(key: str, candidates: Sequence[str], n: int = 3) -> str:
+    """``(closest: a, b)`` hint for a key that is not there."""
+    close = difflib.get_close_matches(key, candidates, n=n, cutoff=0.5)
+    return f" (closest: {', '.join(close)})" if close else ""
+
+
+def _fmt_shape(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+class RuleExpander:
+    """Expands each rule against the inventories into assignments (one per target tensor or
+    region), checking shapes, dtypes and keys as it goes. The planner checks the whole."""
+
+    def __init__(self, recipe: Recipe, readers: Mapping[str, Reader], target: list[TensorInfo] | None):
+        self.recipe = recipe
+        self.readers = readers
+        self.inventories = {name: {t.key: t for t in r.inventory()} for name, r in readers.items()}
+        self.target = {t.key: t for t in target} if target is not None else None
+        self.extracted: dict[str, TensorInfo] = {}  # the output's tensors when there is no target
+        self.assignments: list[_Assignment] = []
+        self.skipped: list[Skipped] = []
+
+    # -- the target's tensors ------------------------------------------------------
+
+    def _target_info(self, key: str, field: str, missing: str, hint_from: str) -> TensorInfo | None:
+        if self.target is None:
+            return None
+        if key in self.target:
+            return self.target[key]
+        if missing == "skip":
+            return None
+        raise PlanError(field, f"{hint_from} -> '{key}': the target has no such tensor{closest(key, list(self.target))}")
+
+    # -- rules ---------------------------------------------------------------------
+
+    def bulk(self, rule: BulkRule) -> None:
+        field = rule.field
+        transforms = compile_transforms(rule.transforms, f"{field}.transform")
+        for pattern, replacement in rule.rename:  # every entry checked before any key reaches it
+            try:
+                Renamer([(pattern, replacement)])
+            except PatternError as err:
+                raise PlanError(f"{field}.rename.{pattern}", str(err)) from None
+        renamer = Renamer(list(rule.rename))
+        only = self._target_filter(rule)
+        taken = [self._bulk_keys(rule, source, renamer, only) for source in rule.sources]
+        lead = rule.sources[0]
+        for source, keys in zip(rule.sources[1:], taken[1:]):  # merged sources give the same tensors
+            for a, a_keys, b, b_keys in ((lead, taken[0], source, keys), (source, keys, lead, taken[0])):
+                extra = next((k for k in a_keys if k not in b_keys), None)
+                if extra is not None:
+                    raise PlanError(f"{field}.from", f"{a}:{a_keys[extra][0]} -> '{extra}' has no counterpart in '{b}' "
+                                                     "(merged sources must provide the same tensors)")
+        if only is not None and not taken[0]:
+            raise PlanError(field, f"no tensor of source '{lead}' lands on a target tensor that types/kind select")
+        for new_key, (key, blame, target) in taken[0].items():
+            reads = tuple(self._read(source, keys[new_key][0]) for source, keys in zip(rule.sources, taken))
+            shape = self._merged_shape(reads, f"{field}.from")
+            self._assign(new_key, None, target, reads, transforms, field, blame, shape, rule.merge)
+
+    def _bulk_keys(self, rule: BulkRule, source: str, renamer: Renamer, only) -> dict[str, tuple[str, str, TensorInfo | None]]:
+        """The tensors ``rule`` takes from ``source``: new key -> (source key, field to blame, target tensor)."""
+        field = rule.field
+        keys = list(self.inventories[source])
+        selected = keys
+        if rule.select:
+            for i, count in enumerate(matching_counts(keys, rule.select)):
+                if count == 0:
+                    raise PlanError(f"{field}.select[{i}]", f"'{rule.select[i]}' matches no tensor of source '{source}'")
+            selected = select_keys(keys, rule.select)
+        if rule.exclude:
+            excluded = set(select_keys(selected, rule.exclude))
+            selected = [k for k in selected if k not in excluded]
+        produced: dict[str, str] = {}
+        taken: dict[str, tuple[str, str, TensorInfo | None]] = {}
+        for key in selected:
+            try:
+                new_key, used = renamer.rename(key)
+            except PatternError as err:
+                raise PlanError(f"{field}.rename", f"{source}:{key}: {err}") from None
+            blame = f"{field}.rename" if used is not None else f"{field}.select"
+            if new_key in produced:
+                raise PlanError(blame, f"{source}:{produced[new_key]} and {source}:{key} both map to '{new_key}'")
+            produced[new_key] = key
+            if only is not None:  # a filter selects among target tensors: others are not this rule's
+                target = self.target.get(new_key)
+                if target is None or not only.accepts(target):
+                    continue
+            else:
+                target = self._target_info(new_key, blame, rule.missing, f"{source}:{key}")
+                if target is None and self.target is not None:
+                    continue  # missing: skip
+            taken[new_key] = (key, blame, target)
+        return taken
+
+    def _target_filter(self, rule: BulkRule) -> TargetFilter | None:
+        if not rule.types and rule.kind == "all":
+            return None
+        which = "types" if rule.types else "kind"
+        if self.target is None or any(t.kind is None or t.module_type is None for t in self.target.values()):
+            raise PlanError(f"{rule.field}.{which}", "selecting by module type or kind needs a target model class")
+        return TargetFilter(rule.types, rule.kind, rule.field, list(self.target.values()))
+
+    def explicit(self, rule: ExplicitRule) -> None:
+        field = rule.field
+        transforms = compile_transforms(rule.transforms, f"{field}.transform")
+        to_key, to_region = self._split(rule.to, f"{field}.to")
+        froms = [self._parse_from(text, f"{field}.from") for text in rule.sources]
+        to_template = Template(to_key)
+        from_templates = [Template(key) for _, key, _ in froms]
+        self._check_bound(rule, to_template, from_templates)
+        for bindings, to_text in self._expand(rule, field, to_template, froms, from_templates):
+            target = self._target_info(to_text, f"{field}.to", rule.missing, rule.to)
+            if target is None and self.target is not None:
+                continue
+            reads = []
+            for text, (source, _, region), template in zip(rule.sources, froms, from_templates):
+                try:
+                    key = template.format(bindings)
+                except PatternError as err:
+                    raise PlanError(f"{field}.from", f"{err} (filling '{text}' for {to_text})") from None
+                info = self.inventories[source].get(key)
+                if info is None:
+                    if rule.missing == "skip":
+                        break
+                    raise PlanError(
+                        f"{field}.from", f"source '{source}' has no tensor '{key}'{closest(key, list(self.inventories[source]))}"
+                    )
+                if region is not None:
+                    self._box(region, info.shape, f"{field}.from", f"{source}:{key}")
+                reads.append(Read(source, key, info.shape, info.dtype, str(region) if region else None))
+            else:
+                src_shape = self._merged_shape(reads, f"{field}.from")
+                box = None
+                if to_region is not None:
+                    if target is None:
+                        raise PlanError(f"{field}.to", f"'{rule.to}': a region needs a target tensor to write into (set target or base)")
+                    box = self._box(to_region, target.shape, f"{field}.to", to_text)
+                self._assign(to_text, box, target, tuple(reads), transforms, field, f"{field}.to", src_shape, rule.merge)
+
+    def _check_bound(self, rule: ExplicitRule, to_template: Template, from_templates: list[Template]) -> None:
+        """Every variable a side uses must be bound by the side that binds (up front, not per key)."""
+        sides = [(f"{rule.field}.to", rule.to, to_template)]
+        sides += [(f"{rule.field}.from", text, t) for text, t in zip(rule.sources, from_templates)]
+        binder = next((s for s in sides if s[2].variables), sides[0])
+        bound = binder[2].variables
+        for field, text, template in sides:
+            for name in template.referenced:
+                if name not in bound:
+                    names = ", ".join(bound) or "nothing"
+                    raise PlanError(field, f"{{{name}}} in '{text}' is not bound ('{binder[1]}' binds {names})")
+
+    def _expand(self, rule, field, to_template, froms, from_templates):
+        """Bind template variables on the side where they appear plainly."""
+        if to_template.variables:
+            if self.target is None:
+                raise PlanError(f"{field}.to", f"'{rule.to}': template variables in 'to' need a target to bind against")
+            pairs = [(b, key) for key in self.target if (b := to_template.match(key)) is not None]
+            if not pairs:
+                raise PlanError(f"{field}.to", f"'{rule.to}' matches no target tensor")
+            return pairs
+        plain = [(i, t) for i, t in enumerate(from_templates) if t.variables]
+        if plain:
+            i, template = plain[0]
+            source = froms[i][0]
+            pairs = []
+            for key in self.inventories[source]:
+                b = template.match(key)
+                if b is not None:
+                    try:
+                        pairs.append((b, to_template.format(b)))
+                    except PatternError as err:
+                        raise PlanError(f"{field}.to", f"{err} (filling '{rule.to}' for {source}:{key})") from None
+            if not pairs:
+                raise PlanError(f"{field}.from", f"'{rule.sources[i]}' matches no tensor of source '{source}'")
+            return pairs
+        try:
+            return [({}, to_template.format({}))]
+        except PatternError as err:
+            raise PlanError(f"{field}.to", str(err)) from None
+
+    def _assign(self, key, box, target, reads, transforms: tuple[Transform, ...], field, blame, shape, merge=None):
+        source_text = " + ".join(f"{r.source}:{r.key}{r.region or ''}" for r in reads)
+        src_shape, dtype = tuple(shape), reads[0].dtype
+        for i, transform in enumerate(transforms):
+            try:
+                shape, dtype = transform.out_shape(tuple(shape)), transform.out_dtype(dtype)
+            except ValueError as err:
+                raise PlanError(f"{field}.transform[{i}]", f"{source_text}: {err}") from None
+            if transform.reads_initial and self.target is None:
+                raise PlanError(f"{field}.transform[{i}]", f"{describe_transform(transform.spec)} needs the target's "
+                                                           "initial values (set target, or base)")
+        if target is None:  # extraction: the rule defines the output tensor
+            target = TensorInfo(key, shape, dtype)
+            self.extracted.setdefault(key, target)  # a second, conflicting rule fails the overlap check
+        expected = box.shape if box is not None else target.shape
+        where = f"{key}{describe(box, target.shape) if box is not None else ''}"
+        problem = None
+        if tuple(shape) != tuple(expected):
+            if transforms:
+                steps = ", ".join(describe_transform(t.spec) for t in transforms)
+                problem = (f"{source_text} {_fmt_shape(src_shape)} becomes {_fmt_shape(shape)} after {steps}, "
+                           f"but {where} has shape {_fmt_shape(expected)}")
+            else:
+                problem = f"{source_text} has shape {_fmt_shape(shape)} but {where} has shape {_fmt_shape(expected)}"
+        elif is_floating(dtype) != is_floating(target.dtype):
+            problem = f"{source_text} is {dtype} but {where} is {target.dtype}"
+        if problem:
+            if self.recipe.policy.mismatch == "skip":
+                self.skipped.append(Skipped(key, field, problem))
+                return
+            raise PlanError(blame, problem + " (set policy.mismatch=skip to leave it out)")
+        region = describe(box, target.shape) if box is not None else None
+        piece = Piece(reads, field, region, tuple(t.spec for t in transforms), merge)
+        self.assignments.append(_Assignment(key, box, piece, tuple(shape), dtype, blame))
+
+    def _read(self, source: str, key: str) -> Read:
+        info = self.inventories[source][key]
+        return Read(source, key, info.shape, info.dtype)
+
+    def _merged_shape(self, reads: Sequence[Read], field: str) -> tuple[int, ...]:
+        """The shape of the values the reads give; merged reads must agree in shape and dtype."""
+        first = reads[0]
+        shape = self._read_shape(first, field)
+        for read in reads[1:]:
+            other = self._read_shape(read, field)
+            if other != shape or read.dtype != first.dtype:
+                raise PlanError(
+                    field,
+                    f"cannot merge {first.source}:{first.key}{first.region or ''} {_fmt_shape(shape)} {first.dtype} "
+                    f"with {read.source}:{read.key}{read.region or ''} {_fmt_shape(other)} {read.dtype} "
+                    "(merged tensors must have the same shape and dtype)",
+                )
+        return shape
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _split(self, text: str, field: str) -> tuple[str, Region | None]:
+        try:
+            return split_key_region(text)
+        except ValueError as err:
+            raise PlanError(field, str(err)) from None
+
+    def _parse_from(self, text: str, field: str) -> tuple[str, str, Region | None]:
+        source, _, rest = text.partition(":")
+        key, region = self._split(rest, field)
+        return source, key, region
+
+    def _box(self, region: Region, shape, field: str, key: str) -> Box:
+        try:
+            return region.box(tuple(shape))
+        except ValueError as err:
+            raise PlanError(field, f"{key}{region}: {err} (shape {_fmt_shape(shape)})") from None
+
+    def _read_shape(self, read: Read, field: str) -> tuple[int, ...]:
+        if read.region is None:
+            return tuple(read.shape)
+        return Region.parse(read.region).box(tuple(read.shape)).shape

@@ -1,0 +1,294 @@
+"""Fold near-identical lines into one, and unfold them again.
+
+A 60-layer model has sixty lines that differ only by the layer number. Folding keys
+whose integer segments vary together gives one line a reviewer can read
+(``blocks.{0..59}.q.weight ← src:layer.{0..59}.query.weight``), and ``expand`` turns
+such a line back into every key it stands for, so the folded text never hides an
+entry: the folder only emits a pattern after checking that ``expand`` gives back
+exactly its members.
+
+Pattern syntax, in one key:
+  ``{3..7}`` ``{7..3}`` ``{0..118..2}``  an integer progression (bash-style, inclusive)
+  ``{0,2,5}``                            integers listed
+  ``{weight,bias}``                      names listed (sibling leaves of a module)
+The first key of a line (the target key) iterates over the product of its braces, in
+order (``layers.{0..59}.experts.{0..7}`` is 480 keys). A brace in another key of the
+same line (a source key) follows one brace of the first key, value for value: the only
+one if there is one; else the one at the same position when the key has as many braces;
+else the one with as many values. The folder never emits a line where that is ambiguous.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+_INT = re.compile(r"0|[1-9][0-9]*")
+_INT_SEGMENT = re.compile(r"(?<![^.])(0|[1-9][0-9]*)(?![^.])")  # a whole dotted segment
+_BRACE = re.compile(r"\{([^{}\s]*)\}")
+_RANGE = re.compile(r"(\d+)\.\.(\d+)(?:\.\.([1-9]\d*))?")
+_NAME = re.compile(r"[^,{}\s.]+")
+_LINE_COST = 60  # a line costs as much as this many characters when choosing a folding
+_MAX_FIXED_CHOICES = 6  # keys with more integer segments than this try fewer foldings
+_MIN_FOLD = 3  # two lines folded into one read worse than the two lines
+
+
+@dataclass(frozen=True)
+class Group(Generic[T]):
+    """Items folded into one line: ``patterns[0]`` is the first key, the rest follow it."""
+
+    patterns: tuple[str, ...]
+    members: tuple[T, ...]  # in input order
+    first: int  # input position of the first member: lines keep the input's order
+
+
+# -- patterns -------------------------------------------------------------------------
+
+
+def brace(values: Sequence[int | str]) -> str:
+    """``[0, 1, 2, 3]`` -> ``{0..3}``; ``[0, 2, 4]`` -> ``{0..4..2}``; else a list."""
+    if len(values) >= 3 and all(isinstance(v, int) for v in values):
+        step = values[1] - values[0]  # type: ignore[operator]
+        if step != 0 and all(b - a == step for a, b in zip(values, values[1:])):  # type: ignore[operator]
+            by = f"..{abs(step)}" if abs(step) != 1 else ""
+            return f"{{{values[0]}..{values[-1]}{by}}}"
+    return "{" + ",".join(str(v) for v in values) + "}"
+
+
+def slot_values(content: str) -> list[str] | None:
+    """The values a brace's content stands for, or None if it is not a pattern brace."""
+    if m := _RANGE.fullmatch(content):
+        start, stop, step = int(m[1]), int(m[2]), int(m[3] or 1)
+        step = step if stop >= start else -step
+        return [str(v) for v in range(start, stop + (1 if step > 0 else -1), step)]
+    items = content.split(",")
+    if len(items) >= 2 and all(_NAME.fullmatch(item) for item in items):
+        return items
+    return None
+
+
+def _slots(text: str) -> list[tuple[int, int, list[str]]]:
+    """(start, end, values) of each pattern brace in ``text``."""
+    out = []
+    for m in _BRACE.finditer(text):
+        values = slot_values(m[1])
+        if values is not None:
+            out.append((m.start(), m.end(), values))
+    return out
+
+
+def _substitute(text: str, slots: list[tuple[int, int, list[str]]], chosen: Sequence[str]) -> str:
+    parts, last = [], 0
+    for (start, end, _), value in zip(slots, chosen):
+        parts += [text[last:start], value]
+        last = end
+    return "".join(parts) + text[last:]
+
+
+def expand(patterns: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every tuple of keys a line stands for (see the module docstring for the rules)."""
+    dims = _slots(patterns[0])
+    followers = []
+    for pattern in patterns[1:]:
+        slots = _slots(pattern)
+        followers.append((pattern, slots, _attribute(slots, dims, pattern)))
+    out = []
+    for combo in itertools.product(*(range(len(values)) for _, _, values in dims)):
+        keys = [_substitute(patterns[0], dims, [values[i] for (_, _, values), i in zip(dims, combo)])]
+        for pattern, slots, owners in followers:
+            keys.append(_substitute(pattern, slots, [values[combo[d]] for (_, _, values), d in zip(slots, owners)]))
+        out.append(tuple(keys))
+    return out
+
+
+def _attribute(slots, dims, pattern: str) -> list[int]:
+    """Which brace of the first key each brace of ``pattern`` follows."""
+    if not slots:
+        return []
+    if len(dims) == 1:
+        owners = [0] * len(slots)
+    elif len(slots) == len(dims):
+        owners = list(range(len(slots)))
+    else:
+        owners = []
+        for _, _, values in slots:
+            same = [d for d, (_, _, dim_values) in enumerate(dims) if len(dim_values) == len(values)]
+            if len(same) != 1:
+                raise ValueError(f"'{pattern}': cannot tell which brace of the first key each of its braces follows")
+            owners.append(same[0])
+    for (_, _, values), d in zip(slots, owners):
+        if not dims or len(values) != len(dims[d][2]):
+            raise ValueError(f"'{pattern}': a brace has {len(values)} values, the brace it follows has a different number")
+    return owners
+
+
+def expand_line(line: str) -> list[str]:
+    """A folded text line -> one line per key tuple it stands for. Its first
+    space-separated token is the first key; other tokens holding braces follow it."""
+    tokens = line.split(" ")
+    lead = next((i for i, t in enumerate(tokens) if t), None)
+    if lead is None or not _slots(tokens[lead]):
+        return [line]
+    others = [i for i, t in enumerate(tokens) if i != lead and _slots(t)]
+    out = []
+    for keys in expand([tokens[lead]] + [tokens[i] for i in others]):
+        copy = list(tokens)
+        for i, key in zip([lead, *others], keys):
+            copy[i] = key
+        out.append(" ".join(copy))
+    return out
+
+
+# -- folding --------------------------------------------------------------------------
+
+
+def split_key(key: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """``blocks.3.q.7.weight`` -> (("blocks.", ".q.", ".weight"), (3, 7)): the text around
+    its integer segments, and the integers. Keys with braces of their own never fold (a
+    brace would read as a pattern)."""
+    if "{" in key or "}" in key:
+        return (key,), ()
+    parts = _INT_SEGMENT.split(key)
+    return tuple(parts[0::2]), tuple(int(p) for p in parts[1::2])
+
+
+def _join(template: tuple[str, ...], values: Sequence[str]) -> str:
+    out = [template[0]]
+    for value, text in zip(values, template[1:]):
+        out += [value, text]
+    return "".join(out)
+
+
+def fold(items: Sequence[T], keys: Callable[[T], Sequence[str]], rest: Callable[[T], Hashable]) -> list[Group[T]]:
+    """Fold items whose ``rest`` is equal and whose keys differ only by integer segments
+    that vary together. Groups come in the order of their first member."""
+    # members are (position, item, integers of its keys, its keys)
+    buckets: dict[tuple, list[tuple[int, T, tuple[int, ...], tuple[str, ...]]]] = {}
+    for i, item in enumerate(items):
+        item_keys = tuple(keys(item))
+        split = [split_key(k) for k in item_keys]
+        templates = tuple(t for t, _ in split)
+        values = tuple(v for _, vs in split for v in vs)
+        buckets.setdefault((templates, rest(item)), []).append((i, item, values, item_keys))
+    groups: list[Group[T]] = []
+    for (templates, _), members in buckets.items():
+        groups.extend(_fold_bucket(templates, members))
+    groups.sort(key=lambda g: g.first)
+    return groups
+
+
+def _fold_bucket(templates, members) -> list[Group]:
+    if len(members) == 1:
+        return [_single(members[0])]
+    primary = len(templates[0]) - 1
+    choices = range(primary + 1) if primary <= _MAX_FIXED_CHOICES else (0, primary)
+    best, best_cost = None, None
+    for n_fixed in choices:
+        for fixed in itertools.combinations(range(primary), n_fixed):
+            subs = _partition(members, fixed)
+            if best_cost is not None and len(subs) * _LINE_COST >= best_cost:
+                continue  # cannot beat the best folding so far
+            groups = []
+            for sub in subs:
+                folded = _fold_exact(templates, sub, primary)
+                groups += [folded] if folded is not None else [_single(m) for m in sub]
+            cost = sum(sum(len(p) for p in g.patterns) + _LINE_COST for g in groups)
+            if best_cost is None or cost < best_cost:
+                best, best_cost = groups, cost
+    return best
+
+
+def _partition(members, fixed: tuple[int, ...]) -> list[list]:
+    subs: dict[tuple, list] = {}
+    for member in members:
+        subs.setdefault(tuple(member[2][j] for j in fixed), []).append(member)
+    return list(subs.values())
+
+
+def _single(member) -> Group:
+    i, item, _, keys = member
+    return Group(keys, (item,), i)
+
+
+def _fold_exact(templates, sub, primary: int) -> Group | None:
+    """One line for ``sub`` if its primary integers form a full product and every other
+    integer follows one of them; None otherwise."""
+    if len(sub) < _MIN_FOLD:
+        return None
+    rows = [member[2] for member in sub]
+    width = len(rows[0])
+    columns = [[row[j] for row in rows] for j in range(width)]
+    lists = [sorted(set(col)) for col in columns]  # numeric order reads best: {1..11..2}, not {1,11,3,5,7,9}
+    dims = [j for j in range(primary) if len(lists[j]) > 1]
+    size = 1
+    for j in dims:
+        size *= len(lists[j])
+    if size != len(sub):
+        return None
+    text: list[str] = []
+    for j in range(width):
+        if len(lists[j]) == 1:
+            text.append(str(lists[j][0]))
+        elif j < primary:
+            text.append(brace(lists[j]))
+        else:
+            follows = _follows(columns[j], [columns[d] for d in dims], [lists[d] for d in dims])
+            if follows is None:
+                return None
+            text.append(brace(follows))
+    patterns, at = [], 0
+    for template in templates:
+        n = len(template) - 1
+        patterns.append(_join(template, text[at : at + n]))
+        at += n
+    try:
+        if sorted(expand(patterns)) != sorted(member[3] for member in sub):
+            return None
+    except ValueError:
+        return None
+    return Group(tuple(patterns), tuple(member[1] for member in sub), sub[0][0])
+
+
+def _follows(column, dim_columns, dim_lists) -> list[int] | None:
+    """The values of ``column`` listed along the first dimension it is a function of."""
+    for dim_column, dim_list in zip(dim_columns, dim_lists):
+        mapping: dict[int, int] = {}
+        if all(mapping.setdefault(d, v) == v for d, v in zip(dim_column, column)):
+            return [mapping[d] for d in dim_list]
+    return None
+
+
+def merge_leaves(groups: Sequence[Group[T]], same: Callable[[Group[T], Group[T]], bool]) -> list[Group[T]]:
+    """Adjacent single-key lines that differ only in their last segment share one line
+    (``norm.{weight,bias}``) when ``same`` says the rest of the two lines is equal."""
+    out: list[Group[T]] = []
+    for group in groups:
+        prev = out[-1] if out else None
+        if prev is not None and len(group.patterns) == 1 and len(prev.patterns) == 1 and same(prev, group):
+            merged = _merge(prev.patterns[0], group.patterns[0])
+            if merged is not None:
+                out[-1] = Group((merged,), prev.members + group.members, prev.first)
+                continue
+        out.append(group)
+    return out
+
+
+def _merge(a: str, b: str) -> str | None:
+    parent_a, _, leaf_a = a.rpartition(".")
+    parent_b, _, leaf_b = b.rpartition(".")
+    if not parent_a or parent_a != parent_b or not _NAME.fullmatch(leaf_b) or _INT.fullmatch(leaf_b):
+        return None
+    if _NAME.fullmatch(leaf_a) and not _INT.fullmatch(leaf_a):
+        leaves = [leaf_a]
+    elif leaf_a.startswith("{") and (values := slot_values(leaf_a[1:-1])) is not None and not _INT.fullmatch(values[0]):
+        leaves = values
+    else:
+        return None
+    if leaf_b in leaves:
+        return None
+    return f"{parent_a}.{{{','.join(leaves + [leaf_b])}}}"

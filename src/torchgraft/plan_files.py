@@ -1,0 +1,105 @@
+"""Plan files on disk: ``NAME.plan.json`` (for machines, carries its own sha256),
+``.plan.txt`` (the review text) and ``.plan.md`` (for a pull-request comment).
+
+Reading a plan for ``apply`` or ``check`` refuses a file whose stored sha256 is not the
+hash of its contents: a plan runs only as it was reviewed, and a hand edit has to go
+through the planner again (a dry run) to become a plan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from torchgraft.errors import DriftError, PlanError
+from torchgraft.markdown import render_markdown
+from torchgraft.plan import Plan, document_sha256, from_dict, validate
+from torchgraft.render import render
+
+SUFFIX = ".plan.json"
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a plan file is whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_plan(plan: Plan, stem: Path, text: str | None = None) -> Path:
+    """Write ``STEM.json``, ``STEM.txt`` and ``STEM.md``; returns the JSON path."""
+    json_path = stem.with_name(stem.name + ".json")
+    write_text(json_path, plan.to_json())
+    write_text(stem.with_name(stem.name + ".txt"), text if text is not None else render(plan))
+    write_text(stem.with_name(stem.name + ".md"), render_markdown(plan))
+    return json_path
+
+
+def recipe_name(path: str) -> str | None:
+    """``plans/finetune_head.plan.json`` -> ``finetune_head`` (the name ``plan_dir`` gives it)."""
+    name = Path(path).name
+    return name[: -len(SUFFIX)] if name.endswith(SUFFIX) and len(name) > len(SUFFIX) else None
+
+
+def job_name(recipe: str | None, apply: str | None) -> str:
+    """Run directories are named after the recipe, or ``apply_NAME`` for ``apply=.../NAME.plan.json``."""
+    if not apply:
+        return str(recipe)
+    name = recipe_name(str(apply))
+    return f"apply_{name}" if name else "apply"
+
+
+def register_resolver() -> None:
+    """``${job_name:RECIPE,APPLY}`` for hydra.run.dir and hydra.sweep.subdir (idempotent)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("job_name"):
+        OmegaConf.register_new_resolver("job_name", job_name)
+
+
+def replan_command(path: str, recipe: str | None = None) -> str:
+    """The dry run that rewrites the plan file at ``path`` (when it is named as ``plan_dir`` names plans)."""
+    named = recipe_name(path)
+    if named is None or (recipe is not None and recipe != named):
+        return f"graft recipe={recipe or 'NAME'} dry_run=true"
+    return f"graft recipe={named} dry_run=true plan_dir={Path(path).parent}"
+
+
+def read_document(path: str, field: str) -> dict:
+    """A plan file's JSON document, checked against the plan schema."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PlanError(field, f"{path}: no such plan file") from None
+    except OSError as err:
+        raise PlanError(field, f"{path}: cannot read it ({err.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PlanError(field, f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise PlanError(field, f"{path}: not a torchgraft plan (expected a JSON object)")
+    try:
+        validate(data)
+    except PlanError as err:
+        raise PlanError(field, f"{path}: {err.message}") from None
+    return data
+
+
+def hash_matches(data: dict) -> bool:
+    return data.get("sha256") == document_sha256(data)
+
+
+def read_plan(path: str, field: str) -> Plan:
+    """A plan file as written by a dry run: schema-valid and unedited, else PlanError/DriftError."""
+    data = read_document(path, field)
+    if not hash_matches(data):
+        what = "carries no sha256" if "sha256" not in data else "does not match its sha256"
+        raise DriftError(
+            field,
+            f"{path}: the plan {what} (was it edited by hand?); a plan runs only as it was written. "
+            f"Re-validate the recipe with: {replan_command(path)}",
+        )
+    return from_dict(data)

@@ -1,0 +1,151 @@
+"""One table over every job of a sweep (``graft -m ...``): what each job did, or why
+it failed.
+
+Hydra calls ``on_multirun_end`` only when every job succeeded, so the table cannot
+wait for the end: each job writes ``status.json`` in its own run directory (ok or
+failed, from the job wrapper in cli.py), and after each job the ``SweepSummary``
+callback rewrites ``summary.txt`` and ``summary.json`` in the sweep directory from
+all status files present. After the last job, they list every job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from torchgraft.errors import GraftError
+from torchgraft.outputs import output_bytes
+from torchgraft.plan import Plan
+from torchgraft.render import human_bytes
+
+STATUS = "status.json"
+SUMMARY = "summary"  # summary.txt and summary.json, in the sweep directory
+
+last_summary: Path | None = None  # the summary this process wrote last (graft prints it after the sweep)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one job did."""
+
+    mode: str  # run | dry_run | apply | check
+    assigned: int | None = None
+    kept: int | None = None
+    unused: int | None = None
+    bytes_written: int | None = None
+    output: str | None = None
+
+    @staticmethod
+    def of(plan: Plan, mode: str, output: Path | None = None) -> Outcome:
+        kept = sum(1 for e in plan.entries if e.kept)
+        written = _size(output) if output is not None else None
+        return Outcome(mode, len(plan.entries) - kept, kept, len(plan.unused), written, str(output) if output is not None else None)
+
+
+def _size(path: Path) -> int | None:
+    return output_bytes(path) if path.exists() else None
+
+
+def mode_of(cfg: Any) -> str:
+    for mode in ("apply", "check"):
+        if cfg.get(mode):
+            return mode
+    return "dry_run" if cfg.get("dry_run") else "run"
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error) if isinstance(error, GraftError) else f"internal error: {type(error).__name__}: {error}"
+    return (text.strip().splitlines() or [""])[0]
+
+
+def write_status(cfg: Any, outcome: Outcome | None, error: BaseException | None) -> None:
+    """Record this job's result in its run directory (sweeps only)."""
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN:
+        return
+    record = {
+        "job": int(hydra.job.num),
+        "recipe": None if cfg.get("apply") else hydra.runtime.choices.get("recipe"),  # apply: the plan is the recipe
+        "overrides": [o for o in hydra.overrides.task if not o.startswith("recipe=")],
+        "status": "ok" if error is None else "failed",
+        "error": None if error is None else one_line(error),
+        **asdict(outcome if outcome is not None else Outcome(mode_of(cfg))),
+    }
+    _write(Path(hydra.runtime.output_dir) / STATUS, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _shown(path: str | None) -> str:
+    if path is None:
+        return "-"
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    """Every job's status record under ``sweep_dir``, by job number."""
+    jobs = []
+    for path in sorted(sweep_dir.rglob(STATUS)):
+        try:
+            jobs.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue  # being written by a parallel job: the next summary has it
+    return sorted(jobs, key=lambda job: job["job"])
+
+
+def summary_text(sweep_dir: Path, jobs: list[dict]) -> str:
+    ok = sum(1 for job in jobs if job["status"] == "ok")
+    head = f"sweep {_shown(str(sweep_dir))}: {len(jobs)} job{'s' if len(jobs) != 1 else ''}, {ok} ok, {len(jobs) - ok} failed"
+    number = lambda v: "-" if v is None else str(v)  # noqa: E731
+    rows = [("job", "recipe", "overrides", "mode", "status", "assigned", "kept", "unused", "written", "output")]
+    for job in jobs:
+        written = "-" if job["bytes_written"] is None else human_bytes(job["bytes_written"])
+        rows.append(
+            (
+                str(job["job"]), job["recipe"] or "-", " ".join(job["overrides"]) or "-", job["mode"], job["status"],
+                number(job["assigned"]), number(job["kept"]), number(job["unused"]), written, _shown(job["output"]),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [head, ""] + ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    failed = [job for job in jobs if job["status"] != "ok"]
+    if failed:
+        lines += ["", "errors:"] + [f"  job {job['job']} ({job['recipe']}): {job['error']}" for job in failed]
+    return "\n".join(lines) + "\n"
+
+
+def summarize(sweep_dir: Path) -> Path:
+    """(Re)write ``summary.txt`` and ``summary.json`` in ``sweep_dir``; returns the text's path."""
+    global last_summary
+    jobs = collect(sweep_dir)
+    _write(sweep_dir / f"{SUMMARY}.json", json.dumps({"jobs": jobs}, indent=1, sort_keys=True) + "\n")
+    _write(sweep_dir / f"{SUMMARY}.txt", summary_text(sweep_dir, jobs))
+    last_summary = sweep_dir / f"{SUMMARY}.txt"
+    return last_summary
+
+
+class SweepSummary(Callback):
+    """Registered in conf/config.yaml (hydra.callbacks); acts in sweeps only."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        hydra = HydraConfig.get()
+        if hydra.mode == RunMode.MULTIRUN:
+            summarize(Path(hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        summarize(Path(config.hydra.sweep.dir))

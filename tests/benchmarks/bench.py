@@ -1,0 +1,428 @@
+#!/usr/bin/env python
+"""torchgraft against cp and the usual scripts: wall time and peak RSS, same run.
+
+A script, not a test (pytest collects only test_*.py): run it by hand, on a quiet
+machine, from the repository root::
+
+    .venv/bin/python tests/benchmarks/bench.py                    # every case, 3 runs each
+    .venv/bin/python tests/benchmarks/bench.py --cases full,dry --runs 5 --dir /tmp/tgb
+
+Every command runs in a process of its own, started from this one (which never
+imports torch, so children do not inherit its RSS). Wall time is the median of the
+runs; peak RSS is the child's ``ru_maxrss`` from ``wait4`` -- what ``/usr/bin/time -v``
+reports, resident pages of memory-mapped files included. The source is read once
+before each case (warm cache); outputs are deleted and ``sync``ed between runs, so the
+write-back of one run does not land on the next. Synthetic checkpoints are built
+under ``--dir`` and deleted at the end (``--keep`` keeps them).
+
+Cases
+  full    ~2 GB, 200 float32 tensors, every key renamed (.safetensors and .pt sources)
+  select  16 of 64 tensors (~2 GB source, ~0.5 GB out)
+  cast    the ~2 GB checkpoint cast to bfloat16
+  rss     the same copy and cast at 1 GB and 4 GB: peak RSS must not grow
+  dry     100k-tensor checkpoint (60 layers x 256 experts), 50 rules: dry run only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PYTHON = sys.executable
+GRAFT = str(Path(sys.executable).parent / "graft")
+MiB = 2**20
+
+# -- child programs (each run in a fresh interpreter) ------------------------------------
+
+GENERATE = """
+import sys, torch
+from torchgraft.checkpoints import open_writer
+from torchgraft.tensors import TensorInfo
+path, count, rows, cols = sys.argv[1], *map(int, sys.argv[2:5])
+infos = [TensorInfo(f"model.layers.{i}.weight", (rows, cols), "float32") for i in range(count)]
+def value(i):
+    return torch.rand(rows, cols, generator=torch.Generator().manual_seed(i))
+if path.endswith(".safetensors"):  # streamed: never the whole checkpoint in memory
+    with open_writer(path, infos, {}) as writer:
+        for i, info in enumerate(infos):
+            writer.write(info.key, value(i))
+else:
+    torch.save({info.key: value(i) for i, info in enumerate(infos)}, path)
+"""
+
+# 60 layers x 256 experts x 7 tensors + 7 per layer + 3 = 107,943 tensors. The data
+# section is a hole (a sparse file): a dry run must not read it, so it costs no disk.
+GENERATE_MOE = """
+import json, struct, sys
+def tensors():
+    yield "model.embed_tokens.weight", [32000, 64]
+    for l in range(60):
+        p = f"model.layers.{l}"
+        for n in "qkvo":
+            yield f"{p}.self_attn.{n}_proj.weight", [64, 64]
+        yield f"{p}.input_layernorm.weight", [64]
+        yield f"{p}.post_attention_layernorm.weight", [64]
+        yield f"{p}.mlp.gate.weight", [256, 64]
+        for e in range(256):
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                yield f"{p}.mlp.experts.{e}.{proj}.weight", [256, 64]
+                yield f"{p}.mlp.experts.{e}.{proj}.scale", [256]
+            yield f"{p}.mlp.experts.{e}.bias", [64]
+    yield "model.norm.weight", [64]
+    yield "lm_head.weight", [32000, 64]
+header, end = {}, 0
+for key, shape in tensors():
+    n = 4
+    for d in shape:
+        n *= d
+    header[key] = {"dtype": "F32", "shape": shape, "data_offsets": [end, end + n]}
+    end += n
+raw = json.dumps(header, separators=(",", ":")).encode()
+raw += b" " * (-len(raw) % 8)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(raw)) + raw)
+    f.truncate(8 + len(raw) + end)
+"""
+
+SEED = """
+import sys, torch
+src, dst, job = sys.argv[1:4]
+state = torch.load(src, weights_only=True)  # the whole checkpoint in memory
+if job == "rename":
+    state = {k.replace("model.layers.", "blocks."): v for k, v in state.items()}
+elif job == "select":
+    state = {k: v for k, v in state.items() if int(k.split(".")[2]) % 4 == 0}
+elif job == "cast":
+    state = {k: v.to(torch.bfloat16) for k, v in state.items()}
+torch.save(state, dst)
+"""
+
+SAFETENSORS = """
+import sys, torch
+from safetensors.torch import load_file, save_file
+src, dst, job = sys.argv[1:4]
+state = load_file(src)
+if job == "rename":
+    state = {k.replace("model.layers.", "blocks."): v for k, v in state.items()}
+elif job == "select":
+    state = {k: v for k, v in state.items() if int(k.split(".")[2]) % 4 == 0}
+elif job == "cast":
+    state = {k: v.to(torch.bfloat16) for k, v in state.items()}
+save_file(state, dst)
+"""
+
+TORCHGRAFT = """
+import json, sys, torchgraft
+recipe, dst = json.loads(sys.argv[1]), sys.argv[2]
+torchgraft.execute(torchgraft.plan(recipe), dst)
+"""
+
+PLAN_ONLY = """
+import sys, torchgraft
+torchgraft.plan(sys.argv[1])
+"""
+
+LIST_KEYS = """
+import sys
+from safetensors import safe_open
+with safe_open(sys.argv[1], "pt") as f:
+    print(len(f.keys()))
+"""
+
+
+def recipe(src: Path, job: str) -> dict:
+    rule: dict = {"from": "src", "rename": {"model.layers.{i}": "blocks.{i}"}}
+    out: dict = {}
+    if job == "select":
+        rule = {"from": "src", "select": "model.layers.{" + ",".join(str(i) for i in range(0, 64, 4)) + "}"}
+    elif job == "cast":
+        out = {"dtype": "bfloat16"}
+    return {"sources": {"src": str(src)}, "target": None, "rules": [rule], "output": out,
+            "policy": {"unused": "ignore"}}
+
+
+def moe_recipe(src: Path) -> str:
+    """50 rules: experts two layers at a time, attention four at a time, then the rest."""
+    lines = ["# graft recipe=moe dry_run=true", "sources:", f"  moe: {src}", "target: null", "rules:"]
+    expert = ("{{from: moe, select: 'model.layers.{{{a},{b}}}.mlp.experts', rename: {{"
+              "'model.layers.{{i}}.mlp.experts.{{e}}.gate_proj': 'layers.{{i}}.moe.{{e}}.w1', "
+              "'model.layers.{{i}}.mlp.experts.{{e}}.up_proj': 'layers.{{i}}.moe.{{e}}.w3', "
+              "'model.layers.{{i}}.mlp.experts.{{e}}.down_proj': 'layers.{{i}}.moe.{{e}}.w2', "
+              "'model.layers.{{i}}.mlp.experts.{{e}}': 'layers.{{i}}.moe.{{e}}'}}}}")
+    lines += [f"  - {expert.format(a=2 * k, b=2 * k + 1)}" for k in range(30)]
+    lines += [f"  - {{from: moe, select: 'model.layers.{{{4 * k}..{4 * k + 3}}}.self_attn', "
+              "rename: {'model.layers.{i}.self_attn.{p}': 'layers.{i}.attn.{p}'}}" for k in range(15)]
+    for name, new in (("input_layernorm", "norm1"), ("post_attention_layernorm", "norm2"), ("mlp.gate", "router")):
+        lines.append(f"  - {{from: moe, select: 'model.layers.*.{name}', "
+                     f"rename: {{'model.layers.{{i}}.{name}': 'layers.{{i}}.{new}'}}}}")
+    lines.append("  - {from: moe, select: model.embed_tokens, rename: {model.embed_tokens: tok_emb}}")
+    lines.append("  - {from: moe, select: [model.norm, lm_head], rename: {model.norm: final_norm}}")
+    return "\n".join(lines) + "\n"
+
+
+# -- measuring --------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, root: Path, runs: int):
+        self.root, self.runs = root, runs
+        self.rows: list[tuple[str, str, float, float, str]] = []  # case, label, wall, rss MiB, note
+
+    def run(self, argv: list[str], *, cwd: Path | None = None) -> tuple[float, float]:
+        """Wall seconds and peak RSS (MiB) of one process."""
+        with tempfile.TemporaryFile() as err:
+            start = time.perf_counter()
+            proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - start
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                err.seek(0)
+                sys.exit(f"failed ({proc.returncode}): {' '.join(argv)}\n{err.read().decode()[-3000:]}")
+        return wall, usage.ru_maxrss * 1024 / MiB
+
+    def measure(self, case: str, label: str, argv: list[str], outputs: list[Path], *, cwd: Path | None = None,
+                note: str = "") -> tuple[float, float]:
+        walls, peaks = [], []
+        for _ in range(self.runs):
+            for out in outputs:
+                remove(out)
+            os.sync()
+            wall, peak = self.run(argv, cwd=cwd)
+            walls.append(wall)
+            peaks.append(peak)
+        for out in outputs:
+            remove(out)
+        os.sync()
+        row = (case, label, statistics.median(walls), statistics.median(peaks), note)
+        self.rows.append(row)
+        print(f"  {label:<44} {row[2]:7.2f} s  {row[3]:8.0f} MiB  {note}", flush=True)
+        return row[2], row[3]
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def warm(*paths: Path) -> None:
+    """Read the sources once, so every command starts from a warm page cache (through
+    one small buffer: a child's ru_maxrss starts from this process's RSS at fork)."""
+    buffer = bytearray(MiB)
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
+
+
+def make(path: Path, count: int, rows: int, cols: int) -> Path:
+    if not path.exists():
+        print(f"  building {path.name} ({count} x [{rows}, {cols}] float32)", flush=True)
+        subprocess.run([PYTHON, "-c", GENERATE, str(path), str(count), str(rows), str(cols)], check=True)
+    return path
+
+
+def cached_bytes(path: Path) -> int | None:
+    """Bytes of ``path`` in the page cache (fincore), or None if unknown."""
+    if shutil.which("fincore") is None:
+        return None
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True)
+    return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout.strip() else None
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+# -- cases -------------------------------------------------------------------------------
+
+
+def transfer_case(bench: Bench, case: str, job: str, st: Path, pt: Path) -> dict:
+    """cp, the seed script, safetensors load/save, torchgraft: the same transfer each."""
+    d = bench.root
+    out_st, out_pt = d / "out.safetensors", d / "out.pt"
+    warm(st, pt)
+    r = {}
+    r["cp"] = bench.measure(case, "cp (source file)", ["cp", str(st), str(out_st)], [out_st])
+    r["cp_sync"] = bench.measure(case, "cp + sync (durable, like torchgraft)",
+                                 ["sh", "-c", f"cp {st} {out_st} && sync {out_st}"], [out_st])
+    r["seed"] = bench.measure(case, "seed: torch.load -> edit -> torch.save",
+                              [PYTHON, "-c", SEED, str(pt), str(out_pt), job], [out_pt])
+    r["st"] = bench.measure(case, "safetensors load_file -> save_file",
+                            [PYTHON, "-c", SAFETENSORS, str(st), str(out_st), job], [out_st])
+    r["tg_st"] = bench.measure(case, "torchgraft API, .safetensors source",
+                               [PYTHON, "-c", TORCHGRAFT, json.dumps(recipe(st, job)), str(out_st)], [out_st])
+    r["tg_pt"] = bench.measure(case, "torchgraft API, .pt source",
+                               [PYTHON, "-c", TORCHGRAFT, json.dumps(recipe(pt, job)), str(out_st)], [out_st])
+    if job == "rename":
+        recipes = d / "recipes"
+        recipes.mkdir(exist_ok=True)
+        (recipes / "bench_full.yaml").write_text("# graft recipe=bench_full\n" + json.dumps(recipe(st, job)) + "\n")
+        r["tg_cli"] = bench.measure(case, "torchgraft `graft` CLI, .safetensors source",
+                                    [GRAFT, "recipe=bench_full", f"output.path={out_st}",
+                                     f"hydra.run.dir={d / 'runs'}"], [out_st, d / "runs"], cwd=d)
+        r["tg_pt_pt"] = bench.measure(case, "torchgraft API, .pt -> .pt (whole output in memory)",
+                                      [PYTHON, "-c", TORCHGRAFT, json.dumps(recipe(pt, job)), str(out_pt)], [out_pt])
+    return r
+
+
+def rss_case(bench: Bench, small: tuple[Path, Path], large: tuple[Path, Path]) -> dict:
+    d = bench.root
+    out = d / "out.safetensors"
+    r = {}
+    for (st, pt), size in ((small, "1 GB"), (large, "4 GB")):
+        warm(st, pt)
+        r[size] = {
+            "copy_st": bench.measure("rss", f"torchgraft copy, .safetensors, {size}",
+                                     [PYTHON, "-c", TORCHGRAFT, json.dumps(recipe(st, "rename")), str(out)], [out]),
+            "copy_pt": bench.measure("rss", f"torchgraft copy, .pt, {size}",
+                                     [PYTHON, "-c", TORCHGRAFT, json.dumps(recipe(pt, "rename")), str(out)], [out]),
+            "cast_pt": bench.measure("rss", f"torchgraft cast bf16, .pt, {size}",
+                                     [PYTHON, "-c", TORCHGRAFT, json.dumps(recipe(pt, "cast")), str(out)], [out]),
+            "seed": bench.measure("rss", f"seed: torch.load -> torch.save, {size}",
+                                  [PYTHON, "-c", SEED, str(pt), str(d / "out.pt"), "rename"], [d / "out.pt"]),
+        }
+    return r
+
+
+def dry_case(bench: Bench) -> dict:
+    d = bench.root
+    src = d / "moe.safetensors"
+    if not src.exists():
+        print("  building moe.safetensors (107,943 tensors; sparse data section)", flush=True)
+        subprocess.run([PYTHON, "-c", GENERATE_MOE, str(src)], check=True)
+    recipes = d / "recipes"
+    recipes.mkdir(exist_ok=True)
+    (recipes / "moe.yaml").write_text(moe_recipe(src))
+    runs = d / "runs"
+    r = {"import": bench.measure("dry", "python -c 'import torch' (start-up alone)", [PYTHON, "-c", "import torch"], []),
+         "keys": bench.measure("dry", "safetensors safe_open().keys()", [PYTHON, "-c", LIST_KEYS, str(src)], []),
+         "plan": bench.measure("dry", "torchgraft.plan() (API: plan only)",
+                               [PYTHON, "-c", PLAN_ONLY, str(recipes / "moe.yaml")], [], cwd=d)}
+    r["dry"] = bench.measure("dry", "graft recipe=moe dry_run=true (CLI)",
+                             [GRAFT, "recipe=moe", "dry_run=true", f"hydra.run.dir={runs}"], [runs], cwd=d)
+    evict(src)
+    before = cached_bytes(src)
+    bench.run([GRAFT, "recipe=moe", "dry_run=true", f"hydra.run.dir={runs}"], cwd=d)
+    after = cached_bytes(src)
+    remove(runs)
+    size = src.stat().st_size
+    if after is not None:
+        r["read"] = (after - (before or 0)) / size
+        print(f"  source bytes read by the dry run: {after - (before or 0):,} of {size:,} "
+              f"({r['read']:.2%}; page cache, readahead included)")
+    return r
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def report(results: dict) -> None:
+    print("\n== targets ==")
+    if "full" in results:
+        f = results["full"]
+        cp, seed = f["cp"][0], f["seed"][0]
+        for key, label in (("tg_st", ".safetensors source"), ("tg_pt", ".pt source"), ("tg_cli", "graft CLI")):
+            if key in f:
+                wall, rss = f[key]
+                print(f"full 2 GB, {label}: {wall:.2f} s = {wall / cp:.2f}x cp ({verdict(wall <= 2 * cp)}: <= 2.0x), "
+                      f"{wall / f['cp_sync'][0]:.2f}x cp+sync, seed/torchgraft = {seed / wall:.2f}x "
+                      f"({verdict(seed / wall >= 2)}: >= 2x), peak RSS {rss:.0f} MiB ({verdict(rss <= 400)}: <= 400)")
+        start = results.get("dry", {}).get("import", (None,))[0]
+        if start:
+            print(f"  (python + import torch alone: {start:.2f} s)")
+    if "rss" in results:
+        r = results["rss"]
+        for key in ("copy_st", "copy_pt", "cast_pt"):
+            a, b = r["1 GB"][key][1], r["4 GB"][key][1]
+            print(f"peak RSS {key}: {a:.0f} MiB at 1 GB, {b:.0f} MiB at 4 GB ({verdict(b - a < 64)}: does not grow)")
+    if "dry" in results:
+        r = results["dry"]
+        print(f"100k-tensor dry run: {r['dry'][0]:.2f} s ({verdict(r['dry'][0] <= 3)}: <= 3 s incl. start-up); "
+              f"plan only {r['plan'][0]:.2f} s")
+        if "read" in r:
+            print(f"  source bytes read: {r['read']:.2%} ({verdict(r['read'] < 0.01)}: < 1%)")
+    print("\n== table (median of runs) ==")
+    print("| case | command | wall s | peak RSS MiB | x cp | seed / this |")
+    print("|---|---|---:|---:|---:|---:|")
+    for case, label, wall, rss, _ in ROWS:
+        res = results.get(case, {}) if case in ("full", "select", "cast") else {}
+        cp, seed = res.get("cp", (None,))[0], res.get("seed", (None,))[0]
+        x_cp = f"{wall / cp:.2f}" if cp else ""
+        x_seed = f"{seed / wall:.2f}" if seed else ""
+        print(f"| {case} | {label} | {wall:.2f} | {rss:.0f} | {x_cp} | {x_seed} |")
+
+
+ROWS: list = []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "torchgraft-bench")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cases", default="full,select,cast,rss,dry")
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
+    args = parser.parse_args()
+    cases = args.cases.split(",")
+    args.dir.mkdir(parents=True, exist_ok=True)
+    need = (8 if {"full", "cast"} & set(cases) else 0) + (4 if "select" in cases else 0) + (12 if "rss" in cases else 0)
+    free = shutil.disk_usage(args.dir).free / 2**30
+    if free < need + 2:
+        sys.exit(f"{args.dir}: {free:.0f} GiB free, these cases need about {need + 2} GiB")
+    bench = Bench(args.dir, args.runs)
+    results: dict = {}
+    print(f"torchgraft benchmark in {args.dir}, {args.runs} runs per command, {os.cpu_count()} CPUs")
+    try:
+        d = args.dir
+        if {"full", "cast"} & set(cases):
+            st, pt = make(d / "full.safetensors", 200, 2560, 1024), make(d / "full.pt", 200, 2560, 1024)
+            if "full" in cases:
+                print("full: 200 tensors, 2000 MiB, every key renamed")
+                results["full"] = transfer_case(bench, "full", "rename", st, pt)
+            if "cast" in cases:
+                print("cast: the same checkpoint to bfloat16")
+                results["cast"] = transfer_case(bench, "cast", "cast", st, pt)
+        if "select" in cases:
+            st, pt = make(d / "sel.safetensors", 64, 8192, 1024), make(d / "sel.pt", 64, 8192, 1024)
+            print("select: 16 of 64 tensors (2048 MiB source, 512 MiB out)")
+            results["select"] = transfer_case(bench, "select", "select", st, pt)
+        if "rss" in cases:
+            small = (make(d / "g1.safetensors", 100, 2560, 1024), make(d / "g1.pt", 100, 2560, 1024))
+            large = (make(d / "g4.safetensors", 400, 2560, 1024), make(d / "g4.pt", 400, 2560, 1024))
+            print("rss: peak RSS at 1 GB and 4 GB")
+            results["rss"] = rss_case(bench, small, large)
+        if "dry" in cases:
+            print("dry: 107,943 tensors, 50 rules, dry run")
+            results["dry"] = dry_case(bench)
+    finally:
+        ROWS.extend(bench.rows)
+        if not args.keep:
+            for name in ("full", "sel", "g1", "g4", "moe"):
+                for ext in (".safetensors", ".pt"):
+                    remove(d / f"{name}{ext}")
+            remove(d / "recipes")
+            remove(d / "outputs")
+    report(results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""``graft -m``: one summary table over every job, also when a job fails."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_a_failing_job_does_not_hide_the_others(graft, tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "broken.yaml").write_text(
+        "sources: {pretrained: '${example:convnet}'}\n"
+        "target: {_target_: torchgraft.examples.ConvNet, num_classes: 3}\n"
+        "rules: [{from: pretrained, select: nope}]\n"
+        "keep: ['fc*']\n"
+    )
+    result = graft("-m", "recipe=conv_only,broken,partial_columns", "policy.unused=ignore")
+    assert result.returncode == 1
+    (sweep_dir,) = tmp_path.glob("outputs/multirun/*")
+    jobs = json.loads((sweep_dir / "summary.json").read_text())["jobs"]
+    assert [(j["job"], j["recipe"], j["status"], j["mode"]) for j in jobs] == [
+        (0, "conv_only", "ok", "run"), (1, "broken", "failed", "run"), (2, "partial_columns", "ok", "run")
+    ]
+    assert jobs[1]["error"] == "rules[0].select[0]: 'nope' matches no tensor of source 'pretrained'"
+    assert [(j["assigned"], j["kept"], j["unused"]) for j in jobs] == [(4, 6, 6), (None, None, None), (2, 2, 2)]
+    assert jobs[0]["bytes_written"] == (sweep_dir / "0_conv_only" / "model.safetensors").stat().st_size
+    assert jobs[0]["overrides"] == ["policy.unused=ignore"]
+
+    text = (sweep_dir / "summary.txt").read_text()
+    lines = text.splitlines()
+    shown = sweep_dir.relative_to(tmp_path)
+    assert lines[0] == f"sweep {shown}: 3 jobs, 2 ok, 1 failed"
+    assert lines[2].split() == ["job", "recipe", "overrides", "mode", "status", "assigned", "kept", "unused", "written", "output"]
+    assert lines[3].split()[:8] == ["0", "conv_only", "policy.unused=ignore", "run", "ok", "4", "6", "6"]
+    assert lines[3].endswith(f"{shown}/0_conv_only/model.safetensors")
+    assert lines[4].split() == ["1", "broken", "policy.unused=ignore", "run", "failed", "-", "-", "-", "-", "-"]
+    assert lines[5].split()[:5] == ["2", "partial_columns", "policy.unused=ignore", "run", "ok"]
+    assert lines[6:] == ["", "errors:", "  job 1 (broken): rules[0].select[0]: 'nope' matches no tensor of source 'pretrained'"]
+    assert text in result.stderr  # graft shows the table at the end of the sweep
