@@ -276,3 +276,21 @@ def test_graft_writes_a_sharded_directory_from_the_command_line(graft, tmp_path)
     assert result.returncode == 1
     assert "error: output.path: " in result.stderr and "model.safetensors: output.shard_size needs a model directory" \
         in result.stderr
+
+
+def test_a_sharded_model_directory_loads_with_from_pretrained(tmp_path):
+    """The issue's promise: an HF directory written by torchgraft is a model transformers loads."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+    torch.manual_seed(0)
+    original = transformers.GPT2LMHeadModel(config).eval()
+    original.save_pretrained(tmp_path / "gpt2")
+    out = tmp_path / "copy"
+    cfg = {"sources": {"hf": str(tmp_path / "gpt2")}, "target": None, "rules": [{"from": "hf"}],
+           "output": {"shard_size": "40KB", "copy_files": "hf"}}
+    torchgraft.execute(torchgraft.plan(cfg), out)
+    assert len(list(out.glob("model-*-of-*.safetensors"))) > 1 and (out / "config.json").exists()
+    loaded = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    ids = torch.arange(10).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, original(ids).logits)
