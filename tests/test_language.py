@@ -13,7 +13,6 @@ from torch import nn
 import torchgraft
 from torchgraft.errors import GraftError, PlanError
 from torchgraft.examples import SequentialNet
-from torchgraft.examples.bert import FusedQKVClassifier
 from torchgraft.examples.checkpoints import example_path
 from torchgraft.examples.encoders import TextEncoder
 from torchgraft.plan import from_json

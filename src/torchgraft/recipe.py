@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
 import torch
 
 from torchgraft.errors import RecipeError
+from torchgraft.fields import (
+    choice,
+    did_you_mean,
+    expect_mapping,
+    expect_str,
+    is_list,
+    one_or_many,
+    optional_str,
+    reject_unknown,
+    strings,
+    type_name,
+    wrong_type,
+)
 from torchgraft.tensors import is_floating, parse_dtype
 
 # Run-time switches composed into the same config; they are not part of the recipe.
@@ -138,24 +150,24 @@ class Recipe:
 def parse_recipe(cfg: Mapping) -> Recipe:
     """A resolved config (``hydra`` key removed) -> Recipe, or the first RecipeError."""
     if not isinstance(cfg, Mapping):
-        raise RecipeError(None, f"expected a mapping at the top of the recipe, got {_type_name(cfg)}")
-    _reject_unknown(cfg, RECIPE_FIELDS + RUN_FIELDS, None)
+        raise RecipeError(None, f"expected a mapping at the top of the recipe, got {type_name(cfg)}")
+    reject_unknown(cfg, RECIPE_FIELDS + RUN_FIELDS, None)
     sources = _parse_sources(cfg.get("sources"))
     if not sources and (cfg.get("rules") or cfg.get("base") is not None):
         raise RecipeError("sources", "no sources (name at least one checkpoint)")
     names = [spec.name for spec in sources]
     target = _parse_target(cfg.get("target"))
     rules = _parse_rules(cfg.get("rules"), names)
-    keep = tuple(text for _, text in _strings(cfg.get("keep"), "keep"))
+    keep = tuple(text for _, text in strings(cfg.get("keep"), "keep"))
     base = None
     if cfg.get("base") is not None:
-        base = _expect_str(cfg["base"], "base")
+        base = expect_str(cfg["base"], "base")
         _check_source(base, "base", names)
     seed = cfg.get("target_seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise _wrong_type(seed, "target_seed", "an integer")
+        raise wrong_type(seed, "target_seed", "an integer")
     policy, output = _parse_policy(cfg.get("policy")), _parse_output(cfg.get("output"), names)
-    init = _choice(cfg.get("target_init"), "target_init", INIT_MODES)
+    init = choice(cfg.get("target_init"), "target_init", INIT_MODES)
     if init == "per_module" and target is None:
         raise RecipeError("target_init", "per_module needs a target model class (target is null)")
     if init == "per_module" and base is not None:
@@ -167,19 +179,19 @@ def parse_recipe(cfg: Mapping) -> Recipe:
 
 def _parse_sources(value: object) -> tuple[SourceSpec, ...]:
     specs = []
-    for name, raw in _expect_mapping(value, "sources").items():
+    for name, raw in expect_mapping(value, "sources").items():
         field = f"sources.{name}"
         if not isinstance(name, str) or not _SOURCE_NAME.fullmatch(name):
             raise RecipeError(field, "invalid source name (letters, digits, '_' and '-')")
         if raw is None or isinstance(raw, str):
-            specs.append(SourceSpec(name, _expect_str(raw, field)))
+            specs.append(SourceSpec(name, expect_str(raw, field)))
             continue
         if not isinstance(raw, Mapping):
-            raise _wrong_type(raw, field, "a string or a mapping")
-        _reject_unknown(raw, _SOURCE_FIELDS, field)
-        path = _expect_str(raw.get("path"), f"{field}.path")
-        fmt = _choice(raw.get("format"), f"{field}.format", SOURCE_FORMATS)
-        key = _optional_str(raw.get("key"), f"{field}.key")
+            raise wrong_type(raw, field, "a string or a mapping")
+        reject_unknown(raw, _SOURCE_FIELDS, field)
+        path = expect_str(raw.get("path"), f"{field}.path")
+        fmt = choice(raw.get("format"), f"{field}.format", SOURCE_FORMATS)
+        key = optional_str(raw.get("key"), f"{field}.key")
         if key is not None and fmt == "safetensors":
             raise RecipeError(f"{field}.key", "only torch checkpoints have a key (format is 'safetensors')")
         specs.append(SourceSpec(name, path, fmt, key))
@@ -189,26 +201,26 @@ def _parse_sources(value: object) -> tuple[SourceSpec, ...]:
 def _parse_target(value: object) -> dict | None:
     if value is None:
         return None
-    target = _expect_mapping(value, "target")
+    target = expect_mapping(value, "target")
     if target.get("_target_") in (None, ""):
         raise RecipeError("target._target_",
                           "missing value (the model class to fill, e.g. torchgraft.examples.ConvNet)")
-    _expect_str(target["_target_"], "target._target_")
+    expect_str(target["_target_"], "target._target_")
     return copy.deepcopy(dict(target))
 
 
 def _parse_rules(value: object, sources: list[str]) -> tuple[BulkRule | ExplicitRule, ...]:
     if value is None:
         return ()
-    if not _is_list(value):
-        raise _wrong_type(value, "rules", "a list")
+    if not is_list(value):
+        raise wrong_type(value, "rules", "a list")
     return tuple(_parse_rule(index, raw, sources) for index, raw in enumerate(value))
 
 
 def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | ExplicitRule:
     field = f"rules[{index}]"
     if not isinstance(raw, Mapping):
-        raise _wrong_type(raw, field, "a mapping")
+        raise wrong_type(raw, field, "a mapping")
     explicit = "to" in raw
     known = _EXPLICIT_FIELDS if explicit else _BULK_FIELDS
     for key in raw:
@@ -218,10 +230,10 @@ def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | Expli
             kind = "bulk rules (without 'to')" if explicit else "explicit rules (with 'to')"
             raise RecipeError(f"{field}.{key}", f"only {kind} take this field")
         # A bulk rule may be an explicit rule whose `to` is misspelt.
-        raise RecipeError(f"{field}.{key}", "unknown field" + _did_you_mean(key, known + ("to",)))
+        raise RecipeError(f"{field}.{key}", "unknown field" + did_you_mean(key, known + ("to",)))
     if explicit:
-        to = _expect_str(raw["to"], f"{field}.to")
-        refs = _strings(raw.get("from"), f"{field}.from")
+        to = expect_str(raw["to"], f"{field}.to")
+        refs = strings(raw.get("from"), f"{field}.from")
         if not refs:
             raise RecipeError(f"{field}.from", "missing value")
         for path, ref in refs:
@@ -232,9 +244,9 @@ def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | Expli
         return ExplicitRule(
             index, to, tuple(ref for _, ref in refs),
             merge=_parse_merge(raw.get("merge"), f"{field}.merge", len(refs)),
-            missing=_choice(raw.get("missing"), f"{field}.missing", MISSING_MODES),
+            missing=choice(raw.get("missing"), f"{field}.missing", MISSING_MODES),
             transforms=_parse_transforms(raw.get("transform"), f"{field}.transform"))
-    names = _strings(raw.get("from"), f"{field}.from")
+    names = strings(raw.get("from"), f"{field}.from")
     if not names:
         raise RecipeError(f"{field}.from", "missing value")
     for path, name in names:
@@ -242,31 +254,31 @@ def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | Expli
             raise RecipeError(path, f"expected a source name (got {name!r}; "
                                     "'source:key' is for explicit rules, with 'to')")
         _check_source(name, path, sources)
-    select = tuple(p for _, p in _strings(raw.get("select"), f"{field}.select"))
-    exclude = tuple(p for _, p in _strings(raw.get("exclude"), f"{field}.exclude"))
+    select = tuple(p for _, p in strings(raw.get("select"), f"{field}.select"))
+    exclude = tuple(p for _, p in strings(raw.get("exclude"), f"{field}.exclude"))
     rename = _parse_rename(raw.get("rename"), f"{field}.rename")
     types = []
-    for path, text in _strings(raw.get("types"), f"{field}.types"):
+    for path, text in strings(raw.get("types"), f"{field}.types"):
         if not _CLASS_PATH.fullmatch(text):
             raise RecipeError(path, f"expected a module class such as torch.nn.Conv2d (got {text!r})")
         types.append(text)
     return BulkRule(
         index, tuple(name for _, name in names), select=select, exclude=exclude, rename=rename,
-        types=tuple(types), kind=_choice(raw.get("kind"), f"{field}.kind", KINDS),
+        types=tuple(types), kind=choice(raw.get("kind"), f"{field}.kind", KINDS),
         merge=_parse_merge(raw.get("merge"), f"{field}.merge", len(names)),
-        missing=_choice(raw.get("missing"), f"{field}.missing", MISSING_MODES),
+        missing=choice(raw.get("missing"), f"{field}.missing", MISSING_MODES),
         transforms=_parse_transforms(raw.get("transform"), f"{field}.transform"))
 
 
 def _parse_rename(value: object, field: str) -> tuple[tuple[str, str], ...]:
     pairs = []
-    for pattern, replacement in _expect_mapping(value, field).items():
+    for pattern, replacement in expect_mapping(value, field).items():
         if not isinstance(pattern, str):
-            raise RecipeError(field, f"expected string patterns, got {_type_name(pattern)} {pattern!r}")
+            raise RecipeError(field, f"expected string patterns, got {type_name(pattern)} {pattern!r}")
         if replacement == "":
             pairs.append((pattern, ""))  # strips the prefix: `model: ""`
             continue
-        pairs.append((pattern, _expect_str(replacement, f"{field}.{pattern}")))
+        pairs.append((pattern, expect_str(replacement, f"{field}.{pattern}")))
     return tuple(pairs)
 
 
@@ -282,16 +294,16 @@ def _parse_merge(value: object, field: str, count: int) -> object:
             raise RecipeError(field, f"must be mean or {{weights: [...]}} (got {value!r})")
         return value
     if not isinstance(value, Mapping):
-        raise _wrong_type(value, field, "a string or a mapping")
-    _reject_unknown(value, ("weights",), field)
+        raise wrong_type(value, field, "a string or a mapping")
+    reject_unknown(value, ("weights",), field)
     weights = value.get("weights")
     if weights is None:
         raise RecipeError(f"{field}.weights", "missing value")
-    if not _is_list(weights):
-        raise _wrong_type(weights, f"{field}.weights", "a list")
+    if not is_list(weights):
+        raise wrong_type(weights, f"{field}.weights", "a list")
     for i, weight in enumerate(weights):
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise _wrong_type(weight, f"{field}.weights[{i}]", "a number")
+            raise wrong_type(weight, f"{field}.weights[{i}]", "a number")
         if not math.isfinite(weight):
             raise RecipeError(f"{field}.weights[{i}]", f"must be a finite number (got {weight!r})")
     if len(weights) != count:
@@ -302,35 +314,35 @@ def _parse_merge(value: object, field: str, count: int) -> object:
 
 def _parse_transforms(value: object, field: str) -> tuple:
     specs = []
-    for path, item in _one_or_many(value, field):
+    for path, item in one_or_many(value, field):
         if isinstance(item, str):
-            specs.append(_expect_str(item, path))
+            specs.append(expect_str(item, path))
         elif isinstance(item, Mapping) and len(item) == 1 and isinstance(next(iter(item)), str):
             specs.append(copy.deepcopy(dict(item)))
         elif isinstance(item, Mapping):
             raise RecipeError(path,
                               f"expected a one-key mapping such as {{scale: 0.5}}, got {len(item)} keys")
         else:
-            raise _wrong_type(item, path, "a string or a one-key mapping")
+            raise wrong_type(item, path, "a string or a one-key mapping")
     return tuple(specs)
 
 
 def _parse_policy(value: object) -> Policy:
-    raw = _expect_mapping(value, "policy")
-    _reject_unknown(raw, _POLICY_FIELDS, "policy")
-    return Policy(unassigned=_choice(raw.get("unassigned"), "policy.unassigned", UNASSIGNED_MODES),
-                  unused=_choice(raw.get("unused"), "policy.unused", UNUSED_MODES),
-                  mismatch=_choice(raw.get("mismatch"), "policy.mismatch", MISMATCH_MODES))
+    raw = expect_mapping(value, "policy")
+    reject_unknown(raw, _POLICY_FIELDS, "policy")
+    return Policy(unassigned=choice(raw.get("unassigned"), "policy.unassigned", UNASSIGNED_MODES),
+                  unused=choice(raw.get("unused"), "policy.unused", UNUSED_MODES),
+                  mismatch=choice(raw.get("mismatch"), "policy.mismatch", MISMATCH_MODES))
 
 
 def _parse_output(value: object, sources: list[str]) -> OutputSpec:
-    raw = _expect_mapping(value, "output")
-    _reject_unknown(raw, _OUTPUT_FIELDS, "output")
-    path = _optional_str(raw.get("path"), "output.path")
+    raw = expect_mapping(value, "output")
+    reject_unknown(raw, _OUTPUT_FIELDS, "output")
+    path = optional_str(raw.get("path"), "output.path")
     dtype = _parse_dtype(raw.get("dtype"), "output.dtype")
     overwrite = raw.get("overwrite")
     if overwrite is not None and not isinstance(overwrite, bool):
-        raise _wrong_type(overwrite, "output.overwrite", "true or false")
+        raise wrong_type(overwrite, "output.overwrite", "true or false")
     return OutputSpec(path, dtype, bool(overwrite), _parse_size(raw.get("shard_size"), "output.shard_size"),
                       _parse_copy_files(raw.get("copy_files"), sources))
 
@@ -341,14 +353,14 @@ def _parse_copy_files(value: object, sources: list[str]) -> CopyFiles | None:
     if value is None:
         return None
     if isinstance(value, str):
-        _check_source(_expect_str(value, field), field, sources)
+        _check_source(expect_str(value, field), field, sources)
         return CopyFiles(value)
     if not isinstance(value, Mapping):
-        raise _wrong_type(value, field, "a source name or a mapping")
-    _reject_unknown(value, _COPY_FIELDS, field)
-    source = _expect_str(value.get("from"), f"{field}.from")
+        raise wrong_type(value, field, "a source name or a mapping")
+    reject_unknown(value, _COPY_FIELDS, field)
+    source = expect_str(value.get("from"), f"{field}.from")
     _check_source(source, f"{field}.from", sources)
-    files = _strings(value.get("files"), f"{field}.files")
+    files = strings(value.get("files"), f"{field}.files")
     for path, name in files:
         if "/" in name or "\\" in name or name in (".", ".."):
             raise RecipeError(path, f"expected a file name or glob in the source's top folder (got {name!r})")
@@ -358,12 +370,12 @@ def _parse_copy_files(value: object, sources: list[str]) -> CopyFiles | None:
 def _parse_dtype(value: object, field: str) -> str | None:
     if value is None:
         return None
-    text = _expect_str(value, field)
+    text = expect_str(value, field)
     name = parse_dtype(text)
     if name is None:
         names = {parse_dtype(n) for n, v in vars(torch).items() if isinstance(v, torch.dtype)}
         known = sorted(n for n in names if n is not None and is_floating(n))
-        hint = _did_you_mean(text, known) or f" (known: {', '.join(known)})"
+        hint = did_you_mean(text, known) or f" (known: {', '.join(known)})"
         raise RecipeError(field, f"unknown dtype {text!r}{hint}")
     if not is_floating(name):
         raise RecipeError(field, f"must be a floating dtype (got {text!r})")
@@ -386,79 +398,7 @@ def _parse_size(value: object, field: str) -> int | None:
     return size
 
 
-def _type_name(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _wrong_type(value: object, field: str, expected: str) -> RecipeError:
-    return RecipeError(field, f"expected {expected}, got {_type_name(value)}")
-
-
-def _is_list(value: object) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
-
-
-def _did_you_mean(word: object, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _reject_unknown(mapping: Mapping, known: Sequence[str], field: str | None) -> None:
-    for key in mapping:
-        if key not in known:
-            path = f"{field}.{key}" if field else str(key)
-            raise RecipeError(path, "unknown field" + _did_you_mean(key, known))
-
-
-def _expect_mapping(value: object, field: str) -> Mapping:
-    """null counts as an empty mapping."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise _wrong_type(value, field, "a mapping")
-    return value
-
-
-def _expect_str(value: object, field: str) -> str:
-    if value is None or value == "":
-        raise RecipeError(field, "missing value")
-    if not isinstance(value, str):
-        raise _wrong_type(value, field, "a string")
-    return value
-
-
-def _optional_str(value: object, field: str) -> str | None:
-    return None if value is None else _expect_str(value, field)
-
-
-def _choice(value: object, field: str, choices: tuple[str, ...]) -> str:
-    """One of ``choices``; null means the default, ``choices[0]``."""
-    if value is None:
-        return choices[0]
-    if not isinstance(value, str):
-        raise _wrong_type(value, field, "a string")
-    if value not in choices:
-        raise RecipeError(field, f"must be one of {', '.join(choices)} (got {value!r})")
-    return value
-
-
-def _one_or_many(value: object, field: str) -> list[tuple[str, object]]:
-    """A field that takes one item or a list of them -> [(field path, item)]; null -> []."""
-    if value is None:
-        return []
-    if _is_list(value):
-        return [(f"{field}[{i}]", item) for i, item in enumerate(value)]
-    return [(field, value)]
-
-
-def _strings(value: object, field: str) -> list[tuple[str, str]]:
-    """A string or a list of strings -> [(field path, string)]; null -> []."""
-    if value is not None and not isinstance(value, str) and not _is_list(value):
-        raise _wrong_type(value, field, "a string or a list")
-    return [(path, _expect_str(item, path)) for path, item in _one_or_many(value, field)]
-
-
 def _check_source(name: str, field: str, sources: list[str]) -> None:
     if name not in sources:
-        hint = _did_you_mean(name, sources) or f" (known: {', '.join(sorted(sources))})"
+        hint = did_you_mean(name, sources) or f" (known: {', '.join(sorted(sources))})"
         raise RecipeError(field, f"unknown source {name!r}{hint}")
