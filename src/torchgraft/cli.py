@@ -70,9 +70,8 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     note = init_advice(plan)
     if note:
         log.info("%s", note)
-    written = write_plan(plan, run_dir / "plan", text)
-    if data.get("plan_dir"):
-        written = write_plan(plan, Path(str(data["plan_dir"])) / f"{name}.plan", text)
+    also = [Path(str(data["plan_dir"])) / f"{name}.plan"] if data.get("plan_dir") else []
+    written = write_plan(plan, run_dir / "plan", text, also=also)
     if dry_run:
         log.info("dry run: wrote %s (and .txt, .md); no tensor data read, no checkpoint written", written)
         return sweep.Outcome.of(plan, "dry_run")

@@ -19,8 +19,8 @@ from typing import Any
 from torchgraft import fingerprints
 from torchgraft.errors import GraftError
 from torchgraft.grouping import fold, merge_leaves
-from torchgraft.plan import Entry, Plan, SourceRef, _entry_dict, from_dict
-from torchgraft.render import align, entry_keys, entry_rest, entry_row, group_entries, origin_text, rules_text, shape_text
+from torchgraft.plan import Entry, Plan, SourceRef, _entry_dict, entry_form, from_dict
+from torchgraft.render import align, entry_keys, entry_row, group_entries, origin_text, rules_text, shape_text
 from torchgraft.tensors import short_dtype
 
 
@@ -191,7 +191,7 @@ def _entry_lines(old: Sequence[Entry], new: Sequence[Entry]) -> list[str]:
     groups = fold(
         changed,
         lambda pair: (pair[1].key, *entry_keys(pair[0])[1:], *entry_keys(pair[1])[1:]),
-        lambda pair: (entry_rest(pair[0]), entry_rest(pair[1])),
+        lambda pair: (entry_form(pair[0]), entry_form(pair[1])),
     )
     for group in groups:
         a, b = group.members[0]

@@ -38,8 +38,28 @@ def closest(key: str, candidates: Sequence[str], n: int = 3) -> str:
     return f" (closest: {', '.join(close)})" if close else ""
 
 
+def _reads_text(reads: Sequence[Read]) -> str:
+    return " + ".join(f"{r.source}:{r.key}{r.region or ''}" for r in reads)
+
+
 def _fmt_shape(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms) -> str | None:
+    """Why values of ``shape`` and ``dtype`` cannot go to ``key`` (its region ``box``), or None."""
+    expected = box.shape if box is not None else target.shape
+    if shape == tuple(expected) and is_floating(dtype) == is_floating(target.dtype):
+        return None
+    source_text = _reads_text(reads)
+    where = f"{key}{describe(box, target.shape) if box is not None else ''}"
+    if shape != tuple(expected):
+        if transforms:
+            steps = ", ".join(describe_transform(t.spec) for t in transforms)
+            return (f"{source_text} {_fmt_shape(src_shape)} becomes {_fmt_shape(shape)} after {steps}, "
+                    f"but {where} has shape {_fmt_shape(expected)}")
+        return f"{source_text} has shape {_fmt_shape(shape)} but {where} has shape {_fmt_shape(expected)}"
+    return f"{source_text} is {dtype} but {where} is {target.dtype}"
 
 
 class RuleExpander:
@@ -215,31 +235,19 @@ class RuleExpander:
             raise PlanError(f"{field}.to", str(err)) from None
 
     def _assign(self, key, box, target, reads, transforms: tuple[Transform, ...], field, blame, shape, merge=None):
-        source_text = " + ".join(f"{r.source}:{r.key}{r.region or ''}" for r in reads)
         src_shape, dtype = tuple(shape), reads[0].dtype
         for i, transform in enumerate(transforms):
             try:
                 shape, dtype = transform.out_shape(tuple(shape)), transform.out_dtype(dtype)
             except ValueError as err:
-                raise PlanError(f"{field}.transform[{i}]", f"{source_text}: {err}") from None
+                raise PlanError(f"{field}.transform[{i}]", f"{_reads_text(reads)}: {err}") from None
             if transform.reads_initial and self.target is None:
                 raise PlanError(f"{field}.transform[{i}]", f"{describe_transform(transform.spec)} needs the target's "
                                                            "initial values (set target, or base)")
         if target is None:  # extraction: the rule defines the output tensor
             target = TensorInfo(key, shape, dtype)
             self.extracted.setdefault(key, target)  # a second, conflicting rule fails the overlap check
-        expected = box.shape if box is not None else target.shape
-        where = f"{key}{describe(box, target.shape) if box is not None else ''}"
-        problem = None
-        if tuple(shape) != tuple(expected):
-            if transforms:
-                steps = ", ".join(describe_transform(t.spec) for t in transforms)
-                problem = (f"{source_text} {_fmt_shape(src_shape)} becomes {_fmt_shape(shape)} after {steps}, "
-                           f"but {where} has shape {_fmt_shape(expected)}")
-            else:
-                problem = f"{source_text} has shape {_fmt_shape(shape)} but {where} has shape {_fmt_shape(expected)}"
-        elif is_floating(dtype) != is_floating(target.dtype):
-            problem = f"{source_text} is {dtype} but {where} is {target.dtype}"
+        problem = _mismatch(reads, key, box, target, src_shape, tuple(shape), dtype, transforms)
         if problem:
             if self.recipe.policy.mismatch == "skip":
                 self.skipped.append(Skipped(key, field, problem))

@@ -187,12 +187,19 @@ def _fold_bucket(templates, members) -> list[Group]:
         return [_single(members[0])]
     primary = len(templates[0]) - 1
     choices = range(primary + 1) if primary <= _MAX_FIXED_CHOICES else (0, primary)
+    # Every line costs at least this: its keys hold all the text around their integers.
+    line_floor = _LINE_COST + sum(len(text) for template in templates for text in template)
+    distinct = [len({member[2][j] for member in members}) for j in range(primary)]
     best, best_cost = None, None
     for n_fixed in choices:
         for fixed in itertools.combinations(range(primary), n_fixed):
+            # a line per value of a fixed integer at least, then per group of members:
+            # a folding that cannot beat the best so far is not made
+            if best_cost is not None and max((distinct[j] for j in fixed), default=1) * line_floor >= best_cost:
+                continue
             subs = _partition(members, fixed)
-            if best_cost is not None and len(subs) * _LINE_COST >= best_cost:
-                continue  # cannot beat the best folding so far
+            if best_cost is not None and len(subs) * line_floor >= best_cost:
+                continue
             groups = []
             for sub in subs:
                 folded = _fold_exact(templates, sub, primary)

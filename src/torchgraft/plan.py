@@ -8,12 +8,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import jsonschema
 
+from torchgraft import json_forms
 from torchgraft.errors import PlanError
 from torchgraft.heap import paused_gc
 
@@ -143,25 +145,75 @@ class Plan:
         return next(s for s in self.sources if s.name == name)
 
     def to_dict(self) -> dict:
-        body = _body(self)
-        if "sha256" not in self.__dict__:  # fill the cached_property from this body
-            self.__dict__["sha256"] = _digest(body)
-        return {**body, "sha256": self.sha256}
+        return {**_body(self), "sha256": self.sha256}
 
     def to_json(self) -> str:
         """Canonical, byte-deterministic JSON (sorted keys, fixed separators)."""
         with paused_gc():  # a 100k-entry document is millions of objects, none cyclic garbage
-            data = self.to_dict()
-            validate(data)
-            return json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+            members = {**_members(self), "sha256": self.sha256}
+            text, samples = json_forms.document(members, indent=1)
+            if _keys_unconstrained() and all(all(entry_keys(e)) for e in self.entries):
+                validate({**members, **samples})  # one entry per form: as valid as all (see _valid_by_form)
+            else:
+                validate(self.to_dict())  # the full check, which also words the error
+            return text + "\n"
 
     @functools.cached_property
     def sha256(self) -> str:
-        """Computed once: a plan is frozen, and hashing 100k entries takes seconds."""
-        return _digest(_body(self))
+        """Computed once: a plan is frozen. The same bytes as ``_digest(_body(self))``,
+        made form by form (json_forms.py)."""
+        with paused_gc():
+            text, _ = json_forms.document(_members(self))
+            return hashlib.sha256(text.encode()).hexdigest()
+
+
+def entry_keys(entry: Entry) -> tuple[str, ...]:
+    """An entry's own key, then its reads' keys in order."""
+    return (entry.key, *(r.key for p in entry.pieces for r in p.reads))
+
+
+def entry_form(entry: Entry) -> tuple:
+    """Everything of an entry except its keys: equal for two entries only when their
+    documents differ in nothing but their keys (shapes are ints: 2.0 would pass for 2)."""
+    pieces = tuple(
+        (
+            p.rule,
+            p.region,
+            json.dumps(list(p.transforms), sort_keys=True) if p.transforms else "",
+            json.dumps(p.merge, sort_keys=True) if p.merge is not None else "",
+            tuple((r.source, r.shape, r.dtype, r.region) for r in p.reads),
+        )
+        for p in entry.pieces
+    )
+    return (entry.shape, entry.dtype, entry.kind, entry.uncovered, pieces)
+
+
+def _members(plan: Plan) -> dict:
+    """The plan's document without its sha256, its entries and unused tensors as
+    ``Similar`` lists (dumped form by form)."""
+    return {
+        **_head(plan),
+        "entries": json_forms.Similar(plan.entries, entry_form, entry_keys, _entry_dict),
+        "unused": json_forms.Similar(plan.unused, lambda u: (u.source, u.shape, u.dtype), lambda u: (u.key,),
+                                     lambda u, keys: _unused_dict(u, keys[0])),
+    }
 
 
 def _body(plan: Plan) -> dict:
+    return {
+        **_head(plan),
+        "entries": [_entry_dict(e) for e in plan.entries],
+        "unused": [_unused_dict(u) for u in plan.unused],
+    }
+
+
+def _unused_dict(unused: Unused, key: str | None = None) -> dict:
+    return {"source": unused.source, "key": unused.key if key is None else key, "shape": list(unused.shape),
+            "dtype": unused.dtype}
+
+
+def _head(plan: Plan) -> dict:
+    """Everything of the plan's document but its sha256, entries and unused tensors."""
     target = {
         "spec": plan.target.spec,
         "seed": plan.target.seed,
@@ -180,8 +232,6 @@ def _body(plan: Plan) -> dict:
             {"name": s.name, "path": s.path, "format": s.format, "key": s.key, "fingerprint": s.fingerprint}
             for s in plan.sources
         ],
-        "entries": [_entry_dict(e) for e in plan.entries],
-        "unused": [{"source": u.source, "key": u.key, "shape": list(u.shape), "dtype": u.dtype} for u in plan.unused],
         "skipped": [{"key": s.key, "rule": s.rule, "reason": s.reason} for s in plan.skipped],
     }
     if plan.layout != Layout():
@@ -193,16 +243,18 @@ def _body(plan: Plan) -> dict:
     return body
 
 
-def _entry_dict(entry: Entry) -> dict:
+def _entry_dict(entry: Entry, keys: Sequence[str] | None = None) -> dict:
+    """The entry's object in the document; ``keys`` in place of ``entry_keys(entry)``."""
+    keys = iter(keys if keys is not None else entry_keys(entry))
     return {
-        "key": entry.key,
+        "key": next(keys),
         "shape": list(entry.shape),
         "dtype": entry.dtype,
         "kind": entry.kind,
         "pieces": [
             {
                 "reads": [
-                    {"source": r.source, "key": r.key, "shape": list(r.shape), "dtype": r.dtype, "region": r.region}
+                    {"source": r.source, "key": next(keys), "shape": list(r.shape), "dtype": r.dtype, "region": r.region}
                     for r in p.reads
                 ],
                 "rule": p.rule,
@@ -217,8 +269,7 @@ def _entry_dict(entry: Entry) -> dict:
 
 
 def _digest(body: dict) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(json_forms.dumps(body).encode()).hexdigest()
 
 
 def document_sha256(data: dict) -> str:
@@ -246,6 +297,13 @@ def validate(data: dict) -> None:
 _FREE_STRINGS = ({"type": "string"}, {"type": "string", "minLength": 1})
 
 
+def _keys_unconstrained() -> bool:
+    """The schema asks no more of entry and read keys than to be non-empty strings."""
+    defs = schema()["$defs"]
+    return (defs["entry"]["properties"]["key"] in _FREE_STRINGS
+            and defs["piece"]["properties"]["reads"]["items"]["properties"]["key"] in _FREE_STRINGS)
+
+
 def _valid_by_form(data: object, validator) -> bool:
     """True if the document is valid, checking each distinct *form* of entry once.
 
@@ -256,8 +314,7 @@ def _valid_by_form(data: object, validator) -> bool:
     """
     defs = schema()["$defs"]
     entries = data.get("entries") if isinstance(data, dict) else None
-    if (not isinstance(entries, list) or defs["entry"]["properties"]["key"] not in _FREE_STRINGS
-            or defs["piece"]["properties"]["reads"]["items"]["properties"]["key"] not in _FREE_STRINGS):
+    if not isinstance(entries, list) or not _keys_unconstrained():
         return False
     if not validator.is_valid({**data, "entries": []}):
         return False

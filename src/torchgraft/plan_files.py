@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from torchgraft.errors import DriftError, PlanError
@@ -28,13 +29,14 @@ def write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_plan(plan: Plan, stem: Path, text: str | None = None) -> Path:
-    """Write ``STEM.json``, ``STEM.txt`` and ``STEM.md``; returns the JSON path."""
-    json_path = stem.with_name(stem.name + ".json")
-    write_text(json_path, plan.to_json())
-    write_text(stem.with_name(stem.name + ".txt"), text if text is not None else render(plan))
-    write_text(stem.with_name(stem.name + ".md"), render_markdown(plan))
-    return json_path
+def write_plan(plan: Plan, stem: Path, text: str | None = None, *, also: Sequence[Path] = ()) -> Path:
+    """Write ``STEM.json``, ``STEM.txt`` and ``STEM.md`` (and the same under each stem of
+    ``also``, made once); returns the last JSON path."""
+    files = {".json": plan.to_json(), ".txt": text if text is not None else render(plan), ".md": render_markdown(plan)}
+    for where in (stem, *also):
+        for suffix, content in files.items():
+            write_text(where.with_name(where.name + suffix), content)
+    return where.with_name(where.name + ".json")
 
 
 def recipe_name(path: str) -> str | None:

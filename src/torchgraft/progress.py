@@ -14,15 +14,9 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from torchgraft.render import human_bytes
+
 log = logging.getLogger("torchgraft.progress")
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 class Progress:
@@ -55,8 +49,8 @@ class Progress:
     def line(self, now: float) -> str:
         elapsed = max(now - self._start, 1e-9)
         percent = 100 * self.done / self.total if self.total else 100.0
-        return (f"{self.description}: {_size(self.done)} of {_size(self.total)} ({percent:.0f}%), "
-                f"{_size(self.done / elapsed)}/s")
+        return (f"{self.description}: {human_bytes(self.done)} of {human_bytes(self.total)} ({percent:.0f}%), "
+                f"{human_bytes(self.done / elapsed)}/s")
 
     def close(self) -> None:
         if self._bar is not None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from torchgraft.grouping import Group, expand, fold, merge_leaves
-from torchgraft.plan import Entry, Piece, Plan, Read
+from torchgraft.heap import paused_gc
+from torchgraft.plan import Entry, Piece, Plan, Read, entry_form, entry_keys
 from torchgraft.regions import Region
 from torchgraft.tensors import itemsize, short_dtype
 from torchgraft.transforms import describe as describe_transform
@@ -22,10 +24,11 @@ from torchgraft.transforms import describe as describe_transform
 _MAX_COLUMN = 56  # wider keys overflow their column instead of pushing every line right
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KiB``; also rates (floats)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
 
@@ -107,25 +110,6 @@ def rules_text(entry: Entry) -> str:
 # -- folding entries ------------------------------------------------------------------
 
 
-def entry_keys(entry: Entry) -> tuple[str, ...]:
-    return (entry.key, *(r.key for p in entry.pieces for r in p.reads))
-
-
-def entry_rest(entry: Entry) -> tuple:
-    """Everything of an entry except its keys: entries fold only when all of it is equal."""
-    pieces = tuple(
-        (
-            p.rule,
-            p.region,
-            json.dumps(list(p.transforms), sort_keys=True) if p.transforms else "",
-            json.dumps(p.merge, sort_keys=True) if p.merge is not None else "",
-            tuple((r.source, r.shape, r.dtype, r.region) for r in p.reads),
-        )
-        for p in entry.pieces
-    )
-    return (entry.shape, entry.dtype, entry.kind, entry.uncovered, pieces)
-
-
 def _same_kept(a: Group[Entry], b: Group[Entry]) -> bool:
     x, y = a.members[0], b.members[0]
     return x.kept and y.kept and (x.shape, x.dtype, x.kind) == (y.shape, y.dtype, y.kind)
@@ -133,8 +117,10 @@ def _same_kept(a: Group[Entry], b: Group[Entry]) -> bool:
 
 def group_entries(entries: Sequence[Entry]) -> list[Group[Entry]]:
     """Entries folded into lines: repeated layers share one line; kept siblings with the
-    same shape share one (``norm.{weight,bias}``). In the order of the target."""
-    return merge_leaves(fold(entries, entry_keys, entry_rest), _same_kept)
+    same shape share one (``norm.{weight,bias}``). In the order of the target. Entries
+    fold only when everything but their keys (``entry_form``) is equal."""
+    with paused_gc():  # a 100k-entry plan: objects by the million, none cyclic garbage
+        return merge_leaves(fold(entries, entry_keys, entry_form), _same_kept)
 
 
 def ungroup(groups: Iterable[Group[Entry]]) -> list[Entry]:
@@ -222,10 +208,17 @@ def align(rows: Sequence[tuple[str, str, str, str, str]], prefix: str = "") -> l
     return lines
 
 
+_last_table: tuple[weakref.ref[Plan], list[str]] | None = None  # a plan's folded lines, the last asked for
+
+
 def table(plan: Plan, grouped: bool = True) -> list[str]:
     """The entries, one line per (folded) row: key, shape, dtype, origin, rules."""
     if grouped:
-        return align([entry_row(g) for g in group_entries(plan.entries)])
+        # A dry run shows a plan as text and as markdown: fold it once (a second at 100k entries).
+        global _last_table
+        if _last_table is None or _last_table[0]() is not plan:
+            _last_table = (weakref.ref(plan), align([entry_row(g) for g in group_entries(plan.entries)]))
+        return list(_last_table[1])
     return align([(e.key, shape_text(e.shape), short_dtype(e.dtype), origin_text(e), rules_text(e)) for e in plan.entries])
 
 
