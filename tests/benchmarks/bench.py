@@ -92,16 +92,21 @@ with open(sys.argv[1], "wb") as f:
     f.truncate(8 + len(raw) + end)
 """
 
-SEED = """
-import sys, torch
-src, dst, job = sys.argv[1:4]
-state = torch.load(src, weights_only=True)  # the whole checkpoint in memory
+# The same edit for both baselines: only how the state dict is loaded and saved differs.
+_EDIT = """
 if job == "rename":
     state = {k.replace("model.layers.", "blocks."): v for k, v in state.items()}
 elif job == "select":
     state = {k: v for k, v in state.items() if int(k.split(".")[2]) % 4 == 0}
 elif job == "cast":
     state = {k: v.to(torch.bfloat16) for k, v in state.items()}
+"""
+
+SEED = """
+import sys, torch
+src, dst, job = sys.argv[1:4]
+state = torch.load(src, weights_only=True)  # the whole checkpoint in memory
+""" + _EDIT + """
 torch.save(state, dst)
 """
 
@@ -110,12 +115,7 @@ import sys, torch
 from safetensors.torch import load_file, save_file
 src, dst, job = sys.argv[1:4]
 state = load_file(src)
-if job == "rename":
-    state = {k.replace("model.layers.", "blocks."): v for k, v in state.items()}
-elif job == "select":
-    state = {k: v for k, v in state.items() if int(k.split(".")[2]) % 4 == 0}
-elif job == "cast":
-    state = {k: v.to(torch.bfloat16) for k, v in state.items()}
+""" + _EDIT + """
 save_file(state, dst)
 """
 
