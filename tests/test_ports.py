@@ -15,7 +15,8 @@ import pytest
 import torchgraft
 from torchgraft.examples import ConvNet, SequentialNet
 from torchgraft.examples.bert import BertForPreTraining, FusedQKVClassifier
-from torchgraft.examples.checkpoints import example_path, register_resolver
+from torchgraft.api import register_resolver
+from torchgraft.examples.checkpoints import example_path
 from torchgraft.examples.encoders import TextEncoder, TinyViT
 from torchgraft.examples.gpt import GPT2LMHeadModel, NanoGPT
 from torchgraft.recipe_source import bundled_recipes

@@ -5,14 +5,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from torch import nn
+
+if TYPE_CHECKING:
+    from torch import nn
 
 from torchgraft.errors import GraftError, RecipeError
-from torchgraft.examples.checkpoints import register_resolver
 from torchgraft.execute import execute, state_dict
 from torchgraft.plan import Plan
 from torchgraft.planner import make_plan
@@ -31,6 +32,19 @@ def _find_cause(err: BaseException, kind: type) -> BaseException | None:
             return err
         err, seen = err.__cause__ or err.__context__, seen + 1
     return None
+
+
+def _example_path(name: str) -> str:
+    # The example models need torch; import them only when a recipe names one.
+    from torchgraft.examples.checkpoints import example_path
+
+    return example_path(name)
+
+
+def register_resolver() -> None:
+    """Make ``${example:NAME}`` available to recipes (idempotent)."""
+    if not OmegaConf.has_resolver("example"):
+        OmegaConf.register_new_resolver("example", _example_path)
 
 
 def resolve(cfg: Mapping[str, Any] | DictConfig) -> dict:

@@ -22,9 +22,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from torchgraft import recipe_source, review, sweep
-from torchgraft.api import recipe_record, resolve
+from torchgraft.api import recipe_record, register_resolver, resolve
 from torchgraft.errors import GraftError
-from torchgraft.examples.checkpoints import register_resolver
 from torchgraft.execute import check_output, execute
 from torchgraft.initial import advice as init_advice
 from torchgraft.outputs import output_bytes

@@ -13,19 +13,21 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
+from torchgraft import fingerprints
 from torchgraft.checkpoints import Reader, atomic_output, open_checkpoint, open_writer
 from torchgraft.checkpoints.atomic import atomic_directory
 from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles, read_range
 from torchgraft.checkpoints.sharded import ShardedWriter, check_directory
-from torchgraft import fingerprints
 from torchgraft.errors import DriftError, OutputError
-from torchgraft.plan import Entry, Piece, Plan
 from torchgraft.heap import HeapTrimmer
 from torchgraft.initial import check_initial, initial_values
 from torchgraft.outputs import copy_files, directory_needed, output_format, replaceable
+from torchgraft.plan import Entry, Piece, Plan
 from torchgraft.progress import Progress
 from torchgraft.regions import Region
 from torchgraft.target import build_model
@@ -102,6 +104,8 @@ def _unchanged(entry: Entry, readers: Mapping[str, Reader]) -> ByteRange | None:
 def _values(piece: Piece, readers: Mapping[str, Reader], initial: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
     """A piece's values. ``initial`` gives the destination's initial value, for a transform
     that fills from it (pad_rows with fill: init); it is called only then."""
+    import torch
+
     tensors = []
     for read in piece.reads:
         index = Region.parse(read.region).box(read.shape).index() if read.region else None
@@ -170,6 +174,8 @@ def _verify(path: Path, fmt: str, plan: Plan, metadata: Mapping[str, str]) -> No
     elif stored != metadata:
         raise RuntimeError(f"{path}: written metadata {stored} differs from {dict(metadata)}")
     if plan.target.spec is not None:
+        import torch
+
         model = build_model(plan.target.spec, device="meta")
         state = {k: torch.empty(shape, dtype=torch_dtype(dtype), device="meta") for k, shape, dtype in found}
         model.load_state_dict(state, strict=True, assign=True)

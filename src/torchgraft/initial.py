@@ -23,9 +23,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 from torchgraft.errors import TargetError
 from torchgraft.plan import Entry, Plan
@@ -120,6 +122,8 @@ class PerModule:
 
     def _materialize(self, name: str, module: nn.Module, key: str) -> set[str]:
         """Make ``module``'s own tensors real and reset them; the names reset left unset."""
+        import torch
+
         reset = self._reset_function(name, module, key.rpartition(".")[2], key)
         module.to_empty(device="cpu", recurse=False)
         own = {**module._parameters, **module._buffers}
@@ -146,6 +150,8 @@ class PerModule:
 
 
 def _sentinel(dtype: torch.dtype):
+    import torch
+
     if dtype.is_floating_point or dtype.is_complex:
         return float("nan")
     if dtype == torch.bool:
@@ -155,6 +161,8 @@ def _sentinel(dtype: torch.dtype):
 
 def _untouched(tensor: torch.Tensor) -> bool:
     """Still (partly, for floats) the sentinel: reset_parameters did not set it."""
+    import torch
+
     if tensor.dtype.is_floating_point or tensor.dtype.is_complex:
         return bool(torch.isnan(tensor).any())
     return tensor.numel() > 0 and bool((tensor == _sentinel(tensor.dtype)).all())

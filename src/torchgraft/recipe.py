@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-import torch
-
 from torchgraft.errors import RecipeError
 from torchgraft.fields import (
     choice,
@@ -31,7 +29,7 @@ from torchgraft.fields import (
     type_name,
     wrong_type,
 )
-from torchgraft.tensors import is_floating, parse_dtype
+from torchgraft.tensors import DTYPE_NAMES, is_floating, parse_dtype
 
 # Run-time switches composed into the same config; they are not part of the recipe.
 RUN_FIELDS = ("dry_run", "debug", "apply", "check", "plan_dir", "verify_sources")
@@ -373,8 +371,7 @@ def _parse_dtype(value: object, field: str) -> str | None:
     text = expect_str(value, field)
     name = parse_dtype(text)
     if name is None:
-        names = {parse_dtype(n) for n, v in vars(torch).items() if isinstance(v, torch.dtype)}
-        known = sorted(n for n in names if n is not None and is_floating(n))
+        known = sorted(n for n in DTYPE_NAMES if is_floating(n))
         hint = did_you_mean(text, known) or f" (known: {', '.join(known)})"
         raise RecipeError(field, f"unknown dtype {text!r}{hint}")
     if not is_floating(name):

@@ -13,8 +13,6 @@ import functools
 import importlib
 from collections.abc import Sequence
 
-from torch import nn
-
 from torchgraft.errors import PlanError
 from torchgraft.tensors import TensorInfo
 
@@ -45,6 +43,8 @@ class TargetFilter:
     """Which target tensors a bulk rule may write: ``accepts(info)``."""
 
     def __init__(self, types: Sequence[str], kind: str, field: str, target: Sequence[TensorInfo]):
+        from torch import nn
+
         self.kind = _KIND[kind]
         self.classes: list[type] = []
         for i, path in enumerate(types):

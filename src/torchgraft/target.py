@@ -11,11 +11,13 @@ import difflib
 import importlib
 import inspect
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from hydra.utils import instantiate
-from torch import nn
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 from torchgraft.errors import TargetError
 from torchgraft.tensors import TensorInfo, dtype_name
@@ -46,6 +48,8 @@ def _locate(path: str) -> Any:
 
 
 def _target_class(spec: Mapping[str, Any]) -> type:
+    from torch import nn
+
     path = spec["_target_"]
     cls = _locate(path)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
@@ -72,6 +76,8 @@ def _check_arguments(cls: type, spec: Mapping[str, Any]) -> None:
 
 def build_model(spec: Mapping[str, Any], *, device: str | torch.device) -> nn.Module:
     """Instantiate the target model on ``device`` after checking its class and arguments."""
+    import torch
+
     cls = _target_class(spec)
     _check_arguments(cls, spec)
     try:
@@ -111,6 +117,8 @@ def target_inventory(spec: Mapping[str, Any]) -> list[TensorInfo]:
 
 def initial_state(spec: Mapping[str, Any], seed: int) -> dict[str, torch.Tensor]:
     """The values ``torch.manual_seed(seed); Model(**kwargs)`` gives, on the CPU."""
+    import torch
+
     torch.manual_seed(seed)
     model = build_model(spec, device="cpu")
     return {k: v.detach() for k, v in model.state_dict().items()}

@@ -13,9 +13,10 @@ import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from torchgraft.checkpoints.byteranges import ByteRange
 from torchgraft.errors import SourceError

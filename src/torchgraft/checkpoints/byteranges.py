@@ -15,8 +15,10 @@ import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from torchgraft.tensors import torch_dtype
 
@@ -86,6 +88,8 @@ def _copy_some(src: int, offset: int, count: int, dst: int) -> int:
 
 def read_range(src: int, rng: ByteRange, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
     """The tensor stored at ``rng``, in a fresh CPU buffer of its own."""
+    import torch
+
     buffer = torch.empty(rng.length, dtype=torch.uint8)
     view = memoryview(buffer.numpy())
     done = 0

@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from torchgraft.checkpoints.base import Reader, sha256_files
 from torchgraft.checkpoints.byteranges import ByteRange

@@ -6,9 +6,12 @@ import hashlib
 import json
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
+
+if TYPE_CHECKING:
+    import torch
 
 from torchgraft.checkpoints.base import Reader, as_index
 from torchgraft.checkpoints.byteranges import ByteRange
@@ -52,7 +55,11 @@ def read_header(path: Path) -> tuple[bytes, dict]:
 
 
 class SafetensorsReader(Reader):
-    """``safe_open`` maps the file; nothing but the header is read until ``read``."""
+    """``safe_open`` maps the file; nothing but the header is read until ``read``.
+
+    The header is checked by ``safe_open`` with the numpy framework at once; the torch
+    handle is opened at the first ``read``, so planning does not import torch.
+    """
 
     format = "safetensors"
 
@@ -60,10 +67,12 @@ class SafetensorsReader(Reader):
         super().__init__(path, field=field, shown=shown)
         try:
             self._raw_header, header = read_header(self.path)
-            self._handle = safe_open(str(self.path), framework="pt")
+            safe_open(str(self.path), framework="numpy").__exit__(None, None, None)
         except (HeaderError, SafetensorError) as e:
             reason = str(e).removeprefix("Error while deserializing header: ")
             raise self._error(f"not a valid safetensors file ({reason})") from None
+        self._handle = None
+        self._closed = False
         self._metadata = dict(header.get("__metadata__") or {})
         entries = {k: v for k, v in header.items() if k != "__metadata__"}
         self._offsets = {k: tuple(v["data_offsets"]) for k, v in entries.items()}
@@ -106,9 +115,11 @@ class SafetensorsReader(Reader):
     def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
         self._info(key)
         index = as_index(index)
-        if self._handle is None:
+        if self._closed:
             raise RuntimeError(f"{self.shown} is closed")
         try:
+            if self._handle is None:
+                self._handle = safe_open(str(self.path), framework="pt")
             if index is None:
                 tensor = self._handle.get_tensor(key)
             else:
@@ -118,6 +129,7 @@ class SafetensorsReader(Reader):
         return tensor.contiguous()
 
     def close(self) -> None:
+        self._closed = True
         if self._handle is not None:
             self._handle.__exit__(None, None, None)
             self._handle = None

@@ -13,8 +13,10 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles
 from torchgraft.checkpoints.safetensors_file import read_header

@@ -15,9 +15,10 @@ import struct
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from torchgraft.checkpoints.base import Reader, as_index
 from torchgraft.checkpoints.byteranges import ByteRange
@@ -36,6 +37,8 @@ class TorchReader(Reader):
 
     def __init__(self, path: Path, *, field: str, shown: str | None = None,
                  key: str | None = None):
+        import torch
+
         super().__init__(path, field=field, shown=shown)
         self.key = key
         tensors = self._state_dict(self._load(map_location="meta"))
@@ -69,6 +72,8 @@ class TorchReader(Reader):
         return hashlib.sha256(text.encode()).hexdigest()
 
     def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
+        import torch
+
         self._info(key)
         index = as_index(index)
         if self._data is None:
@@ -98,6 +103,8 @@ class TorchReader(Reader):
         return self._load(map_location="cpu", mmap=zipped)
 
     def _load(self, **kwargs: Any) -> Any:
+        import torch
+
         try:
             return torch.load(self.path, weights_only=True, **kwargs)
         except pickle.UnpicklingError as e:
@@ -190,6 +197,8 @@ def _byte_ranges(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, B
 
 def _is_state_dict(obj: Any) -> bool:
     """A flat mapping: some tensors (or nothing at all), and no nested tensor mapping."""
+    import torch
+
     if not isinstance(obj, Mapping):
         return False
     values = list(obj.values())
@@ -199,6 +208,8 @@ def _is_state_dict(obj: Any) -> bool:
 
 
 def _has_tensors(obj: Any, depth: int = 4) -> bool:
+    import torch
+
     if isinstance(obj, torch.Tensor):
         return True
     if isinstance(obj, Mapping) and depth > 0:

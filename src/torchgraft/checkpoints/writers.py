@@ -16,8 +16,10 @@ import struct
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from torchgraft.checkpoints.atomic import final_name
 from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles, copy_range, read_range, write_all
@@ -151,6 +153,8 @@ class SafetensorsWriter(Writer):
 
     def _write(self, info: TensorInfo, tensor: torch.Tensor) -> None:
         # Viewed as bytes, every dtype (bf16 and fp8 included) goes through numpy.
+        import torch
+
         data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
         self._file.write(memoryview(data))
 
@@ -256,6 +260,8 @@ class TorchWriter(Writer):
     def _write(self, info: TensorInfo, tensor: torch.Tensor) -> None:
         # torch.save writes a view's whole storage: a region of a 1 GB mmap would
         # drag the 1 GB along. Keep only the tensor's own bytes.
+        import torch
+
         own = tensor.numel() * tensor.element_size()
         if (not tensor.is_contiguous() or tensor.storage_offset() != 0
                 or tensor.untyped_storage().nbytes() != own):
@@ -263,6 +269,8 @@ class TorchWriter(Writer):
         self._tensors[info.key] = tensor
 
     def _finish(self) -> None:
+        import torch
+
         if self.metadata:
             self._tensors._metadata = {"__metadata__": dict(self.metadata)}  # type: ignore[attr-defined]
         try:

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from torchgraft import __version__
@@ -146,9 +145,3 @@ def example_path(name: str) -> str:
             build(built)
             os.replace(built, path)
     return str(path)
-
-
-def register_resolver() -> None:
-    """Make ``${example:NAME}`` available to recipes (idempotent)."""
-    if not OmegaConf.has_resolver("example"):
-        OmegaConf.register_new_resolver("example", example_path)

@@ -7,9 +7,10 @@ response as the input did."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from torchgraft.errors import RecipeError
 from torchgraft.transforms.core import Shape, Transform, floating_only, is_int, working

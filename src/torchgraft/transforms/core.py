@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from torchgraft.errors import RecipeError
 from torchgraft.tensors import is_floating
@@ -84,6 +85,8 @@ def choice(value: Any, field: str, choices: Sequence[str]) -> str:
 def working(t: torch.Tensor) -> torch.Tensor:
     """The precision to compute in: float64 stays, every other dtype goes to float32
     (interpolation and sums in half precision lose more than the result can hold)."""
+    import torch
+
     return t if t.dtype == torch.float64 else t.float()
 
 

@@ -5,10 +5,10 @@ float32, bicubic with antialiasing by default, an unchanged grid returned as is)
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:
+    import torch
 
 from torchgraft.errors import RecipeError
 from torchgraft.transforms.core import Shape, Transform, choice, floating_only, is_int, options, working
@@ -68,6 +68,9 @@ def interpolate(arg: Any, field: str) -> Transform:
         return (*s[:-2], prefix + math.prod(size), s[-1])
 
     def fn(t: torch.Tensor) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
         grid = old_grid(tuple(t.shape))
         if tuple(grid) == tuple(size):
             return t

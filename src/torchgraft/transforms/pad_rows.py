@@ -5,9 +5,10 @@ usual choice for new token embeddings), or ``zeros``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from torchgraft.errors import RecipeError
 from torchgraft.transforms.core import Shape, Transform, choice, floating_only, options, positive_int, same_dtype, working
@@ -34,6 +35,8 @@ def pad_rows(arg: Any, field: str) -> Transform:
         return (to, *s[1:])
 
     def fn(t: torch.Tensor, initial: torch.Tensor | None = None) -> torch.Tensor:
+        import torch
+
         rows, rest = t.shape[0], tuple(t.shape[1:])
         if fill == "zeros":
             extra = t.new_zeros((to - rows, *rest))
