@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 import torchgraft
 from torchgraft.checkpoints import byteranges, open_checkpoint, open_writer, torch_file
 from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles
-from torchgraft.checkpoints.writers import _Appender
+from torchgraft.checkpoints.appender import Appender
 from torchgraft.errors import OutputError
 from torchgraft.execute import check_output
 from torchgraft.progress import Progress
@@ -63,7 +63,7 @@ def renamed(tensors: dict) -> dict:
 def spies(monkeypatch):
     """Counts of byte-range copies and of preads, by key."""
     seen = {"copied": 0, "pread": 0}
-    copy, pread = _Appender.copy, byteranges.read_range
+    copy, pread = Appender.copy, byteranges.read_range
 
     def counting_copy(self, *args):
         seen["copied"] += 1
@@ -73,7 +73,7 @@ def spies(monkeypatch):
         seen["pread"] += 1
         return pread(*args)
 
-    monkeypatch.setattr(_Appender, "copy", counting_copy)
+    monkeypatch.setattr(Appender, "copy", counting_copy)
     monkeypatch.setattr(sys.modules["torchgraft.execute"], "read_range", counting_pread)
     return seen
 

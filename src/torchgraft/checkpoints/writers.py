@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import json
-import os
 import struct
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -21,8 +20,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+from torchgraft.checkpoints.appender import Appender
 from torchgraft.checkpoints.atomic import final_name
-from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles, copy_range, read_range, write_all
+from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles, read_range
 from torchgraft.checkpoints.safetensors_file import MAX_HEADER
 from torchgraft.errors import OutputError
 from torchgraft.tensors import TensorInfo, dtype_name, safetensors_code
@@ -133,7 +133,7 @@ class SafetensorsWriter(Writer):
 
     def __init__(self, path: Path, infos: Sequence[TensorInfo], metadata: Mapping[str, str]):
         super().__init__(path, infos, metadata)
-        self._file: _Appender | None = None
+        self._file: Appender | None = None
         header: dict[str, object] = {}
         if self.metadata:
             header["__metadata__"] = self.metadata
@@ -148,7 +148,7 @@ class SafetensorsWriter(Writer):
             raise OutputError("output.path", f"{final_name(self.path)}: the safetensors header "
                               f"would be {len(raw)} bytes, over the 100 MB readers accept")
         self._end = 8 + len(raw) + offset
-        self._file = _Appender(self.path)
+        self._file = Appender(self.path)
         self._file.write(memoryview(struct.pack("<Q", len(raw)) + raw))
 
     def _write(self, info: TensorInfo, tensor: torch.Tensor) -> None:
@@ -172,72 +172,6 @@ class SafetensorsWriter(Writer):
     def _discard(self) -> None:
         if self._file is not None:
             self._file.close()
-
-
-class _Appender:
-    """Appends to a file through its descriptor: small writes are gathered into one,
-    large ones and kernel copies go straight through.
-
-    Every ``WRITEBACK`` bytes it asks the kernel to start writing what came before
-    (``posix_fadvise(DONTNEED)``), and to drop what is already on disk: the fsync that
-    publishes the file then has little left to do, and a 100 GB output does not push
-    everything else out of the page cache.
-    """
-
-    BUFFER = 1 << 20
-    WRITEBACK = 64 << 20
-
-    def __init__(self, path: Path):
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-        # Not O_TRUNC on the (empty) temporary file: ext4 flushes a file truncated at open
-        # when it is closed, which would write everything synchronously a second time.
-        if os.fstat(self.fd).st_size:
-            os.ftruncate(self.fd, 0)
-        self.position = 0
-        self._pending = bytearray()
-        self._kicked = 0  # written back up to here (asked to)
-        self._dropped = 0
-
-    def write(self, data: memoryview) -> None:
-        if len(data) < self.BUFFER:
-            self._pending += data
-            if len(self._pending) >= self.BUFFER:
-                self.flush()
-            return
-        self.flush()
-        write_all(self.fd, data)
-        self._advance(len(data))
-
-    def copy(self, src: int, offset: int, length: int) -> None:
-        self.flush()
-        copy_range(src, offset, length, self.fd)
-        self._advance(length)
-
-    def flush(self) -> None:
-        if self._pending:
-            write_all(self.fd, memoryview(self._pending))
-            self._advance(len(self._pending))
-            self._pending = bytearray()
-
-    def finish(self) -> int:
-        """Flush; the number of bytes in the file."""
-        self.flush()
-        return os.lseek(self.fd, 0, os.SEEK_CUR)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def _advance(self, n: int) -> None:
-        self.position += n
-        if self.position - self._kicked < self.WRITEBACK or not hasattr(os, "posix_fadvise"):
-            return
-        # The previous window has had a window's time to reach the disk: drop it; start this one.
-        if self._kicked > self._dropped:  # (a length of 0 would mean "to the end of the file")
-            os.posix_fadvise(self.fd, self._dropped, self._kicked - self._dropped, os.POSIX_FADV_DONTNEED)
-        os.posix_fadvise(self.fd, self._kicked, self.position - self._kicked, os.POSIX_FADV_DONTNEED)
-        self._dropped, self._kicked = self._kicked, self.position
 
 
 class TorchWriter(Writer):
