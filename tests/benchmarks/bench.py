@@ -309,8 +309,14 @@ def dry_case(bench: Bench) -> dict:
     recipes = d / "recipes"
     recipes.mkdir(exist_ok=True)
     (recipes / "moe.yaml").write_text(moe_recipe(src))
+    tiny = d / "tiny.safetensors"
+    subprocess.run([PYTHON, "-c", "import sys, torch; from safetensors.torch import save_file; "
+                    "save_file({'w': torch.zeros(4)}, sys.argv[1])", str(tiny)], check=True)
+    (recipes / "tiny.yaml").write_text(f"sources: {{src: {tiny}}}\ntarget: null\nrules: [{{from: src}}]\n")
     runs = d / "runs"
     r = {"import": bench.measure("dry", "python -c 'import torch' (start-up alone)", [PYTHON, "-c", "import torch"], []),
+         "startup": bench.measure("dry", "graft dry run of a 1-tensor recipe (start-up)",
+                                  [GRAFT, "recipe=tiny", "dry_run=true", f"hydra.run.dir={runs}"], [runs], cwd=d),
          "keys": bench.measure("dry", "safetensors safe_open().keys()", [PYTHON, "-c", LIST_KEYS, str(src)], []),
          "plan": bench.measure("dry", "torchgraft.plan() (API: plan only)",
                                [PYTHON, "-c", PLAN_ONLY, str(recipes / "moe.yaml")], [], cwd=d)}
@@ -416,7 +422,7 @@ def main() -> None:
     finally:
         ROWS.extend(bench.rows)
         if not args.keep:
-            for name in ("full", "sel", "g1", "g4", "moe"):
+            for name in ("full", "sel", "g1", "g4", "moe", "tiny"):
                 for ext in (".safetensors", ".pt"):
                     remove(d / f"{name}{ext}")
             remove(d / "recipes")
