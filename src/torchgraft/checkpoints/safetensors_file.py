@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import struct
@@ -15,6 +16,9 @@ from torchgraft.checkpoints.byteranges import ByteRange
 from torchgraft.tensors import TensorInfo, from_safetensors_code
 
 MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers
+_ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
+# A file has a few dtypes and many tensors: look each code up once.
+_dtype_of_code = functools.lru_cache(maxsize=None)(from_safetensors_code)
 
 
 class HeaderError(ValueError):
@@ -46,7 +50,7 @@ def read_header(path: Path) -> tuple[bytes, dict]:
     for key, entry in header.items():
         if key == "__metadata__":
             continue
-        if not (isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= entry.keys()):
+        if not (isinstance(entry, dict) and _ENTRY_FIELDS <= entry.keys()):
             raise HeaderError(f"entry '{key}' lacks dtype, shape or data_offsets")
     return prefix + body, header
 
@@ -65,30 +69,32 @@ class SafetensorsReader(Reader):
             reason = str(e).removeprefix("Error while deserializing header: ")
             raise self._error(f"not a valid safetensors file ({reason})") from None
         self._metadata = dict(header.get("__metadata__") or {})
-        entries = {k: v for k, v in header.items() if k != "__metadata__"}
-        self._offsets = {k: tuple(v["data_offsets"]) for k, v in entries.items()}
+        entries = self._file_order(header)
+        self._offsets = {k: v["data_offsets"] for k, v in entries}  # [begin, end]
         try:
-            self._set_inventory(self._info_of(k, entries[k]) for k in self._file_order(entries))
+            self._set_inventory([self._info_of(k, v) for k, v in entries])
         except BaseException:
             self.close()
             raise
 
     @staticmethod
-    def _file_order(entries: dict) -> list[str]:
-        """Where the bytes are; ties (zero-size tensors) in header order.
+    def _file_order(header: dict) -> list[tuple[str, dict]]:
+        """The tensors' entries, by where the bytes are; ties (zero-size tensors) in header order.
 
         Not ``safe_open(...).offset_keys()``: it breaks such ties in hash-map order,
         which changes from run to run (seen with safetensors 0.8), and plans must not.
+        Offsets compare as lists, as tuples would: safe_open has checked they are two ints.
         """
-        return sorted(entries, key=lambda k: tuple(entries[k]["data_offsets"]))
+        entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
+        return sorted(entries, key=lambda item: item[1]["data_offsets"])
 
     def _info_of(self, key: str, entry: dict) -> TensorInfo:
         try:
-            dtype = from_safetensors_code(entry["dtype"])
+            dtype = _dtype_of_code(entry["dtype"])
         except KeyError:
             raise self._error(f"tensor '{key}' has dtype {entry['dtype']}, "
                               "which torchgraft does not support") from None
-        return TensorInfo(key, tuple(map(int, entry["shape"])), dtype)
+        return TensorInfo(key, tuple(entry["shape"]), dtype)  # safe_open has checked: unsigned ints
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
