@@ -28,22 +28,14 @@ class _Planner(RuleExpander):
     # -- the whole plan --------------------------------------------------------------
 
     def entries(self) -> list[Entry]:
-        by_key: dict[str, list[_Assignment]] = {}
-        for a in self.assignments:
-            for other in by_key.setdefault(a.key, []):
-                if a.box is None or other.box is None or a.box.overlaps(other.box):
-                    mine = f"{a.key}{a.piece.region or ''}"
-                    theirs = f"{other.key}{other.piece.region or ''}"
-                    what = f"'{mine}' overlaps '{theirs}'" if mine != theirs else f"'{mine}'"
-                    raise PlanError(a.field, f"{what}, which {other.piece.rule} already assigns")
-            by_key[a.key].append(a)
+        by_key = self._by_key()
         infos = self.target if self.target is not None else self.extracted
         kept = self._kept(infos, by_key)
         self._check_unassigned(infos, by_key, kept)
         output_dtype = self.recipe.output.dtype
         entries = []
         for key, info in infos.items():
-            assigned = by_key.get(key, [])
+            assigned = by_key.get(key, ())
             boxes = [a.box for a in assigned if a.box is not None]
             rest = ()
             if boxes and len(boxes) == len(assigned):
@@ -51,9 +43,26 @@ class _Planner(RuleExpander):
             dtype = output_dtype if output_dtype and is_floating(info.dtype) else info.dtype
             if len(assigned) > 1:  # (sorting 100k one-item lists costs half a second)
                 assigned = sorted(assigned, key=lambda a: a.box.bounds if a.box else ())
-            pieces = tuple(a.piece for a in assigned)
+            pieces = tuple([a.piece for a in assigned])
             entries.append(Entry(key, info.shape, dtype, pieces, rest, info.kind))
         return entries
+
+    def _by_key(self) -> dict[str, list[_Assignment]]:
+        """The assignments to each key, in rule order; two that overlap are an error."""
+        by_key: dict[str, list[_Assignment]] = {}
+        for a in self.assignments:
+            others = by_key.get(a.key)
+            if others is None:
+                by_key[a.key] = [a]
+                continue
+            for other in others:
+                if a.box is None or other.box is None or a.box.overlaps(other.box):
+                    mine = f"{a.key}{a.piece.region or ''}"
+                    theirs = f"{other.key}{other.piece.region or ''}"
+                    what = f"'{mine}' overlaps '{theirs}'" if mine != theirs else f"'{mine}'"
+                    raise PlanError(a.field, f"{what}, which {other.piece.rule} already assigns")
+            others.append(a)
+        return by_key
 
     def _kept(self, infos, by_key) -> set[str]:
         keys = list(infos)
@@ -82,15 +91,16 @@ class _Planner(RuleExpander):
             )
 
     def unused(self, entries: list[Entry]) -> list[Unused]:
-        read = {(r.source, r.key) for e in entries for p in e.pieces for r in p.reads}
+        reads = [r for e in entries for p in e.pieces for r in p.reads]
+        read = {source: {r.key for r in reads if r.source == source} for source in self.inventories}
         base = self.recipe.base
         if base is not None:
-            read |= {(base, e.key) for e in entries if e.needs_initial}
+            read[base] |= {e.key for e in entries if e.needs_initial}
         unused = [
             Unused(source, info.key, info.shape, info.dtype)
             for source, inventory in self.inventories.items()
             for info in inventory.values()
-            if (source, info.key) not in read
+            if info.key not in read[source]
         ]
         if unused and self.recipe.policy.unused == "error":
             from torchgraft.render import group_keys
@@ -113,7 +123,7 @@ class _Planner(RuleExpander):
 
 
 def _inventory_sha256(infos: Sequence[TensorInfo]) -> str:
-    rows = [[t.key, list(t.shape), t.dtype, t.kind] for t in infos]
+    rows = [(t.key, t.shape, t.dtype, t.kind) for t in infos]  # tuples dump as JSON arrays
     return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
 
 
