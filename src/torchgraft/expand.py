@@ -281,18 +281,21 @@ class RuleExpander:
             if transform.reads_initial and self.target is None:
                 raise PlanError(f"{field}.transform[{i}]", f"{describe_transform(transform.spec)} needs the target's "
                                                            "initial values (set target, or base)")
-        if target is None:  # extraction: the rule defines the output tensor
-            target = TensorInfo(key, shape, dtype)
-            self.extracted.setdefault(key, target)  # a second, conflicting rule fails the overlap check
-        problem = _mismatch(reads, key, box, target, src_shape, tuple(shape), dtype, transforms)
-        if problem:
-            if self.recipe.policy.mismatch == "skip":
-                self.skipped.append(Skipped(key, field, problem))
-                return
-            raise PlanError(blame, problem + " (set policy.mismatch=skip to leave it out)")
-        region = describe(box, target.shape) if box is not None else None
+        shape = tuple(shape)
+        region = None
+        if target is None:  # extraction: the rule defines the output tensor, so its values fit
+            self.extracted.setdefault(key, TensorInfo(key, shape, dtype))  # a second, conflicting rule fails the overlap check
+        else:
+            problem = _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms)
+            if problem:
+                if self.recipe.policy.mismatch == "skip":
+                    self.skipped.append(Skipped(key, field, problem))
+                    return
+                raise PlanError(blame, problem + " (set policy.mismatch=skip to leave it out)")
+            if box is not None:
+                region = describe(box, target.shape)
         piece = Piece(reads, field, region, output.specs, output.merge)
-        self.assignments.append(_Assignment(key, box, piece, tuple(shape), dtype, blame))
+        self.assignments.append(_Assignment(key, box, piece, shape, dtype, blame))
 
     def _read(self, source: str, key: str) -> Read:
         info = self.inventories[source][key]

@@ -14,8 +14,8 @@ from torchgraft.expand import RuleExpander, _Assignment, _fmt_shape
 from torchgraft.heap import paused_gc
 from torchgraft.initial import check_initial
 from torchgraft.outputs import resolve_layout
-from torchgraft.patterns import KeyPattern, PatternError, matching_counts, select_keys
-from torchgraft.plan import Entry, Plan, SourceRef, TargetRef, Unused
+from torchgraft.patterns import KeyIndex, KeyPattern, PatternError
+from torchgraft.plan import Entry, Piece, Plan, SourceRef, TargetRef, Unused
 from torchgraft.recipe import ExplicitRule, Recipe
 from torchgraft.regions import describe, uncovered
 from torchgraft.target import target_inventory
@@ -35,17 +35,23 @@ class _Planner(RuleExpander):
         output_dtype = self.recipe.output.dtype
         entries = []
         for key, info in infos.items():
-            assigned = by_key.get(key, ())
-            boxes = [a.box for a in assigned if a.box is not None]
-            rest = ()
-            if boxes and len(boxes) == len(assigned):
-                rest = tuple(describe(b, info.shape) for b in uncovered(info.shape, boxes))
             dtype = output_dtype if output_dtype and is_floating(info.dtype) else info.dtype
-            if len(assigned) > 1:  # (sorting 100k one-item lists costs half a second)
-                assigned = sorted(assigned, key=lambda a: a.box.bounds if a.box else ())
-            pieces = tuple([a.piece for a in assigned])
+            pieces, rest = self._pieces(info, by_key.get(key, ()))
             entries.append(Entry(key, info.shape, dtype, pieces, rest, info.kind))
         return entries
+
+    @staticmethod
+    def _pieces(info: TensorInfo, assigned: Sequence[_Assignment]) -> tuple[tuple[Piece, ...], tuple[str, ...]]:
+        """A tensor's pieces, ordered by region, and the regions none of them covers."""
+        if len(assigned) == 1 and assigned[0].box is None:  # most tensors: one rule writes it whole
+            return (assigned[0].piece,), ()
+        boxes = [a.box for a in assigned if a.box is not None]
+        rest = ()
+        if boxes and len(boxes) == len(assigned):
+            rest = tuple(describe(b, info.shape) for b in uncovered(info.shape, boxes))
+        if len(assigned) > 1:
+            assigned = sorted(assigned, key=lambda a: a.box.bounds if a.box else ())
+        return tuple(a.piece for a in assigned), rest
 
     def _by_key(self) -> dict[str, list[_Assignment]]:
         """The assignments to each key, in rule order; two that overlap are an error."""
@@ -65,12 +71,13 @@ class _Planner(RuleExpander):
         return by_key
 
     def _kept(self, infos, by_key) -> set[str]:
-        keys = list(infos)
+        index = KeyIndex(list(infos))
+        found = index.matches(self.recipe.keep)
         kept: set[str] = set()
-        for i, count in enumerate(matching_counts(keys, self.recipe.keep)):
-            if count == 0:
+        for i, positions in enumerate(found):
+            if not positions:
                 raise PlanError(f"keep[{i}]", f"'{self.recipe.keep[i]}' matches no target tensor")
-        for key in select_keys(keys, self.recipe.keep):
+        for key in index.keys_at(found):
             whole = [a for a in by_key.get(key, []) if a.box is None]
             if whole:
                 i = next(i for i, p in enumerate(self.recipe.keep) if KeyPattern(p).matches(key))
