@@ -11,6 +11,7 @@ Regions (``[...]``) are split off before a text gets here.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import re
 import sys
@@ -299,8 +300,10 @@ class Renamer:
         return key, None
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse(text: str) -> tuple[Segment, ...]:
-    """Split a pattern into segments of literal runs, stars and braces."""
+    """Split a pattern into segments of literal runs, stars and braces. Cached: fifty
+    rules often repeat the same rename patterns, and the result is immutable."""
     segments: list[Segment] = []
     parts: list[Part] = []
     literal = ""

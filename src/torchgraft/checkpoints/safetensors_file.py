@@ -71,8 +71,9 @@ class SafetensorsReader(Reader):
         self._metadata = dict(header.get("__metadata__") or {})
         entries = self._file_order(header)
         self._offsets = {k: v["data_offsets"] for k, v in entries}  # [begin, end]
+        shapes: dict[tuple, tuple] = {}  # one tuple per distinct shape (see _info_of)
         try:
-            self._set_inventory([self._info_of(k, v) for k, v in entries])
+            self._set_inventory([self._info_of(k, v, shapes) for k, v in entries])
         except BaseException:
             self.close()
             raise
@@ -88,13 +89,17 @@ class SafetensorsReader(Reader):
         entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
         return sorted(entries, key=lambda item: item[1]["data_offsets"])
 
-    def _info_of(self, key: str, entry: dict) -> TensorInfo:
+    def _info_of(self, key: str, entry: dict, shapes: dict[tuple, tuple]) -> TensorInfo:
+        """The entry's TensorInfo. Its shape is shared with the tensors before it of that
+        shape: 100k tensors of a few shapes then hold a few tuples, not 100k, which spares
+        memory and the garbage collector's walk over what planning keeps."""
         try:
             dtype = _dtype_of_code(entry["dtype"])
         except KeyError:
             raise self._error(f"tensor '{key}' has dtype {entry['dtype']}, "
                               "which torchgraft does not support") from None
-        return TensorInfo(key, tuple(entry["shape"]), dtype)  # safe_open has checked: unsigned ints
+        shape = tuple(entry["shape"])
+        return TensorInfo(key, shapes.setdefault(shape, shape), dtype)  # safe_open has checked: unsigned ints
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
