@@ -156,6 +156,20 @@ def test_bulk_functions_agree_with_one_pattern_at_a_time(keys, texts):
         assert sorted(found) == [i for i, k in enumerate(keys) if pattern.matches(k)]
 
 
+@given(st.lists(dotted_keys, max_size=20), patterns)
+def test_full_matches_agree_with_template_match(keys, text):
+    template = Template(text)
+    expected = [(i, b) for i, k in enumerate(keys) if (b := template.match(k)) is not None]
+    assert KeyIndex(keys).full_matches(template) == expected
+
+
+def test_full_matches_fail_as_match_does():
+    with pytest.raises(PatternError, match="arithmetic is only allowed in replacements"):
+        KeyIndex(["a.1"]).full_matches(Template("a.{i+1}"))
+    assert KeyIndex([]).full_matches(Template("a.{i+1}")) == []  # match is never called
+    assert KeyIndex(["a.1\n", "a.2"]).full_matches(Template("a.{i}")) == [(1, {"i": "2"})]
+
+
 @pytest.mark.parametrize("pattern, expected", [
     ("h{1,10}", ["h1.w", "h10.w", "h10"]),  # the runs of prefixes h1 and h10 overlap
     ("h{1,10}*", ["h1.w", "h10.w", "h11.w", "h1x.w", "h100.w", "h10"]),

@@ -90,7 +90,8 @@ class RuleExpander:
         self.recipe = recipe
         self.readers = readers
         self.inventories = {name: {t.key: t for t in r.inventory()} for name, r in readers.items()}
-        self._indexes: dict[str, KeyIndex] = {}  # by source, made when a rule first selects from it
+        self._indexes: dict[str, KeyIndex] = {}  # by source (see _index)
+        self._target_index: KeyIndex | None = None  # of the target's keys, made on first use
         self.target = {t.key: t for t in target} if target is not None else None
         self.extracted: dict[str, TensorInfo] = {}  # the output's tensors when there is no target
         self.assignments: list[_Assignment] = []
@@ -167,11 +168,15 @@ class RuleExpander:
             taken[new_key] = (key, blame, target)
         return taken
 
+    def _index(self, source: str) -> KeyIndex:
+        """The key index of a source, made when a rule first matches its keys."""
+        if source not in self._indexes:
+            self._indexes[source] = KeyIndex(list(self.inventories[source]))
+        return self._indexes[source]
+
     def _selected(self, rule: BulkRule, source: str) -> list[str]:
         """The keys of ``source`` that ``rule`` selects and does not exclude, in file order."""
-        index = self._indexes.get(source)
-        if index is None:
-            index = self._indexes[source] = KeyIndex(list(self.inventories[source]))
+        index = self._index(source)
         selected = index.keys
         if rule.select:
             found = index.matches(rule.select)
@@ -246,7 +251,10 @@ class RuleExpander:
         if to_template.variables:
             if self.target is None:
                 raise PlanError(f"{field}.to", f"'{rule.to}': template variables in 'to' need a target to bind against")
-            pairs = [(b, key) for key in self.target if (b := to_template.match(key)) is not None]
+            if self._target_index is None:
+                self._target_index = KeyIndex(list(self.target))
+            keys = self._target_index.keys
+            pairs = [(b, keys[i]) for i, b in self._target_index.full_matches(to_template)]
             if not pairs:
                 raise PlanError(f"{field}.to", f"'{rule.to}' matches no target tensor")
             return pairs
@@ -255,13 +263,12 @@ class RuleExpander:
             i, template = plain[0]
             source = froms[i][0]
             pairs = []
-            for key in self.inventories[source]:
-                b = template.match(key)
-                if b is not None:
-                    try:
-                        pairs.append((b, to_template.format(b)))
-                    except PatternError as err:
-                        raise PlanError(f"{field}.to", f"{err} (filling '{rule.to}' for {source}:{key})") from None
+            index = self._index(source)
+            for i, b in index.full_matches(template):
+                try:
+                    pairs.append((b, to_template.format(b)))
+                except PatternError as err:
+                    raise PlanError(f"{field}.to", f"{err} (filling '{rule.to}' for {source}:{index.keys[i]})") from None
             if not pairs:
                 raise PlanError(f"{field}.from", f"'{rule.sources[i]}' matches no tensor of source '{source}'")
             return pairs

@@ -126,13 +126,29 @@ class KeyIndex:
         """The keys at any of these lists of positions (``matches``), in the order of ``keys``."""
         return [self.keys[i] for i in sorted(set().union(*found))]
 
+    def full_matches(self, template: Template) -> list[tuple[int, dict[str, str]]]:
+        """``Template.match`` over all keys: the position and bindings of each key the
+        template matches whole, in the order of ``keys``."""
+        if not self.keys:
+            return []
+        if "\n" in template.text or not self._build():
+            return [(i, b) for i, key in enumerate(self.keys) if (b := template.match(key)) is not None]
+        whole = template._regexes()[0].pattern  # raises here, as match would, on arithmetic
+        found = self._scan(whole + r"(?=\n|\Z)", template._segments)
+        return sorted(((self._position[m.start()], m.groupdict()) for m in found), key=lambda item: item[0])
+
     def _matching(self, pattern: KeyPattern) -> list[int]:
         if pattern.text.startswith("re:") or "\n" in pattern.text or not self._build():
             return [i for i, key in enumerate(self.keys) if pattern.matches(key)]
-        scan = re.compile(r"\n" + pattern._body + r"(?=[.\n]|\Z)").finditer
-        text, starts, position = self._text, self._starts, self._position
-        return [position[m.start()] for lo, hi in self._runs(_literal_prefixes(pattern._segments))
-                for m in scan(text, starts[lo], starts[hi])]
+        position = self._position
+        return [position[m.start()] for m in self._scan(pattern._body + r"(?=[.\n]|\Z)", pattern._segments)]
+
+    def _scan(self, regex: str, segments: Sequence[Segment]) -> list[re.Match]:
+        """Matches of ``regex`` (for ``"." + key``) from the start of a key's line, in the
+        runs of the pattern's literal prefixes only; ``_position[m.start()]`` is the key's."""
+        scan = re.compile(r"\n" + regex).finditer
+        text, starts = self._text, self._starts
+        return [m for lo, hi in self._runs(_literal_prefixes(segments)) for m in scan(text, starts[lo], starts[hi])]
 
     def _build(self) -> bool:
         """Sort and join the keys, once. False if a key holds a newline: then lines
