@@ -89,7 +89,7 @@ class RuleExpander:
     def __init__(self, recipe: Recipe, readers: Mapping[str, Reader], target: list[TensorInfo] | None):
         self.recipe = recipe
         self.readers = readers
-        self.inventories = {name: {t.key: t for t in r.inventory()} for name, r in readers.items()}
+        self.inventories = {name: r.by_key() for name, r in readers.items()}
         self._indexes: dict[str, KeyIndex] = {}  # by source (see _index)
         self._target_index: KeyIndex | None = None  # of the target's keys, made on first use
         self.target = {t.key: t for t in target} if target is not None else None
