@@ -178,13 +178,16 @@ def test_full_matches_fail_as_match_does():
     ("a.**", ["a", "a.b.c"]),
     ("a" + MAX_CHAR, ["a" + MAX_CHAR, "a" + MAX_CHAR + ".x"]),
     (MAX_CHAR, [MAX_CHAR]),
+    ("{1,11}{1,11}", ["111", "111.w", "1111", "11"]),  # 1+11 and 11+1 are one text: counted once
+    ("11", ["11"]),
 ])
 def test_key_index_prefix_runs(pattern, expected):
     keys = ["a", "a.b.c", "ab", "h1.w", "h10.w", "h11.w", "h1x.w", "h100.w", "h2", "0.w", "99.w",
             "100.w", "h10", "h99.w", "a" + MAX_CHAR, "a" + MAX_CHAR + ".x", "a" + MAX_CHAR + MAX_CHAR,
-            MAX_CHAR, MAX_CHAR + MAX_CHAR]
+            MAX_CHAR, MAX_CHAR + MAX_CHAR, "111", "111.w", "1111", "11", "11x"]
     assert select_keys(keys, [pattern]) == [k for k in keys if k in expected]
     assert select_keys(keys, [pattern]) == [k for k in keys if KeyPattern(pattern).matches(k)]
+    assert matching_counts(keys, [pattern]) == [len(expected)]
 
 
 def test_key_index_with_newlines():

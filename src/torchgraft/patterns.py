@@ -94,9 +94,11 @@ class KeyIndex:
 
     The keys are sorted and joined one per line (``"\\n." + key``). The keys starting
     with a given text are then one run of lines, found by bisection, and a non-regex
-    pattern's regex scans only the runs of its literal prefixes: ``layers.{0,1}.mlp``
-    scans the lines of ``layers.0.mlp...`` and ``layers.1.mlp...``. The regex is the one
-    ``KeyPattern`` uses, so the runs only narrow where it looks. ``re:`` patterns, and
+    pattern's regex scans only the runs of its literal prefixes: ``layers.*.mlp`` scans
+    the lines of ``layers...``. The regex is the one ``KeyPattern`` uses, so the runs
+    only narrow where it looks. A pattern without wildcards needs no regex:
+    ``layers.{0,1}.mlp`` matches the keys ``layers.0.mlp`` and ``layers.1.mlp`` and the
+    runs of keys starting ``layers.0.mlp.`` and ``layers.1.mlp.``. ``re:`` patterns, and
     keys or patterns holding a newline, are matched key by key with ``KeyPattern``.
     The index is built on first use: keys that no non-regex pattern meets cost nothing.
     """
@@ -104,6 +106,7 @@ class KeyIndex:
     def __init__(self, keys: Sequence[str]):
         self.keys = keys
         self._usable: bool | None = None  # None until built
+        self._order: list[int] = []  # positions in keys, in the order of the sorted keys
         self._sorted: list[str] = []  # the keys, sorted
         self._text = ""  # "\n." + key for each sorted key
         self._starts: list[int] = []  # where each line of _text starts, and len(_text)
@@ -134,21 +137,27 @@ class KeyIndex:
         if "\n" in template.text or not self._build():
             return [(i, b) for i, key in enumerate(self.keys) if (b := template.match(key)) is not None]
         whole = template._regexes()[0].pattern  # raises here, as match would, on arithmetic
-        found = self._scan(whole + r"(?=\n|\Z)", template._segments)
+        prefixes, _ = _literal_prefixes(template._segments)
+        found = self._scan(whole + r"(?=\n|\Z)", prefixes)
         return sorted(((self._position[m.start()], m.groupdict()) for m in found), key=lambda item: item[0])
 
     def _matching(self, pattern: KeyPattern) -> list[int]:
         if pattern.text.startswith("re:") or "\n" in pattern.text or not self._build():
             return [i for i, key in enumerate(self.keys) if pattern.matches(key)]
+        prefixes, whole = _literal_prefixes(pattern._segments)
+        if whole:  # no wildcard: the keys equal to one of the texts, and the keys under one
+            runs = _merged([self._equal(p) for p in prefixes] + [self._run(p + ".") for p in prefixes])
+            return [i for lo, hi in runs for i in self._order[lo:hi]]
         position = self._position
-        return [position[m.start()] for m in self._scan(pattern._body + r"(?=[.\n]|\Z)", pattern._segments)]
+        return [position[m.start()] for m in self._scan(pattern._body + r"(?=[.\n]|\Z)", prefixes)]
 
-    def _scan(self, regex: str, segments: Sequence[Segment]) -> list[re.Match]:
+    def _scan(self, regex: str, prefixes: Sequence[str]) -> list[re.Match]:
         """Matches of ``regex`` (for ``"." + key``) from the start of a key's line, in the
-        runs of the pattern's literal prefixes only; ``_position[m.start()]`` is the key's."""
+        runs of keys starting with ``prefixes`` only; ``_position[m.start()]`` is the key's."""
         scan = re.compile(r"\n" + regex).finditer
         text, starts = self._text, self._starts
-        return [m for lo, hi in self._runs(_literal_prefixes(segments)) for m in scan(text, starts[lo], starts[hi])]
+        runs = _merged([self._run(p) for p in prefixes])
+        return [m for lo, hi in runs for m in scan(text, starts[lo], starts[hi])]
 
     def _build(self) -> bool:
         """Sort and join the keys, once. False if a key holds a newline: then lines
@@ -156,27 +165,34 @@ class KeyIndex:
         if self._usable is None:
             self._usable = not any("\n" in key for key in self.keys)
             if self._usable:
-                order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
-                self._sorted = [self.keys[i] for i in order]
+                self._order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
+                self._sorted = [self.keys[i] for i in self._order]
                 self._text = "".join(["\n." + key for key in self._sorted])
                 self._starts = list(itertools.accumulate([len(key) + 2 for key in self._sorted], initial=0))
-                self._position = dict(zip(self._starts, order))
+                self._position = dict(zip(self._starts, self._order))
         return self._usable
 
-    def _runs(self, prefixes: Sequence[str]) -> list[tuple[int, int]]:
-        """The runs of sorted keys that start with one of ``prefixes``, merged, in order."""
-        merged: list[tuple[int, int]] = []
-        for lo, hi in sorted(self._run(prefix) for prefix in prefixes):
-            if merged and lo <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
-            elif lo < hi:
-                merged.append((lo, hi))
-        return merged
-
     def _run(self, prefix: str) -> tuple[int, int]:
+        """The run of sorted keys that start with ``prefix``."""
         lo = bisect.bisect_left(self._sorted, prefix)
         above = _least_above(prefix)
         return lo, (len(self._sorted) if above is None else bisect.bisect_left(self._sorted, above, lo))
+
+    def _equal(self, text: str) -> tuple[int, int]:
+        """The run of sorted keys equal to ``text`` (keys may repeat)."""
+        lo = bisect.bisect_left(self._sorted, text)
+        return lo, bisect.bisect_right(self._sorted, text, lo)
+
+
+def _merged(runs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Runs of sorted keys, overlaps joined (so no key is counted twice), in order."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(runs):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        elif lo < hi:
+            merged.append((lo, hi))
+    return merged
 
 
 def _least_above(prefix: str) -> str | None:
@@ -185,13 +201,14 @@ def _least_above(prefix: str) -> str | None:
     return stem[:-1] + chr(ord(stem[-1]) + 1) if stem else None
 
 
-def _literal_prefixes(segments: Sequence[Segment]) -> list[str]:
-    """Texts one of which starts every key the pattern matches: its literal start, one
-    branch per number of a set or range; a star, a variable or ``**`` ends it."""
+def _literal_prefixes(segments: Sequence[Segment]) -> tuple[list[str], bool]:
+    """Texts one of which starts every key the pattern matches, and whether they are the
+    whole pattern (it has no wildcard). They are its literal start, one branch per
+    number of a set or range; a star, a variable or ``**`` ends them."""
     prefixes = [""]
     for n, seg in enumerate(segments):
         if seg == _GLOBSTAR:
-            return prefixes
+            return prefixes, False
         if n:
             prefixes = [p + "." for p in prefixes]
         for part in seg:
@@ -200,8 +217,8 @@ def _literal_prefixes(segments: Sequence[Segment]) -> list[str]:
             elif isinstance(part, _Brace) and part.choices and len(prefixes) * len(part.choices) <= _MAX_PREFIXES:
                 prefixes = [p + choice for p in prefixes for choice in part.choices]
             else:
-                return prefixes
-    return prefixes
+                return prefixes, False
+    return prefixes, True
 
 
 class Template:
