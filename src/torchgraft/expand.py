@@ -29,8 +29,6 @@ class _Assignment(NamedTuple):
     key: str
     box: Box | None  # None: the whole tensor
     piece: Piece
-    shape: tuple[int, ...]  # of the values, after transforms
-    dtype: str
     field: str  # recipe field to blame
 
 
@@ -302,7 +300,7 @@ class RuleExpander:
             if box is not None:
                 region = describe(box, target.shape)
         piece = Piece(reads, field, region, output.specs, output.merge)
-        self.assignments.append(_Assignment(key, box, piece, shape, dtype, blame))
+        self.assignments.append(_Assignment(key, box, piece, blame))
 
     def _read(self, source: str, key: str) -> Read:
         info = self.inventories[source][key]

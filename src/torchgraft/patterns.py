@@ -16,7 +16,7 @@ import itertools
 import re
 import sys
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 
 class PatternError(ValueError):
@@ -298,10 +298,12 @@ class Renamer:
     """
 
     def __init__(self, mapping: Sequence[tuple[str, str]]):
-        self._entries: list[tuple[str, object, object]] = []
-        for pattern, replacement in mapping:
+        # (index, True, regex, replacement text) for a re: entry; (index, False, the
+        # pattern's prefix regex's match, the replacement's format) for a template entry
+        self._entries: list[tuple[int, bool, Any, Any]] = []
+        for index, (pattern, replacement) in enumerate(mapping):
             if pattern.startswith("re:"):
-                self._entries.append(("re", _compile_user_regex(pattern), replacement))
+                self._entries.append((index, True, _compile_user_regex(pattern), replacement))
                 continue
             source, target = Template(pattern), Template(replacement)
             prefix = source._regexes()[1]  # fails now on arithmetic in the pattern, not on the first key
@@ -309,15 +311,16 @@ class Renamer:
             for brace in target._braces:
                 if brace.name and brace.name not in source.variables:
                     raise _unbound(brace.text, source.variables)
-            self._entries.append(("template", prefix, target))
+            self._entries.append((index, False, prefix.match, target.format))
 
     def rename(self, key: str) -> tuple[str, int | None]:
         """The new key and the index of the entry used; ``(key, None)`` if none matched.
 
-        A template entry is ``Template.match_prefix`` inlined: this runs once per key."""
+        A template entry is ``Template.match_prefix`` inlined, its regex's ``match`` and
+        its replacement's ``format`` bound ahead: this runs once per key."""
         dotted = "." + key
-        for index, (kind, pattern, replacement) in enumerate(self._entries):
-            if kind == "re":
+        for index, is_regex, pattern, replacement in self._entries:
+            if is_regex:
                 if pattern.search(key) is None:
                     continue
                 try:
@@ -325,10 +328,10 @@ class Renamer:
                 except (re.error, IndexError) as err:  # IndexError: unknown \g<name>
                     raise PatternError(f"'{replacement}': invalid replacement for "
                                        f"'{pattern.pattern}': {err}") from None
-            found = pattern.match(dotted)
+            found = pattern(dotted)
             if found is None:
                 continue
-            head, suffix = replacement.format(found.groupdict()), dotted[found.end():]
+            head, suffix = replacement(found.groupdict()), dotted[found.end():]
             return (head + suffix if head else suffix[1:]), index
         return key, None
 

@@ -36,15 +36,17 @@ class _Planner(RuleExpander):
         entries = []
         for key, info in infos.items():
             dtype = output_dtype if output_dtype and is_floating(info.dtype) else info.dtype
-            pieces, rest = self._pieces(info, by_key.get(key, ()))
+            assigned = by_key.get(key, ())
+            if len(assigned) == 1 and assigned[0].box is None:  # most tensors: one rule writes it whole
+                pieces, rest = (assigned[0].piece,), ()
+            else:
+                pieces, rest = self._pieces(info, assigned)
             entries.append(Entry(key, info.shape, dtype, pieces, rest, info.kind))
         return entries
 
     @staticmethod
     def _pieces(info: TensorInfo, assigned: Sequence[_Assignment]) -> tuple[tuple[Piece, ...], tuple[str, ...]]:
         """A tensor's pieces, ordered by region, and the regions none of them covers."""
-        if len(assigned) == 1 and assigned[0].box is None:  # most tensors: one rule writes it whole
-            return (assigned[0].piece,), ()
         boxes = [a.box for a in assigned if a.box is not None]
         rest = ()
         if boxes and len(boxes) == len(assigned):
