@@ -88,8 +88,7 @@ class RuleExpander:
         self.recipe = recipe
         self.readers = readers
         self.inventories = {name: r.by_key() for name, r in readers.items()}
-        self._indexes: dict[str, KeyIndex] = {}  # by source (see _index)
-        self._target_index: KeyIndex | None = None  # of the target's keys, made on first use
+        self._indexes: dict[str | None, KeyIndex] = {}  # by source, None for the target (see _index)
         self.target = {t.key: t for t in target} if target is not None else None
         self.extracted: dict[str, TensorInfo] = {}  # the output's tensors when there is no target
         self.assignments: list[_Assignment] = []
@@ -166,10 +165,11 @@ class RuleExpander:
             taken[new_key] = (key, blame, target)
         return taken
 
-    def _index(self, source: str) -> KeyIndex:
-        """The key index of a source, made when a rule first matches its keys."""
+    def _index(self, source: str | None) -> KeyIndex:
+        """The key index of a source (None: of the target), made when a rule first matches its keys."""
         if source not in self._indexes:
-            self._indexes[source] = KeyIndex(list(self.inventories[source]))
+            keys = self.target if source is None else self.inventories[source]
+            self._indexes[source] = KeyIndex(list(keys))
         return self._indexes[source]
 
     def _selected(self, rule: BulkRule, source: str) -> list[str]:
@@ -249,10 +249,8 @@ class RuleExpander:
         if to_template.variables:
             if self.target is None:
                 raise PlanError(f"{field}.to", f"'{rule.to}': template variables in 'to' need a target to bind against")
-            if self._target_index is None:
-                self._target_index = KeyIndex(list(self.target))
-            keys = self._target_index.keys
-            pairs = [(b, keys[i]) for i, b in self._target_index.full_matches(to_template)]
+            index = self._index(None)
+            pairs = [(b, index.keys[at]) for at, b in index.full_matches(to_template)]
             if not pairs:
                 raise PlanError(f"{field}.to", f"'{rule.to}' matches no target tensor")
             return pairs
@@ -262,11 +260,11 @@ class RuleExpander:
             source = froms[i][0]
             pairs = []
             index = self._index(source)
-            for i, b in index.full_matches(template):
+            for at, b in index.full_matches(template):
                 try:
                     pairs.append((b, to_template.format(b)))
                 except PatternError as err:
-                    raise PlanError(f"{field}.to", f"{err} (filling '{rule.to}' for {source}:{index.keys[i]})") from None
+                    raise PlanError(f"{field}.to", f"{err} (filling '{rule.to}' for {source}:{index.keys[at]})") from None
             if not pairs:
                 raise PlanError(f"{field}.from", f"'{rule.sources[i]}' matches no tensor of source '{source}'")
             return pairs
