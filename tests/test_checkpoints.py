@@ -99,6 +99,27 @@ def test_safetensors_inventory_matches_the_library(tmp_path):
         # File order is the data layout (the reference writer sorts by alignment), not
         # the order of the dict that was saved.
         assert [i.key for i in reader.inventory()] != list(sample_tensors())
+        by_key = reader.by_key()
+        assert list(by_key.items()) == [(i.key, i) for i in reader.inventory()]
+        by_key.clear()  # a copy
+        assert reader.by_key()
+
+
+def test_safetensors_file_order_from_a_handmade_header(tmp_path):
+    """Offsets order the inventory, whatever the header's order; ties in header order."""
+    header = {"b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]},
+              "z": {"dtype": "F32", "shape": [0], "data_offsets": [8, 8]},
+              "a": {"dtype": "I64", "shape": [], "data_offsets": [0, 8]},
+              "y": {"dtype": "F16", "shape": [0, 3], "data_offsets": [8, 8]},
+              "__metadata__": {"note": "x"}}
+    raw = json.dumps(header).encode()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(16))
+    with open_checkpoint(path, field=FIELD) as reader:
+        assert reader.inventory() == [TensorInfo("a", (), "int64"), TensorInfo("z", (0,), "float32"),
+                                      TensorInfo("y", (0, 3), "float16"), TensorInfo("b", (2,), "float32")]
+        assert reader.metadata() == {"note": "x"}
+        assert reader.byte_range("b").offset == 8 + len(raw) + 8
 
 
 @pytest.mark.parametrize("maker", ["safetensors", "torch", "hf", "hf-bin"])

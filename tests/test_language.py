@@ -283,6 +283,10 @@ ERRORS = [
      "(filling 't:blocks.{j-1}.norm1.weight' for blocks.0.norm1.weight)"),
     ({"target": None, "rules": [{"from": "a", "select": "layers", "rename": {"layers.{i}": "blocks.{i*2}"}}]},
      "rules[0].rename: a:layers.x.w: {i*2} needs an integer but i='x'"),
+    ({"target": None, "rules": [{"to": "blocks.{i-1}.w", "from": "a:layers.{i}.w"}]},  # the first key in file order
+     "rules[0].to: {i-1} gives -1 for i=0: indices must be non-negative integers (filling 'blocks.{i-1}.w' for a:layers.0.w)"),
+    ({"target": None, "rules": [{"to": "blocks.{i+1}.w", "from": "a:layers.{i}.w"}]},
+     "rules[0].to: {i+1} needs an integer but i='x' (filling 'blocks.{i+1}.w' for a:layers.x.w)"),
     # two rules writing overlapping regions
     ({"target": PROBE, "keep": ["norm", "fc.bias"], "rules": [{"to": "fc.weight[:, 0:8]", "from": "a:fc.weight[:, 0:8]"},
                                                              {"to": "fc.weight[:, 6:12]", "from": "a:fc.weight[:, 6:12]"}]},

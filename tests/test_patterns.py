@@ -1,10 +1,12 @@
 import re
+import sys
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from torchgraft.patterns import (
+    KeyIndex,
     KeyPattern,
     PatternError,
     Renamer,
@@ -132,18 +134,75 @@ def test_select_and_count_validate_every_pattern():
         matching_counts(KEYS, ["re:("])
 
 
-segments = st.sampled_from(["a", "b", "ab", "1", "2", "10"])
+MAX_CHAR = chr(sys.maxunicode)  # the end of a run of keys by prefix has no successor text
+segments = st.sampled_from(["a", "b", "ab", "1", "2", "10", "", "h1", "h10", "h2x", MAX_CHAR,
+                            "a" + MAX_CHAR, "é", "a b"])
 dotted_keys = st.lists(segments, min_size=1, max_size=4).map(".".join)
 pattern_segments = st.sampled_from(["a", "b", "1", "*", "a*", "*b", "**", "{0..2}", "{1,10}",
-                                    "{i}", "{j}"])
+                                    "{i}", "{j}", "", "h{1,10}", "h{1,2}*", "{0..99}", "h{1..12}x",
+                                    MAX_CHAR, "a" + MAX_CHAR, "*" + MAX_CHAR, "{i}" + MAX_CHAR])
 patterns = st.lists(pattern_segments, min_size=1, max_size=4).map(".".join)
 
 
 @given(st.lists(dotted_keys, max_size=20), st.lists(patterns, max_size=5))
 def test_bulk_functions_agree_with_one_pattern_at_a_time(keys, texts):
+    """KeyIndex scans only the runs of sorted keys that a pattern's literal prefixes
+    allow; it must find exactly what matching key by key finds."""
     compiled = [KeyPattern(t) for t in texts]
     assert select_keys(keys, texts) == [k for k in keys if any(p.matches(k) for p in compiled)]
     assert matching_counts(keys, texts) == [sum(p.matches(k) for k in keys) for p in compiled]
+    index = KeyIndex(keys)  # one index, many pattern lists: as a bulk rule uses it
+    for pattern, found in zip(compiled, index.matches(texts)):
+        assert sorted(found) == [i for i, k in enumerate(keys) if pattern.matches(k)]
+
+
+@given(st.lists(dotted_keys, max_size=20), patterns)
+def test_full_matches_agree_with_template_match(keys, text):
+    template = Template(text)
+    expected = [(i, b) for i, k in enumerate(keys) if (b := template.match(k)) is not None]
+    assert KeyIndex(keys).full_matches(template) == expected
+
+
+def test_full_matches_fail_as_match_does():
+    with pytest.raises(PatternError, match="arithmetic is only allowed in replacements"):
+        KeyIndex(["a.1"]).full_matches(Template("a.{i+1}"))
+    assert KeyIndex([]).full_matches(Template("a.{i+1}")) == []  # match is never called
+    assert KeyIndex(["a.1\n", "a.2"]).full_matches(Template("a.{i}")) == [(1, {"i": "2"})]
+
+
+@pytest.mark.parametrize("pattern, expected", [
+    ("h{1,10}", ["h1.w", "h10.w", "h10"]),  # the runs of prefixes h1 and h10 overlap
+    ("h{1,10}*", ["h1.w", "h10.w", "h11.w", "h1x.w", "h100.w", "h10"]),
+    ("{0..99}.w", ["0.w", "99.w"]),  # more choices than are expanded into prefixes
+    ("h{1..9}{0..9}.w", ["h10.w", "h11.w", "h99.w"]),  # 90 prefixes: expansion stops at 64
+    ("a.**", ["a", "a.b.c"]),
+    ("a" + MAX_CHAR, ["a" + MAX_CHAR, "a" + MAX_CHAR + ".x"]),
+    (MAX_CHAR, [MAX_CHAR]),
+    ("{1,11}{1,11}", ["111", "111.w", "1111", "11"]),  # 1+11 and 11+1 are one text: counted once
+    ("11", ["11"]),
+])
+def test_key_index_prefix_runs(pattern, expected):
+    keys = ["a", "a.b.c", "ab", "h1.w", "h10.w", "h11.w", "h1x.w", "h100.w", "h2", "0.w", "99.w",
+            "100.w", "h10", "h99.w", "a" + MAX_CHAR, "a" + MAX_CHAR + ".x", "a" + MAX_CHAR + MAX_CHAR,
+            MAX_CHAR, MAX_CHAR + MAX_CHAR, "111", "111.w", "1111", "11", "11x"]
+    assert select_keys(keys, [pattern]) == [k for k in keys if k in expected]
+    assert select_keys(keys, [pattern]) == [k for k in keys if KeyPattern(pattern).matches(k)]
+    assert matching_counts(keys, [pattern]) == [len(expected)]
+
+
+def test_key_index_with_newlines():
+    """Lines cannot stand for keys that hold a newline, nor be matched by a pattern that does:
+    then every key is matched on its own, as ``KeyPattern`` matches it."""
+    keys = ["a", "b\n.a", "a.x"]
+    assert select_keys(keys, ["a"]) == ["a", "a.x"]
+    assert matching_counts(["a", "b"], ["a\n.b", "b"]) == [0, 1]
+    assert select_keys(["a", "b"], ["a\n.b"]) == []
+
+
+def test_key_index_keeps_duplicates_and_order():
+    keys = ["b.1", "a.1", "b.1", "a.2"]
+    assert select_keys(keys, ["b", "a.{1,2}"]) == keys
+    assert KeyIndex(keys).counts(["b", "a.1", "c"]) == [2, 1, 0]
 
 
 def test_large_inventory_runs():
@@ -255,6 +314,37 @@ def test_renamer_first_match_wins():
 def test_renamer_regex_uses_search_and_one_substitution():
     renamer = Renamer([(r"re:(\d+)", r"<\1>")])
     assert renamer.rename("layer.1.sub.2") == ("layer.<1>.sub.2", 0)
+
+
+def reference_rename(mapping, key):
+    """``Renamer.rename`` spelled with the public ``Template`` methods it inlines."""
+    for index, (pattern, replacement) in enumerate(mapping):
+        if pattern.startswith("re:"):
+            if re.search(pattern[3:], key):
+                return re.sub(pattern[3:], replacement, key, count=1), index
+            continue
+        found = Template(pattern).match_prefix(key)
+        if found is not None:
+            bindings, suffix = found
+            head = Template(replacement).format(bindings)
+            return (head + suffix if head else suffix[1:]), index
+    return key, None
+
+
+rename_patterns = st.lists(st.sampled_from(["a", "b", "1", "*", "a*", "**", "{0..2}", "{i}", "{j}",
+                                            "h{i}", "{i}x"]), min_size=1, max_size=3).map(".".join)
+rename_entries = st.lists(st.tuples(rename_patterns, st.sampled_from(["", "x", "y.{i}", "{i}.{j}", "z"])),
+                          max_size=4)
+
+
+@given(st.lists(dotted_keys, max_size=10), rename_entries)
+def test_renamer_agrees_with_templates(keys, mapping):
+    try:
+        renamer = Renamer(mapping)
+    except PatternError:
+        return  # a replacement uses a name its pattern does not bind
+    for key in keys:
+        assert renamer.rename(key) == reference_rename(mapping, key)
 
 
 def test_renamer_with_no_entries():

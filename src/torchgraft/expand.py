@@ -5,12 +5,14 @@ sources paired and transforms' shapes checked. Reads headers only."""
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from torchgraft.checkpoints import Reader
 from torchgraft.errors import PlanError
-from torchgraft.patterns import PatternError, Renamer, Template, matching_counts, select_keys
+from torchgraft.patterns import KeyIndex, PatternError, Renamer, Template, select_keys
 from torchgraft.plan import Piece, Read, Skipped
 from torchgraft.recipe import BulkRule, ExplicitRule, Recipe
 from torchgraft.regions import Box, Region, describe, split_key_region
@@ -20,16 +22,32 @@ from torchgraft.transforms import Transform, compile_transforms
 from torchgraft.transforms import describe as describe_transform
 
 
-@dataclass(frozen=True)
-class _Assignment:
-    """One rule writing one target tensor (or a region of it)."""
+class _Assignment(NamedTuple):
+    """One rule writing one target tensor (or a region of it). A named tuple: a bulk
+    rule makes one per tensor, and a frozen dataclass costs three times as much."""
 
     key: str
     box: Box | None  # None: the whole tensor
     piece: Piece
-    shape: tuple[int, ...]  # of the values, after transforms
-    dtype: str
     field: str  # recipe field to blame
+
+
+@dataclass(frozen=True)
+class _RuleOutput:
+    """What every assignment of one rule shares."""
+
+    field: str
+    transforms: tuple[Transform, ...]
+    specs: tuple  # the transforms' canonical specs, as plans record them
+    merge: object = None
+
+    @staticmethod
+    def of(rule: BulkRule | ExplicitRule) -> _RuleOutput:
+        transforms = compile_transforms(rule.transforms, f"{rule.field}.transform")
+        return _RuleOutput(rule.field, transforms, tuple(t.spec for t in transforms), rule.merge)
+
+
+_floating = functools.lru_cache(maxsize=None)(is_floating)  # per dtype name, not per tensor
 
 
 def closest(key: str, candidates: Sequence[str], n: int = 3) -> str:
@@ -49,7 +67,7 @@ def _fmt_shape(shape: Sequence[int]) -> str:
 def _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms) -> str | None:
     """Why values of ``shape`` and ``dtype`` cannot go to ``key`` (its region ``box``), or None."""
     expected = box.shape if box is not None else target.shape
-    if shape == tuple(expected) and is_floating(dtype) == is_floating(target.dtype):
+    if shape == tuple(expected) and _floating(dtype) == _floating(target.dtype):
         return None
     source_text = _reads_text(reads)
     where = f"{key}{describe(box, target.shape) if box is not None else ''}"
@@ -69,7 +87,8 @@ class RuleExpander:
     def __init__(self, recipe: Recipe, readers: Mapping[str, Reader], target: list[TensorInfo] | None):
         self.recipe = recipe
         self.readers = readers
-        self.inventories = {name: {t.key: t for t in r.inventory()} for name, r in readers.items()}
+        self.inventories = {name: r.by_key() for name, r in readers.items()}
+        self._indexes: dict[str | None, KeyIndex] = {}  # by source, None for the target (see _index)
         self.target = {t.key: t for t in target} if target is not None else None
         self.extracted: dict[str, TensorInfo] = {}  # the output's tensors when there is no target
         self.assignments: list[_Assignment] = []
@@ -90,7 +109,7 @@ class RuleExpander:
 
     def bulk(self, rule: BulkRule) -> None:
         field = rule.field
-        transforms = compile_transforms(rule.transforms, f"{field}.transform")
+        output = _RuleOutput.of(rule)
         for pattern, replacement in rule.rename:  # every entry checked before any key reaches it
             try:
                 Renamer([(pattern, replacement)])
@@ -108,24 +127,20 @@ class RuleExpander:
                                                      "(merged sources must provide the same tensors)")
         if only is not None and not taken[0]:
             raise PlanError(field, f"no tensor of source '{lead}' lands on a target tensor that types/kind select")
+        others = list(zip(rule.sources[1:], taken[1:]))
+        from_field = f"{field}.from"
         for new_key, (key, blame, target) in taken[0].items():
-            reads = tuple(self._read(source, keys[new_key][0]) for source, keys in zip(rule.sources, taken))
-            shape = self._merged_shape(reads, f"{field}.from")
-            self._assign(new_key, None, target, reads, transforms, field, blame, shape, rule.merge)
+            reads = (self._read(lead, key),)
+            if others:  # merged: the tensor each other source gives for the same new key
+                reads += tuple(self._read(source, keys[new_key][0]) for source, keys in others)
+            shape = self._merged_shape(reads, from_field)
+            self._assign(new_key, None, target, reads, output, blame, shape)
 
     def _bulk_keys(self, rule: BulkRule, source: str, renamer: Renamer, only) -> dict[str, tuple[str, str, TensorInfo | None]]:
         """The tensors ``rule`` takes from ``source``: new key -> (source key, field to blame, target tensor)."""
         field = rule.field
-        keys = list(self.inventories[source])
-        selected = keys
-        if rule.select:
-            for i, count in enumerate(matching_counts(keys, rule.select)):
-                if count == 0:
-                    raise PlanError(f"{field}.select[{i}]", f"'{rule.select[i]}' matches no tensor of source '{source}'")
-            selected = select_keys(keys, rule.select)
-        if rule.exclude:
-            excluded = set(select_keys(selected, rule.exclude))
-            selected = [k for k in selected if k not in excluded]
+        selected = self._selected(rule, source)
+        renamed, not_renamed = f"{field}.rename", f"{field}.select"  # the fields to blame
         produced: dict[str, str] = {}
         taken: dict[str, tuple[str, str, TensorInfo | None]] = {}
         for key in selected:
@@ -133,7 +148,7 @@ class RuleExpander:
                 new_key, used = renamer.rename(key)
             except PatternError as err:
                 raise PlanError(f"{field}.rename", f"{source}:{key}: {err}") from None
-            blame = f"{field}.rename" if used is not None else f"{field}.select"
+            blame = renamed if used is not None else not_renamed
             if new_key in produced:
                 raise PlanError(blame, f"{source}:{produced[new_key]} and {source}:{key} both map to '{new_key}'")
             produced[new_key] = key
@@ -141,12 +156,36 @@ class RuleExpander:
                 target = self.target.get(new_key)
                 if target is None or not only.accepts(target):
                     continue
+            elif self.target is None:  # extraction: the rule defines the output tensor
+                target = None
             else:
                 target = self._target_info(new_key, blame, rule.missing, f"{source}:{key}")
-                if target is None and self.target is not None:
+                if target is None:
                     continue  # missing: skip
             taken[new_key] = (key, blame, target)
         return taken
+
+    def _index(self, source: str | None) -> KeyIndex:
+        """The key index of a source (None: of the target), made when a rule first matches its keys."""
+        if source not in self._indexes:
+            keys = self.target if source is None else self.inventories[source]
+            self._indexes[source] = KeyIndex(list(keys))
+        return self._indexes[source]
+
+    def _selected(self, rule: BulkRule, source: str) -> list[str]:
+        """The keys of ``source`` that ``rule`` selects and does not exclude, in file order."""
+        index = self._index(source)
+        selected = index.keys
+        if rule.select:
+            found = index.matches(rule.select)
+            for i, positions in enumerate(found):
+                if not positions:
+                    raise PlanError(f"{rule.field}.select[{i}]", f"'{rule.select[i]}' matches no tensor of source '{source}'")
+            selected = index.keys_at(found)
+        if rule.exclude:
+            excluded = set(select_keys(selected, rule.exclude))
+            selected = [k for k in selected if k not in excluded]
+        return selected
 
     def _target_filter(self, rule: BulkRule) -> TargetFilter | None:
         if not rule.types and rule.kind == "all":
@@ -158,7 +197,7 @@ class RuleExpander:
 
     def explicit(self, rule: ExplicitRule) -> None:
         field = rule.field
-        transforms = compile_transforms(rule.transforms, f"{field}.transform")
+        output = _RuleOutput.of(rule)
         to_key, to_region = self._split(rule.to, f"{field}.to")
         froms = [self._parse_from(text, f"{field}.from") for text in rule.sources]
         to_template = Template(to_key)
@@ -191,7 +230,7 @@ class RuleExpander:
                     if target is None:
                         raise PlanError(f"{field}.to", f"'{rule.to}': a region needs a target tensor to write into (set target or base)")
                     box = self._box(to_region, target.shape, f"{field}.to", to_text)
-                self._assign(to_text, box, target, tuple(reads), transforms, field, f"{field}.to", src_shape, rule.merge)
+                self._assign(to_text, box, target, tuple(reads), output, f"{field}.to", src_shape)
 
     def _check_bound(self, rule: ExplicitRule, to_template: Template, from_templates: list[Template]) -> None:
         """Every variable a side uses must be bound by the side that binds (up front, not per key)."""
@@ -210,7 +249,8 @@ class RuleExpander:
         if to_template.variables:
             if self.target is None:
                 raise PlanError(f"{field}.to", f"'{rule.to}': template variables in 'to' need a target to bind against")
-            pairs = [(b, key) for key in self.target if (b := to_template.match(key)) is not None]
+            index = self._index(None)
+            pairs = [(b, index.keys[at]) for at, b in index.full_matches(to_template)]
             if not pairs:
                 raise PlanError(f"{field}.to", f"'{rule.to}' matches no target tensor")
             return pairs
@@ -219,13 +259,12 @@ class RuleExpander:
             i, template = plain[0]
             source = froms[i][0]
             pairs = []
-            for key in self.inventories[source]:
-                b = template.match(key)
-                if b is not None:
-                    try:
-                        pairs.append((b, to_template.format(b)))
-                    except PatternError as err:
-                        raise PlanError(f"{field}.to", f"{err} (filling '{rule.to}' for {source}:{key})") from None
+            index = self._index(source)
+            for at, b in index.full_matches(template):
+                try:
+                    pairs.append((b, to_template.format(b)))
+                except PatternError as err:
+                    raise PlanError(f"{field}.to", f"{err} (filling '{rule.to}' for {source}:{index.keys[at]})") from None
             if not pairs:
                 raise PlanError(f"{field}.from", f"'{rule.sources[i]}' matches no tensor of source '{source}'")
             return pairs
@@ -234,7 +273,8 @@ class RuleExpander:
         except PatternError as err:
             raise PlanError(f"{field}.to", str(err)) from None
 
-    def _assign(self, key, box, target, reads, transforms: tuple[Transform, ...], field, blame, shape, merge=None):
+    def _assign(self, key, box, target, reads, output: _RuleOutput, blame, shape):
+        field, transforms = output.field, output.transforms
         src_shape, dtype = tuple(shape), reads[0].dtype
         for i, transform in enumerate(transforms):
             try:
@@ -244,18 +284,21 @@ class RuleExpander:
             if transform.reads_initial and self.target is None:
                 raise PlanError(f"{field}.transform[{i}]", f"{describe_transform(transform.spec)} needs the target's "
                                                            "initial values (set target, or base)")
-        if target is None:  # extraction: the rule defines the output tensor
-            target = TensorInfo(key, shape, dtype)
-            self.extracted.setdefault(key, target)  # a second, conflicting rule fails the overlap check
-        problem = _mismatch(reads, key, box, target, src_shape, tuple(shape), dtype, transforms)
-        if problem:
-            if self.recipe.policy.mismatch == "skip":
-                self.skipped.append(Skipped(key, field, problem))
-                return
-            raise PlanError(blame, problem + " (set policy.mismatch=skip to leave it out)")
-        region = describe(box, target.shape) if box is not None else None
-        piece = Piece(reads, field, region, tuple(t.spec for t in transforms), merge)
-        self.assignments.append(_Assignment(key, box, piece, tuple(shape), dtype, blame))
+        shape = tuple(shape)
+        region = None
+        if target is None:  # extraction: the rule defines the output tensor, so its values fit
+            self.extracted.setdefault(key, TensorInfo(key, shape, dtype))  # a second, conflicting rule fails the overlap check
+        else:
+            problem = _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms)
+            if problem:
+                if self.recipe.policy.mismatch == "skip":
+                    self.skipped.append(Skipped(key, field, problem))
+                    return
+                raise PlanError(blame, problem + " (set policy.mismatch=skip to leave it out)")
+            if box is not None:
+                region = describe(box, target.shape)
+        piece = Piece(reads, field, region, output.specs, output.merge)
+        self.assignments.append(_Assignment(key, box, piece, blame))
 
     def _read(self, source: str, key: str) -> Read:
         info = self.inventories[source][key]

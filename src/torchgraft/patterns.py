@@ -4,16 +4,19 @@ Keys are dotted names; a pattern is parsed into segments and compiled to one
 regex matched against ``"." + key``. The leading dot lets every segment compile to
 ``\\.SEGMENT`` and ``**`` to ``(?:\\.[^.]+)*``, so "zero or more segments" needs no
 special case at either end. Character classes also exclude newlines, so that
-``matching_counts`` can scan all keys joined by newlines in one regex pass.
+``KeyIndex`` can scan many keys joined by newlines in one regex pass.
 Regions (``[...]``) are split off before a text gets here.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import re
+import sys
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 
 class PatternError(ValueError):
@@ -59,8 +62,8 @@ class KeyPattern:
             self._regex = _compile_user_regex(text)
             self._match: Callable = self._regex.search
         else:
-            segments = _parse(text)
-            self._body = _segments_regex(segments, lambda name: name)
+            self._segments = _parse(text)
+            self._body = _segments_regex(self._segments, lambda name: name)
             dotted = re.compile(self._body + _END).match
             self._match = lambda key: dotted("." + key)
 
@@ -72,60 +75,150 @@ class KeyPattern:
 
 
 def select_keys(keys: Sequence[str], patterns: Sequence[str]) -> list[str]:
-    """Keys matched by any pattern, in the order of ``keys``.
-
-    All non-regex patterns are compiled into one alternation, which scans all keys
-    at once (see ``matching_counts``): 50 rules over 100k keys are 50 regex scans,
-    not 5 million regex calls from Python.
-    """
-    compiled = [KeyPattern(p) for p in patterns]  # validates every pattern, also unused ones
-    searches = [p._match for p in compiled if p.text.startswith("re:")]
-    plain = [p.text for p in compiled if not p.text.startswith("re:")]
-    if not plain:
-        return [key for key in keys if any(search(key) for search in searches)]
-    body = "|".join(_segments_regex(_parse(text), _group_namer(n)) for n, text in enumerate(plain))
-    lines = _lines(tuple(keys))
-    if lines is None:  # a key with a newline in it: match key by key
-        combined = re.compile(f"(?:{body}){_END}").match
-        chosen = {i for i, key in enumerate(keys) if combined("." + key)}
-    else:
-        text, starts = lines
-        chosen = {starts[m.start()] for m in re.compile(rf"\n(?:{body})(?=[.\n]|\Z)").finditer(text)}
-    if not searches:
-        return [keys[i] for i in sorted(chosen)]
-    return [key for i, key in enumerate(keys) if i in chosen or any(search(key) for search in searches)]
-
-
-@functools.lru_cache(maxsize=2)  # the last sources planned: a few MB per 100k keys
-def _lines(keys: tuple[str, ...]) -> tuple[str, dict[int, int]] | None:
-    """``"\\n." + key`` for every key, joined, and where each key's line starts; None if
-    a key holds a newline. Cached: a source's keys are scanned once per rule."""
-    if any("\n" in key for key in keys):
-        return None
-    starts, at = {}, 0
-    for i, key in enumerate(keys):
-        starts[at] = i
-        at += len(key) + 2
-    return "".join("\n." + key for key in keys), starts
+    """Keys matched by any pattern, in the order of ``keys``."""
+    return KeyIndex(keys).select(patterns)
 
 
 def matching_counts(keys: Sequence[str], patterns: Sequence[str]) -> list[int]:
-    """How many keys each pattern matches, so callers can report one that matches nothing.
+    """How many keys each pattern matches, so callers can report one that matches nothing."""
+    return KeyIndex(keys).counts(patterns)
 
-    Each non-regex pattern scans one newline-joined string of all keys: the per-key
-    work stays inside the regex engine, which also skips quickly to a literal lead.
+
+_MAX_PREFIXES = 64  # sets and ranges multiply a pattern's literal prefixes; past this, stop
+
+
+class KeyIndex:
+    """The keys of one inventory, prepared so that matching a pattern costs about what
+    it matches, not what the inventory holds: 50 rules over 100k keys must not be 50
+    scans of every key.
+
+    The keys are sorted and joined one per line (``"\\n." + key``). The keys starting
+    with a given text are then one run of lines, found by bisection, and a non-regex
+    pattern's regex scans only the runs of its literal prefixes: ``layers.*.mlp`` scans
+    the lines of ``layers...``. The regex is the one ``KeyPattern`` uses, so the runs
+    only narrow where it looks. A pattern without wildcards needs no regex:
+    ``layers.{0,1}.mlp`` matches the keys ``layers.0.mlp`` and ``layers.1.mlp`` and the
+    runs of keys starting ``layers.0.mlp.`` and ``layers.1.mlp.``. ``re:`` patterns, and
+    keys or patterns holding a newline, are matched key by key with ``KeyPattern``.
+    The index is built on first use: keys that no non-regex pattern meets cost nothing.
     """
-    compiled = [KeyPattern(p) for p in patterns]
-    lines = _lines(tuple(keys))
-    text = lines[0] if lines is not None else "".join("\n." + key for key in keys)
-    counts = []
-    for pattern in compiled:
-        if pattern.text.startswith("re:"):
-            counts.append(sum(1 for key in keys if pattern.matches(key)))
-        else:
-            scan = re.compile(r"\n" + pattern._body + r"(?=[.\n]|\Z)")
-            counts.append(sum(1 for _ in scan.finditer(text)))
-    return counts
+
+    def __init__(self, keys: Sequence[str]):
+        self.keys = keys
+        self._usable: bool | None = None  # None until built
+        self._order: list[int] = []  # positions in keys, in the order of the sorted keys
+        self._sorted: list[str] = []  # the keys, sorted
+        self._text = ""  # "\n." + key for each sorted key
+        self._starts: list[int] = []  # where each line of _text starts, and len(_text)
+        self._position: dict[int, int] = {}  # a line's start -> the key's position in keys
+
+    def matches(self, patterns: Sequence[str]) -> list[list[int]]:
+        """For each pattern, the positions in ``keys`` of the keys it matches, in no set
+        order. Every pattern is compiled first: a malformed one fails before any is used."""
+        compiled = [KeyPattern(p) for p in patterns]
+        return [self._matching(pattern) for pattern in compiled]
+
+    def counts(self, patterns: Sequence[str]) -> list[int]:
+        return [len(found) for found in self.matches(patterns)]
+
+    def select(self, patterns: Sequence[str]) -> list[str]:
+        """Keys matched by any pattern, in the order of ``keys``."""
+        return self.keys_at(self.matches(patterns))
+
+    def keys_at(self, found: Sequence[Sequence[int]]) -> list[str]:
+        """The keys at any of these lists of positions (``matches``), in the order of ``keys``."""
+        return [self.keys[i] for i in sorted(set().union(*found))]
+
+    def full_matches(self, template: Template) -> list[tuple[int, dict[str, str]]]:
+        """``Template.match`` over all keys: the position and bindings of each key the
+        template matches whole, in the order of ``keys``."""
+        if not self.keys:
+            return []
+        if "\n" in template.text or not self._build():
+            return [(i, b) for i, key in enumerate(self.keys) if (b := template.match(key)) is not None]
+        whole = template._regexes()[0].pattern  # raises here, as match would, on arithmetic
+        prefixes, _ = _literal_prefixes(template._segments)
+        found = self._scan(whole + r"(?=\n|\Z)", prefixes)
+        return sorted(((self._position[m.start()], m.groupdict()) for m in found), key=lambda item: item[0])
+
+    def _matching(self, pattern: KeyPattern) -> list[int]:
+        if pattern.text.startswith("re:") or "\n" in pattern.text or not self._build():
+            return [i for i, key in enumerate(self.keys) if pattern.matches(key)]
+        prefixes, whole = _literal_prefixes(pattern._segments)
+        if whole:  # no wildcard: the keys equal to one of the texts, and the keys under one
+            runs = _merged([self._equal(p) for p in prefixes] + [self._run(p + ".") for p in prefixes])
+            return [i for lo, hi in runs for i in self._order[lo:hi]]
+        position = self._position
+        return [position[m.start()] for m in self._scan(pattern._body + r"(?=[.\n]|\Z)", prefixes)]
+
+    def _scan(self, regex: str, prefixes: Sequence[str]) -> list[re.Match]:
+        """Matches of ``regex`` (for ``"." + key``) from the start of a key's line, in the
+        runs of keys starting with ``prefixes`` only; ``_position[m.start()]`` is the key's."""
+        scan = re.compile(r"\n" + regex).finditer
+        text, starts = self._text, self._starts
+        runs = _merged([self._run(p) for p in prefixes])
+        return [m for lo, hi in runs for m in scan(text, starts[lo], starts[hi])]
+
+    def _build(self) -> bool:
+        """Sort and join the keys, once. False if a key holds a newline: then lines
+        cannot stand for keys, and every pattern is matched key by key."""
+        if self._usable is None:
+            self._usable = not any("\n" in key for key in self.keys)
+            if self._usable:
+                self._order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
+                self._sorted = [self.keys[i] for i in self._order]
+                self._text = "".join(["\n." + key for key in self._sorted])
+                self._starts = list(itertools.accumulate([len(key) + 2 for key in self._sorted], initial=0))
+                self._position = dict(zip(self._starts, self._order))
+        return self._usable
+
+    def _run(self, prefix: str) -> tuple[int, int]:
+        """The run of sorted keys that start with ``prefix``."""
+        lo = bisect.bisect_left(self._sorted, prefix)
+        above = _least_above(prefix)
+        return lo, (len(self._sorted) if above is None else bisect.bisect_left(self._sorted, above, lo))
+
+    def _equal(self, text: str) -> tuple[int, int]:
+        """The run of sorted keys equal to ``text`` (keys may repeat)."""
+        lo = bisect.bisect_left(self._sorted, text)
+        return lo, bisect.bisect_right(self._sorted, text, lo)
+
+
+def _merged(runs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Runs of sorted keys, overlaps joined (so no key is counted twice), in order."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(runs):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        elif lo < hi:
+            merged.append((lo, hi))
+    return merged
+
+
+def _least_above(prefix: str) -> str | None:
+    """The least text above every text that starts with ``prefix``; None if there is none."""
+    stem = prefix.rstrip(chr(sys.maxunicode))
+    return stem[:-1] + chr(ord(stem[-1]) + 1) if stem else None
+
+
+def _literal_prefixes(segments: Sequence[Segment]) -> tuple[list[str], bool]:
+    """Texts one of which starts every key the pattern matches, and whether they are the
+    whole pattern (it has no wildcard). They are its literal start, one branch per
+    number of a set or range; a star, a variable or ``**`` ends them."""
+    prefixes = [""]
+    for n, seg in enumerate(segments):
+        if seg == _GLOBSTAR:
+            return prefixes, False
+        if n:
+            prefixes = [p + "." for p in prefixes]
+        for part in seg:
+            if isinstance(part, str) and part != _STAR:
+                prefixes = [p + part for p in prefixes]
+            elif isinstance(part, _Brace) and part.choices and len(prefixes) * len(part.choices) <= _MAX_PREFIXES:
+                prefixes = [p + choice for p in prefixes for choice in part.choices]
+            else:
+                return prefixes, False
+    return prefixes, True
 
 
 class Template:
@@ -155,13 +248,13 @@ class Template:
     def match(self, key: str) -> dict[str, str] | None:
         """Bindings if the template matches the whole key, else None."""
         found = self._regexes()[0].fullmatch("." + key)
-        return None if found is None else self._bindings(found)
+        return None if found is None else found.groupdict()
 
     def match_prefix(self, key: str) -> tuple[dict[str, str], str] | None:
         """Bindings and the rest of the key ("" or ".rest") if the template matches a dotted prefix."""
         dotted = "." + key
         found = self._regexes()[1].match(dotted)
-        return None if found is None else (self._bindings(found), dotted[found.end():])
+        return None if found is None else (found.groupdict(), dotted[found.end():])
 
     def format(self, bindings: Mapping[str, str]) -> str:
         """Fill variables and arithmetic; raises ``PatternError`` if a value is missing or unusable."""
@@ -185,13 +278,12 @@ class Template:
                     raise _not_fillable(part if isinstance(part, str) else part.text)
 
     def _regexes(self) -> tuple[re.Pattern, re.Pattern]:
+        """For a full match and for a dotted prefix. Their named groups are exactly the
+        ``variables`` (a repeated name is a backreference), so ``groupdict`` binds them."""
         if self._compiled is None:
             body = _segments_regex(self._segments, lambda name: name)
             self._compiled = (re.compile(body), re.compile(body + _END))
         return self._compiled
-
-    def _bindings(self, found: re.Match) -> dict[str, str]:
-        return {name: found.group(name) for name in self.variables}
 
     def __repr__(self) -> str:
         return f"Template({self.text!r})"
@@ -206,23 +298,29 @@ class Renamer:
     """
 
     def __init__(self, mapping: Sequence[tuple[str, str]]):
-        self._entries: list[tuple[str, object, object]] = []
-        for pattern, replacement in mapping:
+        # (index, True, regex, replacement text) for a re: entry; (index, False, the
+        # pattern's prefix regex's match, the replacement's format) for a template entry
+        self._entries: list[tuple[int, bool, Any, Any]] = []
+        for index, (pattern, replacement) in enumerate(mapping):
             if pattern.startswith("re:"):
-                self._entries.append(("re", _compile_user_regex(pattern), replacement))
+                self._entries.append((index, True, _compile_user_regex(pattern), replacement))
                 continue
             source, target = Template(pattern), Template(replacement)
-            source._regexes()  # fail now on arithmetic in the pattern, not on the first key
+            prefix = source._regexes()[1]  # fails now on arithmetic in the pattern, not on the first key
             target._check_fillable()
             for brace in target._braces:
                 if brace.name and brace.name not in source.variables:
                     raise _unbound(brace.text, source.variables)
-            self._entries.append(("template", source, target))
+            self._entries.append((index, False, prefix.match, target.format))
 
     def rename(self, key: str) -> tuple[str, int | None]:
-        """The new key and the index of the entry used; ``(key, None)`` if none matched."""
-        for index, (kind, pattern, replacement) in enumerate(self._entries):
-            if kind == "re":
+        """The new key and the index of the entry used; ``(key, None)`` if none matched.
+
+        A template entry is ``Template.match_prefix`` inlined, its regex's ``match`` and
+        its replacement's ``format`` bound ahead: this runs once per key."""
+        dotted = "." + key
+        for index, is_regex, pattern, replacement in self._entries:
+            if is_regex:
                 if pattern.search(key) is None:
                     continue
                 try:
@@ -230,17 +328,18 @@ class Renamer:
                 except (re.error, IndexError) as err:  # IndexError: unknown \g<name>
                     raise PatternError(f"'{replacement}': invalid replacement for "
                                        f"'{pattern.pattern}': {err}") from None
-            found = pattern.match_prefix(key)
+            found = pattern(dotted)
             if found is None:
                 continue
-            bindings, suffix = found
-            head = replacement.format(bindings)
+            head, suffix = replacement(found.groupdict()), dotted[found.end():]
             return (head + suffix if head else suffix[1:]), index
         return key, None
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse(text: str) -> tuple[Segment, ...]:
-    """Split a pattern into segments of literal runs, stars and braces."""
+    """Split a pattern into segments of literal runs, stars and braces. Cached: fifty
+    rules often repeat the same rename patterns, and the result is immutable."""
     segments: list[Segment] = []
     parts: list[Part] = []
     literal = ""
@@ -356,11 +455,6 @@ def _compile_user_regex(text: str) -> re.Pattern:
         return re.compile(text[3:])
     except re.error as err:
         raise PatternError(f"'{text}': invalid regular expression: {err}") from None
-
-
-def _group_namer(n: int) -> Callable[[str], str]:
-    """Group names for alternative ``n`` of a combined regex, which must not collide."""
-    return lambda name: f"p{n}_{name}"
 
 
 def _unique(names) -> tuple[str, ...]:

@@ -14,8 +14,8 @@ from torchgraft.expand import RuleExpander, _Assignment, _fmt_shape
 from torchgraft.heap import paused_gc
 from torchgraft.initial import check_initial
 from torchgraft.outputs import resolve_layout
-from torchgraft.patterns import KeyPattern, PatternError, matching_counts, select_keys
-from torchgraft.plan import Entry, Plan, SourceRef, TargetRef, Unused
+from torchgraft.patterns import KeyIndex, KeyPattern, PatternError
+from torchgraft.plan import Entry, Piece, Plan, SourceRef, TargetRef, Unused
 from torchgraft.recipe import ExplicitRule, Recipe
 from torchgraft.regions import describe, uncovered
 from torchgraft.target import target_inventory
@@ -28,40 +28,58 @@ class _Planner(RuleExpander):
     # -- the whole plan --------------------------------------------------------------
 
     def entries(self) -> list[Entry]:
-        by_key: dict[str, list[_Assignment]] = {}
-        for a in self.assignments:
-            for other in by_key.setdefault(a.key, []):
-                if a.box is None or other.box is None or a.box.overlaps(other.box):
-                    mine = f"{a.key}{a.piece.region or ''}"
-                    theirs = f"{other.key}{other.piece.region or ''}"
-                    what = f"'{mine}' overlaps '{theirs}'" if mine != theirs else f"'{mine}'"
-                    raise PlanError(a.field, f"{what}, which {other.piece.rule} already assigns")
-            by_key[a.key].append(a)
+        by_key = self._by_key()
         infos = self.target if self.target is not None else self.extracted
         kept = self._kept(infos, by_key)
         self._check_unassigned(infos, by_key, kept)
         output_dtype = self.recipe.output.dtype
         entries = []
         for key, info in infos.items():
-            assigned = by_key.get(key, [])
-            boxes = [a.box for a in assigned if a.box is not None]
-            rest = ()
-            if boxes and len(boxes) == len(assigned):
-                rest = tuple(describe(b, info.shape) for b in uncovered(info.shape, boxes))
             dtype = output_dtype if output_dtype and is_floating(info.dtype) else info.dtype
-            if len(assigned) > 1:  # (sorting 100k one-item lists costs half a second)
-                assigned = sorted(assigned, key=lambda a: a.box.bounds if a.box else ())
-            pieces = tuple(a.piece for a in assigned)
+            assigned = by_key.get(key, ())
+            if len(assigned) == 1 and assigned[0].box is None:  # most tensors: one rule writes it whole
+                pieces, rest = (assigned[0].piece,), ()
+            else:
+                pieces, rest = self._pieces(info, assigned)
             entries.append(Entry(key, info.shape, dtype, pieces, rest, info.kind))
         return entries
 
+    @staticmethod
+    def _pieces(info: TensorInfo, assigned: Sequence[_Assignment]) -> tuple[tuple[Piece, ...], tuple[str, ...]]:
+        """A tensor's pieces, ordered by region, and the regions none of them covers."""
+        boxes = [a.box for a in assigned if a.box is not None]
+        rest = ()
+        if boxes and len(boxes) == len(assigned):
+            rest = tuple(describe(b, info.shape) for b in uncovered(info.shape, boxes))
+        if len(assigned) > 1:
+            assigned = sorted(assigned, key=lambda a: a.box.bounds if a.box else ())
+        return tuple(a.piece for a in assigned), rest
+
+    def _by_key(self) -> dict[str, list[_Assignment]]:
+        """The assignments to each key, in rule order; two that overlap are an error."""
+        by_key: dict[str, list[_Assignment]] = {}
+        for a in self.assignments:
+            others = by_key.get(a.key)
+            if others is None:
+                by_key[a.key] = [a]
+                continue
+            for other in others:
+                if a.box is None or other.box is None or a.box.overlaps(other.box):
+                    mine = f"{a.key}{a.piece.region or ''}"
+                    theirs = f"{other.key}{other.piece.region or ''}"
+                    what = f"'{mine}' overlaps '{theirs}'" if mine != theirs else f"'{mine}'"
+                    raise PlanError(a.field, f"{what}, which {other.piece.rule} already assigns")
+            others.append(a)
+        return by_key
+
     def _kept(self, infos, by_key) -> set[str]:
-        keys = list(infos)
+        index = KeyIndex(list(infos))
+        found = index.matches(self.recipe.keep)
         kept: set[str] = set()
-        for i, count in enumerate(matching_counts(keys, self.recipe.keep)):
-            if count == 0:
+        for i, positions in enumerate(found):
+            if not positions:
                 raise PlanError(f"keep[{i}]", f"'{self.recipe.keep[i]}' matches no target tensor")
-        for key in select_keys(keys, self.recipe.keep):
+        for key in index.keys_at(found):
             whole = [a for a in by_key.get(key, []) if a.box is None]
             if whole:
                 i = next(i for i, p in enumerate(self.recipe.keep) if KeyPattern(p).matches(key))
@@ -82,15 +100,16 @@ class _Planner(RuleExpander):
             )
 
     def unused(self, entries: list[Entry]) -> list[Unused]:
-        read = {(r.source, r.key) for e in entries for p in e.pieces for r in p.reads}
+        reads = [r for e in entries for p in e.pieces for r in p.reads]
+        read = {source: {r.key for r in reads if r.source == source} for source in self.inventories}
         base = self.recipe.base
         if base is not None:
-            read |= {(base, e.key) for e in entries if e.needs_initial}
+            read[base] |= {e.key for e in entries if e.needs_initial}
         unused = [
             Unused(source, info.key, info.shape, info.dtype)
             for source, inventory in self.inventories.items()
             for info in inventory.values()
-            if (source, info.key) not in read
+            if info.key not in read[source]
         ]
         if unused and self.recipe.policy.unused == "error":
             from torchgraft.render import group_keys
@@ -113,7 +132,7 @@ class _Planner(RuleExpander):
 
 
 def _inventory_sha256(infos: Sequence[TensorInfo]) -> str:
-    rows = [[t.key, list(t.shape), t.dtype, t.kind] for t in infos]
+    rows = [(t.key, t.shape, t.dtype, t.kind) for t in infos]  # tuples dump as JSON arrays
     return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -43,6 +43,10 @@ class Reader(abc.ABC):
         """Every tensor, in file order, from headers only."""
         return list(self._infos)
 
+    def by_key(self) -> dict[str, TensorInfo]:
+        """Every tensor by key, in file order (a copy, made faster than from ``inventory()``)."""
+        return dict(self._by_key)
+
     def metadata(self) -> dict[str, str]:
         """The file's str->str metadata (safetensors ``__metadata__``), else ``{}``."""
         return {}

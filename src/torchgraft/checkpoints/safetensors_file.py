@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import struct
@@ -18,6 +19,9 @@ from torchgraft.checkpoints.byteranges import ByteRange
 from torchgraft.tensors import TensorInfo, from_safetensors_code
 
 MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers
+_ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
+# A file has a few dtypes and many tensors: look each code up once.
+_dtype_of_code = functools.lru_cache(maxsize=None)(from_safetensors_code)
 
 
 class HeaderError(ValueError):
@@ -49,7 +53,7 @@ def read_header(path: Path) -> tuple[bytes, dict]:
     for key, entry in header.items():
         if key == "__metadata__":
             continue
-        if not (isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= entry.keys()):
+        if not (isinstance(entry, dict) and _ENTRY_FIELDS <= entry.keys()):
             raise HeaderError(f"entry '{key}' lacks dtype, shape or data_offsets")
     return prefix + body, header
 
@@ -74,30 +78,37 @@ class SafetensorsReader(Reader):
         self._handle = None
         self._closed = False
         self._metadata = dict(header.get("__metadata__") or {})
-        entries = {k: v for k, v in header.items() if k != "__metadata__"}
-        self._offsets = {k: tuple(v["data_offsets"]) for k, v in entries.items()}
+        entries = self._file_order(header)
+        self._offsets = {k: v["data_offsets"] for k, v in entries}  # [begin, end]
+        shapes: dict[tuple, tuple] = {}  # one tuple per distinct shape (see _info_of)
         try:
-            self._set_inventory(self._info_of(k, entries[k]) for k in self._file_order(entries))
+            self._set_inventory([self._info_of(k, v, shapes) for k, v in entries])
         except BaseException:
             self.close()
             raise
 
     @staticmethod
-    def _file_order(entries: dict) -> list[str]:
-        """Where the bytes are; ties (zero-size tensors) in header order.
+    def _file_order(header: dict) -> list[tuple[str, dict]]:
+        """The tensors' entries, by where the bytes are; ties (zero-size tensors) in header order.
 
         Not ``safe_open(...).offset_keys()``: it breaks such ties in hash-map order,
         which changes from run to run (seen with safetensors 0.8), and plans must not.
+        Offsets compare as lists, as tuples would: safe_open has checked they are two ints.
         """
-        return sorted(entries, key=lambda k: tuple(entries[k]["data_offsets"]))
+        entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
+        return sorted(entries, key=lambda item: item[1]["data_offsets"])
 
-    def _info_of(self, key: str, entry: dict) -> TensorInfo:
+    def _info_of(self, key: str, entry: dict, shapes: dict[tuple, tuple]) -> TensorInfo:
+        """The entry's TensorInfo. Its shape is shared with the tensors before it of that
+        shape: 100k tensors of a few shapes then hold a few tuples, not 100k, which spares
+        memory and the garbage collector's walk over what planning keeps."""
         try:
-            dtype = from_safetensors_code(entry["dtype"])
+            dtype = _dtype_of_code(entry["dtype"])
         except KeyError:
             raise self._error(f"tensor '{key}' has dtype {entry['dtype']}, "
                               "which torchgraft does not support") from None
-        return TensorInfo(key, tuple(map(int, entry["shape"])), dtype)
+        shape = tuple(entry["shape"])
+        return TensorInfo(key, shapes.setdefault(shape, shape), dtype)  # safe_open has checked: unsigned ints
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
