@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from torchgraft.errors import DriftError, PlanError
+from torchgraft.heap import paused_gc
 from torchgraft.markdown import render_markdown
 from torchgraft.plan import Plan, document_sha256, from_dict, validate
 from torchgraft.render import render
@@ -32,10 +33,11 @@ def write_text(path: Path, text: str) -> None:
 def write_plan(plan: Plan, stem: Path, text: str | None = None, *, also: Sequence[Path] = ()) -> Path:
     """Write ``STEM.json``, ``STEM.txt`` and ``STEM.md`` (and the same under each stem of
     ``also``, made once); returns the last JSON path."""
-    files = {".json": plan.to_json(), ".txt": text if text is not None else render(plan), ".md": render_markdown(plan)}
-    for where in (stem, *also):
-        for suffix, content in files.items():
-            write_text(where.with_name(where.name + suffix), content)
+    with paused_gc():  # a 100k-entry plan's JSON: objects by the million, none cyclic garbage
+        files = {".json": plan.to_json(), ".txt": text if text is not None else render(plan), ".md": render_markdown(plan)}
+        for where in (stem, *also):
+            for suffix, content in files.items():
+                write_text(where.with_name(where.name + suffix), content)
     return where.with_name(where.name + ".json")
 
 
