@@ -106,33 +106,33 @@ class Similar:
         return "%s".join(piece.replace("%", "%%") for piece in pieces[0::2])
 
 
-def document(members: dict[str, Any], indent: int | None = None) -> tuple[str, dict[str, list[dict]]]:
-    """``dumps(members, indent)``, where ``Similar`` members are dumped form by form; and
-    for each of those, one object per form. (Joined once: the text can be 50 MB.)"""
+def document(members: dict[str, Any], indent: int | None = None, end: str = "") -> tuple[str, dict[str, list[dict]]]:
+    """``dumps(members, indent) + end``, where ``Similar`` members are dumped form by
+    form; and for each of those, one object per form. (The text can be 50 MB: its
+    parts are joined once.)"""
     samples: dict[str, list[dict]] = {}
     margin = " " * (indent or 0)
     comma, colon = (",", ":") if indent is None else (",\n" + margin, ": ")
     out = ["{" if indent is None else "{\n" + margin]
     for name in sorted(members):
+        out += [comma if len(out) > 1 else "", _encode(name), colon]
         value = members[name]
         if isinstance(value, Similar):
             texts, samples[name] = value.texts(indent, 2)
-            text = _list(texts, indent)
+            out += _list(texts, indent)
         elif indent is None:
-            text = dumps(value)
+            out.append(dumps(value))
         else:
-            text = dumps(value, indent).replace("\n", "\n" + margin)
-        out += [comma if len(out) > 1 else "", _encode(name), colon, text]
-    out.append("}" if indent is None else "\n}")
+            out.append(dumps(value, indent).replace("\n", "\n" + margin))
+    out += ["}" if indent is None else "\n}", end]
     return "".join(out), samples
 
 
-def _list(texts: list[str], indent: int | None) -> str:
-    """A list one level deep, of items already written two levels deep."""
+def _list(texts: list[str], indent: int | None) -> list[str]:
+    """The parts of a list one level deep, of items already written two levels deep."""
     if indent is None:
-        return f"[{','.join(texts)}]"
+        return ["[", ",".join(texts), "]"]
     if not texts:
-        return "[]"
+        return ["[]"]
     inner, outer = " " * (2 * indent), " " * indent
-    items = (",\n" + inner).join(texts)
-    return f"[\n{inner}{items}\n{outer}]"
+    return ["[\n", inner, (",\n" + inner).join(texts), "\n", outer, "]"]

@@ -151,12 +151,12 @@ class Plan:
         """Canonical, byte-deterministic JSON (sorted keys, fixed separators)."""
         with paused_gc():  # a 100k-entry document is millions of objects, none cyclic garbage
             members = {**_members(self), "sha256": self.sha256}
-            text, samples = json_forms.document(members, indent=1)
+            text, samples = json_forms.document(members, indent=1, end="\n")
             if _keys_unconstrained() and all(map(all, self.entry_forms.keys)):
                 validate({**members, **samples})  # one entry per form: as valid as all (see _valid_by_form)
             else:
                 validate(self.to_dict())  # the full check, which also words the error
-            return text + "\n"
+            return text
 
     @functools.cached_property
     def sha256(self) -> str:
