@@ -12,6 +12,7 @@ keys put in. (``json.dumps`` with ``indent`` runs in pure Python: 3.5 s for a
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 from collections.abc import Callable, Hashable, Sequence
@@ -80,19 +81,25 @@ class Similar:
     forms: Forms
     build: Callable[[Any, Sequence[str]], dict]
 
-    def texts(self, indent: int | None, depth: int) -> tuple[list[str], list[dict]]:
-        """Each item's text, as it appears ``depth`` levels deep; and one object per form
-        (what a schema check of the list needs to see)."""
-        margin = "\n" + " " * (depth * (indent or 0))
+    def items_text(self, indent: int | None) -> tuple[str, list[dict]]:
+        """The items' texts, joined as in a list one level deep (items two levels deep);
+        and one object per form (what a schema check of the list needs to see)."""
+        margin = "\n" + " " * (2 * (indent or 0))
+        separator = "," if indent is None else "," + margin
         firsts = [self.items[i] for i in self.forms.firsts]  # one item of each form stands for all
         samples = [self.build(item, self.forms.keys[i]) for item, i in zip(firsts, self.forms.firsts)]
         templates = [self._template(item, len(self.forms.keys[i]), indent, margin) for item, i in zip(firsts, self.forms.firsts)]
+        if None not in templates:
+            # One format string for the whole list, all keys put in at once: no Python
+            # work per item but looking up its form's template.
+            text = separator.join([templates[n] for n in self.forms.numbers])
+            return text % tuple(map(_encode, itertools.chain.from_iterable(self.forms.keys))), samples
         texts = [
             templates[n] % tuple(map(_encode, keys)) if templates[n] is not None
             else dumps(self.build(firsts[n], keys), indent).replace("\n", margin)
             for n, keys in zip(self.forms.numbers, self.forms.keys)
         ]
-        return texts, samples
+        return separator.join(texts), samples
 
     def _template(self, item: Any, n_keys: int, indent: int | None, margin: str) -> str | None:
         """The text of ``item``'s form as a ``%`` template, ``%s`` where its keys go
@@ -118,8 +125,8 @@ def document(members: dict[str, Any], indent: int | None = None, end: str = "") 
         out += [comma if len(out) > 1 else "", _encode(name), colon]
         value = members[name]
         if isinstance(value, Similar):
-            texts, samples[name] = value.texts(indent, 2)
-            out += _list(texts, indent)
+            items, samples[name] = value.items_text(indent)
+            out += _list(items, indent)
         elif indent is None:
             out.append(dumps(value))
         else:
@@ -128,11 +135,11 @@ def document(members: dict[str, Any], indent: int | None = None, end: str = "") 
     return "".join(out), samples
 
 
-def _list(texts: list[str], indent: int | None) -> list[str]:
-    """The parts of a list one level deep, of items already written two levels deep."""
+def _list(items: str, indent: int | None) -> list[str]:
+    """The parts of a list one level deep, of items already written and joined."""
     if indent is None:
-        return ["[", ",".join(texts), "]"]
-    if not texts:
+        return ["[", items, "]"]
+    if not items:
         return ["[]"]
     inner, outer = " " * (2 * indent), " " * indent
-    return ["[\n", inner, (",\n" + inner).join(texts), "\n", outer, "]"]
+    return ["[\n", inner, items, "\n", outer, "]"]
