@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -200,26 +200,45 @@ class _Splitter:
     that fully matches one splits the same way (its text around the integers is the
     template's, which holds no integer segment), and a match takes a third of the time
     of finding the integers of an unknown key. Keys matching none are split in full.
+    A kind whose items rarely match what came before is soon split in full only.
     """
 
-    KEEP = 4  # templates kept per kind of item: at most this many matches tried first
+    KEEP = 16  # templates kept per kind of item: at most this many matches tried first
 
     def __init__(self) -> None:
-        self._known: dict[Hashable, list[tuple[tuple[re.Pattern, ...], tuple[tuple[str, ...], ...]]]] = {}
+        self._kinds: dict[Hashable, _Known] = {}
 
     def split(self, keys: tuple[str, ...], kind: Hashable) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]:
         """The template of each of ``keys``, and the integers of them all (as text)."""
-        known = self._known.setdefault(kind, [])
-        for patterns, templates in known:
-            values = _match(patterns, keys)
-            if values is not None:
-                return templates, values
-        splits = [_split_digits(key) for key in keys]
-        templates = tuple(template for template, _ in splits)
-        values = tuple(value for _, digits in splits for value in digits)
-        if values and len(known) < self.KEEP:
-            known.append((tuple(_template_pattern(template) for template in templates), templates))
+        known = self._kinds.get(kind) or self._kinds.setdefault(kind, _Known())
+        # a failed match costs a third of a split: more than two per match, and matching does not pay
+        if known.failed <= 2 * known.matched + self.KEEP * self.KEEP:  # (past the first templates met)
+            for i, (patterns, templates) in enumerate(known.templates):
+                values = _match(patterns, keys)
+                if values is not None:
+                    known.matched += 1
+                    # tried last next time: items of a kind tend to come in turns (q, k, v, q, k, v)
+                    known.templates.append(known.templates.pop(i))
+                    return templates, values
+                known.failed += 1
+        split_templates, split_values = [], []
+        for key in keys:
+            template, digits = _split_digits(key)
+            split_templates.append(template)
+            split_values += digits
+        templates, values = tuple(split_templates), tuple(split_values)
+        if values and len(known.templates) < self.KEEP:
+            known.templates.append((tuple(_template_pattern(template) for template in templates), templates))
         return templates, values
+
+
+@dataclass
+class _Known:
+    """The templates of one kind of item, as regexes; and how often they matched."""
+
+    templates: list[tuple[tuple[re.Pattern, ...], tuple[tuple[str, ...], ...]]] = field(default_factory=list)
+    matched: int = 0
+    failed: int = 0
 
 
 def _template_pattern(template: tuple[str, ...]) -> re.Pattern:
