@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torchgraft import grouping, json_forms
 from torchgraft.grouping import fold
 from torchgraft.markdown import render_markdown
-from torchgraft.plan import Entry, Layout, Piece, Plan, Read, Skipped, SourceRef, TargetRef, Unused, entry_parts
+from torchgraft.plan import Entry, Layout, Piece, Plan, Read, Skipped, SourceRef, TargetRef, Unused, entry_form, entry_keys, entry_parts
 from torchgraft.render import human_bytes, nbytes, read_nbytes, render, source_stats, summary
 
 FINGERPRINT = {"size": 1000, "mtime_ns": 1, "header_sha256": "0" * 64}
@@ -117,11 +117,12 @@ def test_text_remembered_for_one_plan_is_not_shown_for_another():
     assert (render(copy), render_markdown(copy)) == first
 
 
-def test_entry_parts_are_keys_and_form():
-    entry = PLANS[2].entries[5]
-    keys, form = entry_parts(entry)
-    assert keys == (entry.key, *(r.key for p in entry.pieces for r in p.reads))
-    assert entry_parts(Entry("x", entry.shape, entry.dtype, entry.pieces, entry.uncovered, entry.kind))[1] == form
+@pytest.mark.parametrize("plan", PLANS)
+def test_entry_parts_are_keys_and_form(plan):
+    for entry in plan.entries:
+        keys, form = entry_parts(entry)
+        assert keys == entry_keys(entry) and form == entry_form(entry)
+        assert entry_parts(Entry("x", entry.shape, entry.dtype, entry.pieces, entry.uncovered, entry.kind))[1] == form
 
 
 SOURCES = {

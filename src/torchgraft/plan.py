@@ -182,7 +182,7 @@ class Plan:
 
 def entry_keys(entry: Entry) -> tuple[str, ...]:
     """An entry's own key, then its reads' keys in order."""
-    return entry_parts(entry)[0]
+    return (entry.key, *(r.key for p in entry.pieces for r in p.reads))
 
 
 def entry_form(entry: Entry) -> tuple:
@@ -362,6 +362,12 @@ def _form(entry: dict) -> dict:
 def from_dict(data: dict) -> Plan:
     """Rebuild a plan from its JSON document (schema-checked first)."""
     validate(data)
+    return from_document(data)
+
+
+def from_document(data: dict) -> Plan:
+    """``from_dict`` of a document already schema-checked (``plan_files.read_document``):
+    a 100k-entry plan is not checked twice."""
     target = data["target"]
     output = data.get("output") or {}
     return Plan(

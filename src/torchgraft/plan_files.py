@@ -16,7 +16,7 @@ from pathlib import Path
 from torchgraft.errors import DriftError, PlanError
 from torchgraft.heap import paused_gc
 from torchgraft.markdown import render_markdown
-from torchgraft.plan import Plan, document_sha256, from_dict, validate
+from torchgraft.plan import Plan, document_sha256, from_document, validate
 from torchgraft.render import render
 
 SUFFIX = ".plan.json"
@@ -79,16 +79,17 @@ def read_document(path: str, field: str) -> dict:
         raise PlanError(field, f"{path}: no such plan file") from None
     except OSError as err:
         raise PlanError(field, f"{path}: cannot read it ({err.strerror})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise PlanError(field, f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise PlanError(field, f"{path}: not a torchgraft plan (expected a JSON object)")
-    try:
-        validate(data)
-    except PlanError as err:
-        raise PlanError(field, f"{path}: {err.message}") from None
+    with paused_gc():  # a 100k-entry plan parses into millions of objects, none cyclic garbage
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PlanError(field, f"{path}: not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise PlanError(field, f"{path}: not a torchgraft plan (expected a JSON object)")
+        try:
+            validate(data)
+        except PlanError as err:
+            raise PlanError(field, f"{path}: {err.message}") from None
     return data
 
 
@@ -98,12 +99,13 @@ def hash_matches(data: dict) -> bool:
 
 def read_plan(path: str, field: str) -> Plan:
     """A plan file as written by a dry run: schema-valid and unedited, else PlanError/DriftError."""
-    data = read_document(path, field)
-    if not hash_matches(data):
-        what = "carries no sha256" if "sha256" not in data else "does not match its sha256"
-        raise DriftError(
-            field,
-            f"{path}: the plan {what} (was it edited by hand?); a plan runs only as it was written. "
-            f"Re-validate the recipe with: {replan_command(path)}",
-        )
-    return from_dict(data)
+    with paused_gc():  # a 100k-entry plan: millions of objects, none cyclic garbage
+        data = read_document(path, field)
+        if not hash_matches(data):
+            what = "carries no sha256" if "sha256" not in data else "does not match its sha256"
+            raise DriftError(
+                field,
+                f"{path}: the plan {what} (was it edited by hand?); a plan runs only as it was written. "
+                f"Re-validate the recipe with: {replan_command(path)}",
+            )
+        return from_document(data)  # checked by read_document
