@@ -80,6 +80,15 @@ def test_a_form_whose_strings_look_like_placeholders_is_dumped_item_by_item():
     assert samples == {"items": [expected[0], expected[2]]}
 
 
+def test_a_form_whose_keys_are_written_out_of_order_is_dumped_item_by_item():
+    items = [("k0", "z0"), ("k1", "z1")]
+    forms = json_forms.Forms.of(items, lambda item: (item, ()))
+    similar = json_forms.Similar(items, forms, lambda item, keys: {"b": keys[0], "a": keys[1]})
+    for indent in (None, 1):
+        text, _ = json_forms.document({"items": similar, "n": 1}, indent=indent)
+        assert text == json_forms.dumps({"items": [{"b": k, "a": z} for k, z in items], "n": 1}, indent)
+
+
 def test_forms_number_equal_objects_alike_in_order_of_first_occurrence():
     forms = json_forms.Forms.of(["a1", "b1", "a2", "c1", "b2"], lambda item: ((item,), item[0]))
     assert forms.numbers == [0, 1, 0, 2, 1] and forms.firsts == [0, 1, 3] and forms.counts == [2, 2, 1]
