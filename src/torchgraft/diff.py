@@ -19,7 +19,8 @@ from typing import Any
 from torchgraft import fingerprints
 from torchgraft.errors import GraftError
 from torchgraft.grouping import fold, merge_leaves
-from torchgraft.plan import Entry, Plan, SourceRef, _entry_dict, entry_form, from_dict
+from torchgraft.heap import paused_gc
+from torchgraft.plan import Entry, Plan, SourceRef, _entry_dict, entry_form, from_document
 from torchgraft.render import align, entry_keys, entry_row, group_entries, origin_text, rules_text, shape_text
 from torchgraft.tensors import short_dtype
 
@@ -48,6 +49,11 @@ class PlanDiff:
 def diff_plans(old: Plan, new: Plan) -> PlanDiff:
     """Every difference between ``old`` and ``new`` that changes what a run would do or
     what it is pinned to; empty when they describe the same transfer of the same files."""
+    with paused_gc():  # two large plans: millions of objects, none cyclic garbage
+        return _diff_plans(old, new)
+
+
+def _diff_plans(old: Plan, new: Plan) -> PlanDiff:
     sections = [
         Section("plan", tuple(_plan_lines(old, new))),
         Section("recipe", tuple(_value_lines(_flatten(old.recipe), _flatten(new.recipe)))),
@@ -244,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path, data in zip((args.old, args.new), documents):
         if not hash_matches(data):
             print(f"warning: {path}: the plan does not match its sha256 (was it edited by hand?)", file=sys.stderr)
-    old, new = (from_dict(d) for d in documents)
+    old, new = (from_document(d) for d in documents)  # checked by read_document
     result = diff_plans(old, new)
     if result.same:
         print(f"no differences: {args.old} and {args.new} describe the same transfer")

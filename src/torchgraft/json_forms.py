@@ -11,6 +11,8 @@ keys put in. (``json.dumps`` with ``indent`` runs in pure Python: 3.5 s for a
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import re
 from collections.abc import Callable, Hashable, Sequence
@@ -34,79 +36,110 @@ def dumps(value: Any, indent: int | None = None) -> str:
 
 
 @dataclass(frozen=True)
-class Similar:
-    """A list of JSON objects, described so that it can be dumped form by form.
+class Forms:
+    """A list of items sorted into forms, once: each item's keys and the number of its
+    form, and where each form first occurs. A plan's text, JSON, hash and counts all
+    need this for its 100k entries: made once per plan instead of once per pass.
 
-    ``form(item)`` must be equal for two items exactly when their objects are equal
-    but for the strings ``keys(item)``; ``build(item, keys)`` is the item's object with
-    ``keys`` in place of its own.
+    Two items have one form exactly when their objects are equal but for their keys
+    (a few strings).
     """
 
+    keys: list[tuple[str, ...]]  # each item's keys
+    numbers: list[int]  # each item's form, numbered in order of first occurrence
+    firsts: list[int]  # each form's first item
+
+    @classmethod
+    def of(cls, items: Sequence[Any], parts: Callable[[Any], tuple[tuple[str, ...], Hashable]]) -> Forms:
+        """``parts(item)`` is ``(keys, form)``: the item's keys, and all else of it."""
+        numbered: dict[Hashable, int] = {}
+        keys, numbers = [], []
+        for item_keys, form in map(parts, items):
+            keys.append(item_keys)
+            numbers.append(numbered.setdefault(form, len(numbered)))
+        firsts: list[int] = []
+        for i, number in enumerate(numbers):
+            if number == len(firsts):  # a form not seen before: numbers grow one at a time
+                firsts.append(i)
+        return cls(keys, numbers, firsts)
+
+    @functools.cached_property
+    def counts(self) -> list[int]:
+        """How many items each form has."""
+        counts = [0] * len(self.firsts)
+        for number in self.numbers:
+            counts[number] += 1
+        return counts
+
+
+@dataclass(frozen=True)
+class Similar:
+    """A list of JSON objects, described so that it can be dumped form by form:
+    ``build(item, keys)`` is the item's object with ``keys`` in place of its own."""
+
     items: Sequence[Any]
-    form: Callable[[Any], Hashable]
-    keys: Callable[[Any], Sequence[str]]
+    forms: Forms
     build: Callable[[Any, Sequence[str]], dict]
 
-    def texts(self, indent: int | None, depth: int) -> tuple[list[str], list[dict]]:
-        """Each item's text, as it appears ``depth`` levels deep; and one object per form
-        (what a schema check of the list needs to see)."""
-        margin = "\n" + " " * (depth * (indent or 0))
-        templates: dict[Hashable, tuple[list[str], list[int]] | None] = {}
-        samples: list[dict] = []
-        texts: list[str] = []
-        for item in self.items:
-            keys = self.keys(item)
-            form = self.form(item)
-            if form not in templates:
-                samples.append(self.build(item, keys))
-                templates[form] = self._template(item, len(keys), indent, margin)
-            template = templates[form]
-            if template is None:  # a form whose text placeholders cannot stand in (see _template)
-                texts.append(dumps(self.build(item, keys), indent).replace("\n", margin))
-                continue
-            literals, order = template
-            parts = [literals[0]]
-            for i, literal in zip(order, literals[1:]):
-                parts += (_encode(keys[i]), literal)
-            texts.append("".join(parts))
-        return texts, samples
+    def items_text(self, indent: int | None) -> tuple[str, list[dict]]:
+        """The items' texts, joined as in a list one level deep (items two levels deep);
+        and one object per form (what a schema check of the list needs to see)."""
+        margin = "\n" + " " * (2 * (indent or 0))
+        separator = "," if indent is None else "," + margin
+        firsts = [self.items[i] for i in self.forms.firsts]  # one item of each form stands for all
+        samples = [self.build(item, self.forms.keys[i]) for item, i in zip(firsts, self.forms.firsts)]
+        templates = [self._template(item, len(self.forms.keys[i]), indent, margin) for item, i in zip(firsts, self.forms.firsts)]
+        if None not in templates:
+            # One format string for the whole list, all keys put in at once: no Python
+            # work per item but looking up its form's template.
+            text = separator.join([templates[n] for n in self.forms.numbers])
+            return text % tuple(map(_encode, itertools.chain.from_iterable(self.forms.keys))), samples
+        texts = [
+            templates[n] % tuple(map(_encode, keys)) if templates[n] is not None
+            else dumps(self.build(firsts[n], keys), indent).replace("\n", margin)
+            for n, keys in zip(self.forms.numbers, self.forms.keys)
+        ]
+        return separator.join(texts), samples
 
-    def _template(self, item: Any, n_keys: int, indent: int | None, margin: str) -> tuple[list[str], list[int]] | None:
-        """The text of ``item``'s form: literal pieces, and which key goes between each two."""
+    def _template(self, item: Any, n_keys: int, indent: int | None, margin: str) -> str | None:
+        """The text of ``item``'s form as a ``%`` template, ``%s`` where its keys go
+        (JSON-encoded, in order). None if its keys are not written in their order, or
+        another string of the object looks like a placeholder: then the form's items
+        are dumped one by one."""
         text = dumps(self.build(item, [_placeholder(i) for i in range(n_keys)]), indent).replace("\n", margin)
         pieces = _PLACEHOLDER.split(text)
-        order = [int(i) for i in pieces[1::2]]
-        if sorted(order) != list(range(n_keys)):  # another string of the object looks like a placeholder
+        if pieces[1::2] != [str(i) for i in range(n_keys)]:
             return None
-        return pieces[0::2], order
+        return "%s".join(piece.replace("%", "%%") for piece in pieces[0::2])
 
 
-def document(members: dict[str, Any], indent: int | None = None) -> tuple[str, dict[str, list[dict]]]:
-    """``dumps(members, indent)``, where ``Similar`` members are dumped form by form; and
-    for each of those, one object per form."""
+def document(members: dict[str, Any], indent: int | None = None, end: str = "") -> tuple[str, dict[str, list[dict]]]:
+    """``dumps(members, indent) + end``, where ``Similar`` members are dumped form by
+    form; and for each of those, one object per form. (The text can be 50 MB: its
+    parts are joined once.)"""
     samples: dict[str, list[dict]] = {}
-    parts = []
+    margin = " " * (indent or 0)
+    comma, colon = (",", ":") if indent is None else (",\n" + margin, ": ")
+    out = ["{" if indent is None else "{\n" + margin]
     for name in sorted(members):
+        out += [comma if len(out) > 1 else "", _encode(name), colon]
         value = members[name]
         if isinstance(value, Similar):
-            texts, samples[name] = value.texts(indent, 2)
-            text = _list(texts, indent)
+            items, samples[name] = value.items_text(indent)
+            out += _list(items, indent)
         elif indent is None:
-            text = dumps(value)
+            out.append(dumps(value))
         else:
-            text = dumps(value, indent).replace("\n", "\n" + " " * indent)
-        parts.append((_encode(name), text))
-    if indent is None:
-        return "{" + ",".join(f"{name}:{text}" for name, text in parts) + "}", samples
-    margin = " " * indent
-    return "{\n" + ",\n".join(f"{margin}{name}: {text}" for name, text in parts) + "\n}", samples
+            out.append(dumps(value, indent).replace("\n", "\n" + margin))
+    out += ["}" if indent is None else "\n}", end]
+    return "".join(out), samples
 
 
-def _list(texts: list[str], indent: int | None) -> str:
-    """A list one level deep, of items already written two levels deep."""
+def _list(items: str, indent: int | None) -> list[str]:
+    """The parts of a list one level deep, of items already written and joined."""
     if indent is None:
-        return "[" + ",".join(texts) + "]"
-    if not texts:
-        return "[]"
+        return ["[", items, "]"]
+    if not items:
+        return ["[]"]
     inner, outer = " " * (2 * indent), " " * indent
-    return "[\n" + ",\n".join(inner + t for t in texts) + "\n" + outer + "]"
+    return ["[\n", inner, items, "\n", outer, "]"]

@@ -151,12 +151,12 @@ class Plan:
         """Canonical, byte-deterministic JSON (sorted keys, fixed separators)."""
         with paused_gc():  # a 100k-entry document is millions of objects, none cyclic garbage
             members = {**_members(self), "sha256": self.sha256}
-            text, samples = json_forms.document(members, indent=1)
-            if _keys_unconstrained() and all(all(entry_keys(e)) for e in self.entries):
+            text, samples = json_forms.document(members, indent=1, end="\n")
+            if _keys_unconstrained() and all(map(all, self.entry_forms.keys)):
                 validate({**members, **samples})  # one entry per form: as valid as all (see _valid_by_form)
             else:
                 validate(self.to_dict())  # the full check, which also words the error
-            return text + "\n"
+            return text
 
     @functools.cached_property
     def sha256(self) -> str:
@@ -165,6 +165,19 @@ class Plan:
         with paused_gc():
             text, _ = json_forms.document(_members(self))
             return hashlib.sha256(text.encode()).hexdigest()
+
+    @functools.cached_property
+    def entry_forms(self) -> json_forms.Forms:
+        """The entries' keys and forms (``entry_keys``, ``entry_form``), made once for the
+        passes over them: text, JSON, hash, counts."""
+        with paused_gc():
+            return json_forms.Forms.of(self.entries, entry_parts)
+
+    @functools.cached_property
+    def unused_forms(self) -> json_forms.Forms:
+        """The unused tensors' keys and forms (all but the key)."""
+        with paused_gc():
+            return json_forms.Forms.of(self.unused, lambda u: ((u.key,), (u.source, u.shape, u.dtype)))
 
 
 def entry_keys(entry: Entry) -> tuple[str, ...]:
@@ -175,17 +188,22 @@ def entry_keys(entry: Entry) -> tuple[str, ...]:
 def entry_form(entry: Entry) -> tuple:
     """Everything of an entry except its keys: equal for two entries only when their
     documents differ in nothing but their keys (shapes are ints: 2.0 would pass for 2)."""
-    pieces = tuple(
-        (
-            p.rule,
-            p.region,
-            json.dumps(list(p.transforms), sort_keys=True) if p.transforms else "",
-            json.dumps(p.merge, sort_keys=True) if p.merge is not None else "",
-            tuple((r.source, r.shape, r.dtype, r.region) for r in p.reads),
-        )
-        for p in entry.pieces
-    )
-    return (entry.shape, entry.dtype, entry.kind, entry.uncovered, pieces)
+    return entry_parts(entry)[1]
+
+
+def entry_parts(entry: Entry) -> tuple[tuple[str, ...], tuple]:
+    """``(entry_keys(entry), entry_form(entry))``, in one walk over the entry's reads."""
+    keys = [entry.key]
+    pieces = []
+    for p in entry.pieces:
+        reads = []
+        for r in p.reads:
+            keys.append(r.key)
+            reads.append((r.source, r.shape, r.dtype, r.region))
+        transforms = json.dumps(list(p.transforms), sort_keys=True) if p.transforms else ""
+        merge = json.dumps(p.merge, sort_keys=True) if p.merge is not None else ""
+        pieces.append((p.rule, p.region, transforms, merge, tuple(reads)))
+    return tuple(keys), (entry.shape, entry.dtype, entry.kind, entry.uncovered, tuple(pieces))
 
 
 def _members(plan: Plan) -> dict:
@@ -193,9 +211,8 @@ def _members(plan: Plan) -> dict:
     ``Similar`` lists (dumped form by form)."""
     return {
         **_head(plan),
-        "entries": json_forms.Similar(plan.entries, entry_form, entry_keys, _entry_dict),
-        "unused": json_forms.Similar(plan.unused, lambda u: (u.source, u.shape, u.dtype), lambda u: (u.key,),
-                                     lambda u, keys: _unused_dict(u, keys[0])),
+        "entries": json_forms.Similar(plan.entries, plan.entry_forms, _entry_dict),
+        "unused": json_forms.Similar(plan.unused, plan.unused_forms, lambda u, keys: _unused_dict(u, keys[0])),
     }
 
 
@@ -345,6 +362,12 @@ def _form(entry: dict) -> dict:
 def from_dict(data: dict) -> Plan:
     """Rebuild a plan from its JSON document (schema-checked first)."""
     validate(data)
+    return from_document(data)
+
+
+def from_document(data: dict) -> Plan:
+    """``from_dict`` of a document already schema-checked (``plan_files.read_document``):
+    a 100k-entry plan is not checked twice."""
     target = data["target"]
     output = data.get("output") or {}
     return Plan(

@@ -8,19 +8,23 @@ order, no timestamps, no run directories, the home folder shown as ``~``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
-from torchgraft.grouping import Group, expand, fold, merge_leaves
+from torchgraft.grouping import Group, expand, fold, fold_keyed, merge_leaves
+from torchgraft.json_forms import Forms
 from torchgraft.heap import paused_gc
-from torchgraft.plan import Entry, Piece, Plan, Read, entry_form, entry_keys
+from torchgraft.plan import Entry, Piece, Plan, Read, entry_keys, entry_parts
 from torchgraft.regions import Region
 from torchgraft.tensors import itemsize, short_dtype
 from torchgraft.transforms import describe as describe_transform
 
+R = TypeVar("R")
 _MAX_COLUMN = 56  # wider keys overflow their column instead of pushing every line right
 
 
@@ -70,6 +74,21 @@ def shown_path(path: str) -> str:
     return path
 
 
+def _per_plan(make: Callable[[Plan], R]) -> Callable[[Plan], R]:
+    """``make(plan)``, remembered for the last plan it was asked about: a dry run shows
+    a plan as text and as Markdown, and both need its folded lines and counts (which
+    take a while at 100k entries). The result is shared: callers must not change it."""
+    last: list = [None, None]  # a weak reference to the plan, the result
+
+    @functools.wraps(make)
+    def remembered(plan: Plan) -> R:
+        if last[0] is None or last[0]() is not plan:
+            last[:] = [weakref.ref(plan), make(plan)]
+        return last[1]
+
+    return remembered
+
+
 # -- one entry ------------------------------------------------------------------------
 
 
@@ -115,12 +134,14 @@ def _same_kept(a: Group[Entry], b: Group[Entry]) -> bool:
     return x.kept and y.kept and (x.shape, x.dtype, x.kind) == (y.shape, y.dtype, y.kind)
 
 
-def group_entries(entries: Sequence[Entry]) -> list[Group[Entry]]:
+def group_entries(entries: Sequence[Entry], forms: Forms | None = None) -> list[Group[Entry]]:
     """Entries folded into lines: repeated layers share one line; kept siblings with the
     same shape share one (``norm.{weight,bias}``). In the order of the target. Entries
-    fold only when everything but their keys (``entry_form``) is equal."""
+    fold only when everything but their keys (``entry_form``) is equal. ``forms``: the
+    entries' keys and forms if already made (``Plan.entry_forms``)."""
     with paused_gc():  # a 100k-entry plan: objects by the million, none cyclic garbage
-        return merge_leaves(fold(entries, entry_keys, entry_form), _same_kept)
+        forms = forms if forms is not None else Forms.of(entries, entry_parts)
+        return merge_leaves(fold_keyed(entries, forms.keys, forms.numbers), _same_kept)
 
 
 def ungroup(groups: Iterable[Group[Entry]]) -> list[Entry]:
@@ -160,18 +181,38 @@ def target_text(plan: Plan) -> str:
     return f"{spec['_target_']}({args})  {initial}"
 
 
+@_per_plan
 def source_stats(plan: Plan) -> dict[str, tuple[int, int, int, int]]:
-    """Per source: (tensors read, bytes read, tensors unused, bytes unused)."""
-    read: dict[str, dict[str, int]] = {s.name: {} for s in plan.sources}
-    for entry in plan.entries:
-        for piece in entry.pieces:
-            for r in piece.reads:
-                read[r.source][r.key] = read[r.source].get(r.key, 0) + read_nbytes(r)
-    stats = {}
-    for s in plan.sources:
-        unused = [u for u in plan.unused if u.source == s.name]
-        stats[s.name] = (len(read[s.name]), sum(read[s.name].values()), len(unused), sum(nbytes(u.shape, u.dtype) for u in unused))
-    return stats
+    """Per source: (tensors read, bytes read, tensors unused, bytes unused). Bytes are
+    counted form by form (``Plan.entry_forms``): entries of one form read the same
+    regions of the same shapes; only the keys read are gathered entry by entry."""
+    forms = plan.entry_forms
+    read_keys: dict[str, set[str]] = {s.name: set() for s in plan.sources}
+    read_bytes = dict.fromkeys(read_keys, 0)
+    sources = []  # per form: the source of each of its reads
+    for first, count in zip(forms.firsts, forms.counts):
+        reads = [r for piece in plan.entries[first].pieces for r in piece.reads]
+        for r in reads:
+            read_bytes[r.source] += count * read_nbytes(r)
+        sources.append([r.source for r in reads])
+    for number, keys in zip(forms.numbers, forms.keys):
+        for source, key in zip(sources[number], keys[1:]):
+            read_keys[source].add(key)
+    unused_count, unused_bytes = _unused_by_source(plan)
+    return {name: (len(read_keys[name]), read_bytes[name], unused_count.get(name, 0), unused_bytes.get(name, 0))
+            for name in read_keys}
+
+
+def _unused_by_source(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:
+    """How many unused tensors each source has, and their bytes (form by form)."""
+    count: dict[str, int] = {}
+    size: dict[str, int] = {}
+    forms = plan.unused_forms
+    for first, n in zip(forms.firsts, forms.counts):
+        u = plan.unused[first]
+        count[u.source] = count.get(u.source, 0) + n
+        size[u.source] = size.get(u.source, 0) + n * nbytes(u.shape, u.dtype)
+    return count, size
 
 
 def source_lines(plan: Plan) -> list[str]:
@@ -208,18 +249,16 @@ def align(rows: Sequence[tuple[str, str, str, str, str]], prefix: str = "") -> l
     return lines
 
 
-_last_table: tuple[weakref.ref[Plan], list[str]] | None = None  # a plan's folded lines, the last asked for
-
-
 def table(plan: Plan, grouped: bool = True) -> list[str]:
     """The entries, one line per (folded) row: key, shape, dtype, origin, rules."""
     if grouped:
-        # A dry run shows a plan as text and as markdown: fold it once (a second at 100k entries).
-        global _last_table
-        if _last_table is None or _last_table[0]() is not plan:
-            _last_table = (weakref.ref(plan), align([entry_row(g) for g in group_entries(plan.entries)]))
-        return list(_last_table[1])
+        return list(_folded_table(plan))
     return align([(e.key, shape_text(e.shape), short_dtype(e.dtype), origin_text(e), rules_text(e)) for e in plan.entries])
+
+
+@_per_plan
+def _folded_table(plan: Plan) -> list[str]:
+    return align([entry_row(g) for g in group_entries(plan.entries, plan.entry_forms)])
 
 
 def unused_lines(plan: Plan, grouped: bool = True) -> list[str]:
@@ -232,28 +271,45 @@ def render(plan: Plan, grouped: bool = True) -> str:
     """The plan for review: target and sources, every target tensor with its origin or
     ``keep`` (repeated layers folded unless ``grouped=False``), the source tensors
     nothing reads, then counts and bytes."""
-    lines = [*header(plan), "", *table(plan, grouped)]
-    if plan.skipped:
-        lines += ["", f"skipped under policy.mismatch=skip ({len(plan.skipped)}):"]
-        lines += [f"  {s.key}  ({s.rule}): {s.reason}" for s in plan.skipped]
-    if plan.unused:
-        unused_bytes = human_bytes(sum(nbytes(u.shape, u.dtype) for u in plan.unused))
-        lines += ["", f"unused source tensors ({len(plan.unused)}, {unused_bytes}):"]
-        lines += [f"  {line}" for line in unused_lines(plan, grouped)]
-    lines += ["", summary(plan)]
-    return "\n".join(lines) + "\n"
+    with paused_gc():  # a 100k-entry plan: objects by the million, none cyclic garbage
+        lines = [*header(plan), "", *table(plan, grouped)]
+        if plan.skipped:
+            lines += ["", f"skipped under policy.mismatch=skip ({len(plan.skipped)}):"]
+            lines += [f"  {s.key}  ({s.rule}): {s.reason}" for s in plan.skipped]
+        if plan.unused:
+            lines += ["", f"unused source tensors ({len(plan.unused)}, {human_bytes(unused_nbytes(plan))}):"]
+            lines += [f"  {line}" for line in unused_lines(plan, grouped)]
+        lines += ["", summary(plan)]
+        return "\n".join(lines) + "\n"
 
 
 def summary(plan: Plan) -> str:
-    assigned = [e for e in plan.entries if not e.kept]
-    kept = [e for e in plan.entries if e.kept]
-    partial = sum(1 for e in plan.entries if e.uncovered)
-    size = lambda entries: human_bytes(sum(nbytes(e.shape, e.dtype) for e in entries))  # noqa: E731
+    """Counts and bytes of the target tensors and the unused source tensors."""
+    counts, sizes = _tally(plan)
+    partial = counts["partial"]
     text = (
-        f"{len(plan.entries)} target tensors ({size(plan.entries)}): {len(assigned)} assigned ({size(assigned)})"
-        f"{f', {partial} of them in part' if partial else ''}, {len(kept)} kept ({size(kept)})"
+        f"{counts['all']} target tensors ({human_bytes(sizes['all'])}): {counts['assigned']} assigned ({human_bytes(sizes['assigned'])})"
+        f"{f', {partial} of them in part' if partial else ''}, {counts['kept']} kept ({human_bytes(sizes['kept'])})"
     )
     if plan.skipped:
         text += f", {len(plan.skipped)} skipped"
-    unused_bytes = human_bytes(sum(nbytes(u.shape, u.dtype) for u in plan.unused))
-    return text + f"; {len(plan.unused)} source tensors unused ({unused_bytes})"
+    return text + f"; {len(plan.unused)} source tensors unused ({human_bytes(unused_nbytes(plan))})"
+
+
+def _tally(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:
+    """Entries and their bytes: all, assigned, kept, and partly assigned (form by form:
+    all of that is the same for the entries of one form)."""
+    counts = {"all": 0, "assigned": 0, "kept": 0, "partial": 0}
+    sizes = dict.fromkeys(counts, 0)
+    forms = plan.entry_forms
+    for first, count in zip(forms.firsts, forms.counts):
+        entry = plan.entries[first]
+        size = count * nbytes(entry.shape, entry.dtype)
+        for part in ("all", "kept" if entry.kept else "assigned", *(("partial",) if entry.uncovered else ())):
+            counts[part] += count
+            sizes[part] += size
+    return counts, sizes
+
+
+def unused_nbytes(plan: Plan) -> int:
+    return sum(_unused_by_source(plan)[1].values())
