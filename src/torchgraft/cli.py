@@ -25,6 +25,7 @@ from torchgraft import recipe_source, review, sweep
 from torchgraft.api import recipe_record, register_resolver, resolve
 from torchgraft.errors import GraftError
 from torchgraft.execute import check_output, execute
+from torchgraft.heap import paused_gc
 from torchgraft.initial import advice as init_advice
 from torchgraft.outputs import output_bytes
 from torchgraft.planner import make_plan
@@ -56,24 +57,28 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     output = Path(recipe.output.path) if recipe.output.path else run_dir / "model.safetensors"
     if not dry_run:
         check_output(output, recipe.output.overwrite)
-    plan = make_plan(recipe, recipe_record(data))
-    if verify == "hash":
-        plan = review.pin_contents(plan)
-    text = render(plan)
-    sys.stdout.write(text)
-    sys.stdout.flush()
-    if plan.unused and recipe.policy.unused == "warn":
-        names = group_keys(f"{u.source}:{u.key}" for u in plan.unused)
-        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-        log.warning("warning: %d source tensors are read by no rule: %s (policy.unused=ignore silences this)", len(plan.unused), shown)
-    note = init_advice(plan)
-    if note:
-        log.info("%s", note)
-    also = [Path(str(data["plan_dir"])) / f"{name}.plan"] if data.get("plan_dir") else []
-    written = write_plan(plan, run_dir / "plan", text, also=also)
-    if dry_run:
-        log.info("dry run: wrote %s (and .txt, .md); no tensor data read, no checkpoint written", written)
-        return sweep.Outcome.of(plan, "dry_run")
+    # Until the plan is shown and written, and through a whole dry run, the cyclic
+    # collector would only walk the plan's objects (millions for 100k tensors, none
+    # of them cyclic garbage), again and again as they pile up.
+    with paused_gc():
+        plan = make_plan(recipe, recipe_record(data))
+        if verify == "hash":
+            plan = review.pin_contents(plan)
+        text = render(plan)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if plan.unused and recipe.policy.unused == "warn":
+            names = group_keys(f"{u.source}:{u.key}" for u in plan.unused)
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            log.warning("warning: %d source tensors are read by no rule: %s (policy.unused=ignore silences this)", len(plan.unused), shown)
+        note = init_advice(plan)
+        if note:
+            log.info("%s", note)
+        also = [Path(str(data["plan_dir"])) / f"{name}.plan"] if data.get("plan_dir") else []
+        written = write_plan(plan, run_dir / "plan", text, also=also)
+        if dry_run:
+            log.info("dry run: wrote %s (and .txt, .md); no tensor data read, no checkpoint written", written)
+            return sweep.Outcome.of(plan, "dry_run")
     start = time.perf_counter()
     execute(plan, output, overwrite=recipe.output.overwrite)
     written = output_bytes(output)

@@ -22,7 +22,7 @@ from torchgraft.heap import paused_gc
 SCHEMA_VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Read:
     """One source tensor (or a region of it) that a piece reads."""
 
@@ -33,7 +33,7 @@ class Read:
     region: str | None = None  # e.g. "[:, :10]"; None = whole tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Piece:
     """Values for a target tensor, or for one region of it."""
 
@@ -51,7 +51,7 @@ class Piece:
                    for t in self.transforms)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One tensor of the output, in the target's own order."""
 
@@ -72,7 +72,7 @@ class Entry:
         return not self.pieces or bool(self.uncovered) or any(p.reads_initial for p in self.pieces)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Unused:
     """A source tensor that no rule reads."""
 

@@ -80,7 +80,7 @@ def itemsize(name: str) -> int:
     return _DTYPES[name][2]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorInfo:
     """A tensor known by header only: what plans are made of."""
 
