@@ -505,3 +505,33 @@ def test_readers_share_one_interface(tmp_path):
         assert reader.path == path and isinstance(reader.path, Path)
         assert len(reader.content_sha256()) == 64
         reader.close()
+
+
+@pytest.mark.parametrize(("entries", "data", "reason"), [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, 12,
+     "tensor 'b' has data_offsets [4, 12]: the data before it ends at 8"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [12, 20]}}, 20,
+     "tensor 'b' has data_offsets [12, 20]: the data before it ends at 8"),
+    ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, 8,
+     "tensor 'a' has 8 bytes, its shape [3] and dtype F32 need 12"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, 12,
+     "the header describes 8 bytes of data, the file holds 12"),
+    ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, 8,
+     "tensor 'a' has shape [-2], not a list of unsigned integers"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8.0]}}, 8,
+     "tensor 'a' has data_offsets [0, 8.0], not two unsigned integers"),
+    ({"__metadata__": {"step": 3}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, 8,
+     "__metadata__ is not a map of strings to strings"),
+])
+def test_safetensors_layout_is_checked_as_safe_open_would(tmp_path, entries, data, reason):
+    """Overlaps, gaps, sizes and trailing bytes: each refused with the tensor named."""
+    path = tmp_path / "m.safetensors"
+    header = json.dumps(entries).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * data)
+    raises(f"{path}: not a valid safetensors file ({reason})", open_checkpoint, path, field=FIELD)
+    from safetensors import SafetensorError, safe_open
+
+    with pytest.raises(SafetensorError):  # the library refuses each of these too
+        safe_open(str(path), framework="numpy")

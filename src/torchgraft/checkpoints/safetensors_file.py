@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,12 +17,13 @@ if TYPE_CHECKING:
 
 from torchgraft.checkpoints.base import Reader, as_index
 from torchgraft.checkpoints.byteranges import ByteRange
-from torchgraft.tensors import TensorInfo, from_safetensors_code
+from torchgraft.tensors import DTYPE_NAMES, TensorInfo, from_safetensors_code, itemsize, safetensors_code
 
 MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers
 _ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
 # A file has a few dtypes and many tensors: look each code up once.
 _dtype_of_code = functools.lru_cache(maxsize=None)(from_safetensors_code)
+_ITEMSIZE = {safetensors_code(name): itemsize(name) for name in DTYPE_NAMES}
 
 
 class HeaderError(ValueError):
@@ -58,11 +60,43 @@ def read_header(path: Path) -> tuple[bytes, dict]:
     return prefix + body, header
 
 
+def check_layout(header: dict, entries: list[tuple[str, dict]], data_size: int) -> None:
+    """What ``safe_open`` checks before it maps a file, on the header already parsed.
+
+    ``entries`` are in offset order. Each tensor's bytes must start where the previous
+    one's end, hold exactly its shape times its dtype's size, and the last must end at
+    the end of the file, so that no two tensors overlap and a byte-range copy takes
+    exactly one tensor. (Asking ``safe_open`` itself would parse the header a second
+    time and import numpy: 0.3 s on a 100k-tensor header.)
+    """
+    metadata = header.get("__metadata__")
+    if metadata is not None and not (isinstance(metadata, dict)
+                                     and all(isinstance(v, str) for v in metadata.values())):
+        raise HeaderError("__metadata__ is not a map of strings to strings")
+    end = 0
+    for key, entry in entries:
+        offsets, shape = entry["data_offsets"], entry["shape"]
+        if not (type(offsets) is list and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
+            raise HeaderError(f"tensor '{key}' has data_offsets {offsets!r}, not two unsigned integers")
+        if not (type(shape) is list and all(type(d) is int and d >= 0 for d in shape)):
+            raise HeaderError(f"tensor '{key}' has shape {shape!r}, not a list of unsigned integers")
+        begin, stop = offsets
+        if begin != end or stop < begin:
+            raise HeaderError(f"tensor '{key}' has data_offsets {offsets}: the data before it ends at {end}")
+        size = _ITEMSIZE.get(entry["dtype"])
+        if size is not None and stop - begin != math.prod(shape) * size:
+            raise HeaderError(f"tensor '{key}' has {stop - begin} bytes, its shape {shape} and dtype "
+                              f"{entry['dtype']} need {math.prod(shape) * size}")
+        end = stop
+    if end != data_size:
+        raise HeaderError(f"the header describes {end} bytes of data, the file holds {data_size}")
+
+
 class SafetensorsReader(Reader):
     """``safe_open`` maps the file; nothing but the header is read until ``read``.
 
-    The header is checked by ``safe_open`` with the numpy framework at once; the torch
-    handle is opened at the first ``read``, so planning does not import torch.
+    The header is checked here (``check_layout``); the torch handle is opened at the
+    first ``read``, so planning does not import torch.
     """
 
     format = "safetensors"
@@ -71,14 +105,13 @@ class SafetensorsReader(Reader):
         super().__init__(path, field=field, shown=shown)
         try:
             self._raw_header, header = read_header(self.path)
-            safe_open(str(self.path), framework="numpy").__exit__(None, None, None)
-        except (HeaderError, SafetensorError) as e:
-            reason = str(e).removeprefix("Error while deserializing header: ")
-            raise self._error(f"not a valid safetensors file ({reason})") from None
+            entries = self._file_order(header)
+            check_layout(header, entries, self.path.stat().st_size - len(self._raw_header))
+        except HeaderError as e:
+            raise self._error(f"not a valid safetensors file ({e})") from None
         self._handle = None
         self._closed = False
         self._metadata = dict(header.get("__metadata__") or {})
-        entries = self._file_order(header)
         self._offsets = {k: v["data_offsets"] for k, v in entries}  # [begin, end]
         shapes: dict[tuple, tuple] = {}  # one tuple per distinct shape (see _info_of)
         try:
@@ -96,7 +129,10 @@ class SafetensorsReader(Reader):
         Offsets compare as lists, as tuples would: safe_open has checked they are two ints.
         """
         entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
-        return sorted(entries, key=lambda item: item[1]["data_offsets"])
+        try:
+            return sorted(entries, key=lambda item: item[1]["data_offsets"])
+        except TypeError:  # offsets of different types: check_layout names the entry
+            return entries
 
     def _info_of(self, key: str, entry: dict, shapes: dict[tuple, tuple]) -> TensorInfo:
         """The entry's TensorInfo. Its shape is shared with the tensors before it of that
