@@ -1,5 +1,5 @@
 """The shortcuts that make a 100k-entry plan fast to show and write agree with the
-plain computations they replace: its JSON is ``json.dumps``'s, its counts are the
+plain computations they replace: its JSON is ``json.dumps``'s (one line per entry), its counts are the
 per-entry counts, its folded lines are checked as expanding them would check them."""
 
 from __future__ import annotations
@@ -61,10 +61,26 @@ def random_plan(seed: int, n: int) -> Plan:
 PLANS = [random_plan(seed, n) for seed, n in [(0, 3), (1, 40), (2, 300), (3, 1200)]]
 
 
+def one_item_per_line(document: dict, lists: tuple[str, ...]) -> str:
+    """The plan file's layout, plainly: ``json.dumps(indent=1)``, but each item of the
+    long lists on one compact line."""
+    compact = {name: [json_forms.dumps(item) for item in document[name]] for name in lists}
+    marked = {**document, **{name: [f"\x00{name}{i}\x00" for i in range(len(items))] for name, items in compact.items()}}
+    text = json.dumps(marked, indent=1, sort_keys=True, ensure_ascii=False)
+    for name, items in compact.items():
+        for i, item in enumerate(items):
+            text = text.replace(json.dumps(f"\x00{name}{i}\x00"), item, 1)
+    return text
+
+
 @pytest.mark.parametrize("plan", PLANS)
 def test_plan_json_is_what_json_dumps_writes(plan):
     full = plan.to_dict()
-    assert plan.to_json() == json.dumps(full, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    text = plan.to_json()
+    assert text == one_item_per_line(full, ("entries", "unused")) + "\n"
+    assert json.loads(text) == full
+    assert len(text.splitlines()) == len(json.dumps(full, indent=1).splitlines()) - sum(
+        len(json.dumps(item, indent=1).splitlines()) - 1 for name in ("entries", "unused") for item in full[name])
     body = {k: v for k, v in full.items() if k != "sha256"}
     compact = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert plan.sha256 == hashlib.sha256(compact.encode()).hexdigest()
@@ -76,7 +92,7 @@ def test_a_form_whose_strings_look_like_placeholders_is_dumped_item_by_item():
     similar = json_forms.Similar(items, forms, lambda item, keys: {"key": keys[0], "note": item[1]})
     text, samples = json_forms.document({"items": similar}, indent=1)
     expected = [{"key": key, "note": note} for key, note in items]
-    assert text == json.dumps({"items": expected}, indent=1, sort_keys=True, ensure_ascii=False)
+    assert text == one_item_per_line({"items": expected}, ("items",))
     assert samples == {"items": [expected[0], expected[2]]}
 
 
@@ -84,9 +100,9 @@ def test_a_form_whose_keys_are_written_out_of_order_is_dumped_item_by_item():
     items = [("k0", "z0"), ("k1", "z1")]
     forms = json_forms.Forms.of(items, lambda item: (item, ()))
     similar = json_forms.Similar(items, forms, lambda item, keys: {"b": keys[0], "a": keys[1]})
-    for indent in (None, 1):
-        text, _ = json_forms.document({"items": similar, "n": 1}, indent=indent)
-        assert text == json_forms.dumps({"items": [{"b": k, "a": z} for k, z in items], "n": 1}, indent)
+    expected = {"items": [{"b": k, "a": z} for k, z in items], "n": 1}
+    assert json_forms.document({"items": similar, "n": 1})[0] == json_forms.dumps(expected)
+    assert json_forms.document({"items": similar, "n": 1}, indent=1)[0] == one_item_per_line(expected, ("items",))
 
 
 def test_forms_number_equal_objects_alike_in_order_of_first_occurrence():

@@ -81,11 +81,13 @@ class Similar:
     forms: Forms
     build: Callable[[Any, Sequence[str]], dict]
 
-    def items_text(self, indent: int | None) -> tuple[str, list[dict]]:
-        """The items' texts, joined as in a list one level deep (items two levels deep);
-        and one object per form (what a schema check of the list needs to see)."""
+    def items_text(self, indent: int | None, separator: str | None = None) -> tuple[str, list[dict]]:
+        """The items' texts, joined as in a list one level deep (items two levels deep),
+        or by ``separator``; and one object per form (what a schema check of the list
+        needs to see)."""
         margin = "\n" + " " * (2 * (indent or 0))
-        separator = "," if indent is None else "," + margin
+        if separator is None:
+            separator = "," if indent is None else "," + margin
         firsts = [self.items[i] for i in self.forms.firsts]  # one item of each form stands for all
         samples = [self.build(item, self.forms.keys[i]) for item, i in zip(firsts, self.forms.firsts)]
         templates = [self._template(item, len(self.forms.keys[i]), indent, margin) for item, i in zip(firsts, self.forms.firsts)]
@@ -116,7 +118,11 @@ class Similar:
 def document(members: dict[str, Any], indent: int | None = None, end: str = "") -> tuple[str, dict[str, list[dict]]]:
     """``dumps(members, indent) + end``, where ``Similar`` members are dumped form by
     form; and for each of those, one object per form. (The text can be 50 MB: its
-    parts are joined once.)"""
+    parts are joined once.)
+
+    Indented, each item of a ``Similar`` list is one compact line: a plan's changed
+    tensor is one changed line in a diff, and the file is a third smaller than fully
+    indented JSON."""
     samples: dict[str, list[dict]] = {}
     margin = " " * (indent or 0)
     comma, colon = (",", ":") if indent is None else (",\n" + margin, ": ")
@@ -125,7 +131,8 @@ def document(members: dict[str, Any], indent: int | None = None, end: str = "") 
         out += [comma if len(out) > 1 else "", _encode(name), colon]
         value = members[name]
         if isinstance(value, Similar):
-            items, samples[name] = value.items_text(indent)
+            one_per_line = None if indent is None else ",\n" + " " * (2 * indent)
+            items, samples[name] = value.items_text(None, one_per_line)
             out += _list(items, indent)
         elif indent is None:
             out.append(dumps(value))
