@@ -294,3 +294,40 @@ def test_final_name():
     assert final_name(Path("/a/.model.safetensors.tmp-0a1b2c3d")) == "model.safetensors"
     assert final_name(Path("/a/model.safetensors")) == "model.safetensors"
     assert final_name(Path(".hidden.pt")) == ".hidden.pt"
+
+
+def _data_start(path: Path) -> int:
+    with open(path, "rb") as f:
+        return 8 + struct.unpack("<Q", f.read(8))[0]
+
+
+def test_copied_tensors_keep_their_offset_within_a_page(tmp_path):
+    """The output's data starts where the source's does within a page, so the kernel
+    copies whole pages; the file stays valid and equal to the source, tensor for tensor."""
+    import torchgraft
+
+    generator = torch.Generator().manual_seed(0)
+    state = {f"layers.{i}.weight": torch.randn(64, 64, generator=generator) for i in range(4)}
+    src = tmp_path / "src.safetensors"
+    save_file(state, src, metadata={"note": "x" * 1000})  # a header longer than ours
+    recipe = {"sources": {"src": str(src)}, "target": None,
+              "rules": [{"from": "src", "rename": {"layers.{i}": "blocks.{i}"}}]}
+    out = torchgraft.execute(torchgraft.plan(recipe), tmp_path / "out.safetensors")
+    assert _data_start(out) % 4096 == _data_start(src) % 4096
+    assert _data_start(out) % 8 == 0
+    got = load_file(out)
+    assert all(torch.equal(got[f"blocks.{i}.weight"], state[f"layers.{i}.weight"]) for i in range(4))
+
+
+def test_page_offset_pads_the_header_with_spaces_only(tmp_path):
+    infos = [TensorInfo("w", (4,), "float32")]
+    with open_writer(tmp_path / "a.safetensors", infos, {}, page_offset=1000) as writer:
+        writer.write("w", torch.ones(4))
+    assert _data_start(tmp_path / "a.safetensors") % 4096 == 1000
+    raw = (tmp_path / "a.safetensors").read_bytes()[8:_data_start(tmp_path / "a.safetensors")]
+    assert raw.rstrip(b" ").endswith(b"}") and set(raw[len(raw.rstrip(b" ")):]) == {0x20}
+    with safe_open(str(tmp_path / "a.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor("w"), torch.ones(4))
+    with open_writer(tmp_path / "b.safetensors", infos, {}, page_offset=1001) as writer:  # not a multiple of 8
+        writer.write("w", torch.ones(4))
+    assert _data_start(tmp_path / "b.safetensors") % 8 == 0

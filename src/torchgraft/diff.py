@@ -20,8 +20,8 @@ from torchgraft import fingerprints
 from torchgraft.errors import GraftError
 from torchgraft.grouping import fold, merge_leaves
 from torchgraft.heap import paused_gc
-from torchgraft.plan import Entry, Plan, SourceRef, _entry_dict, entry_form, from_document
-from torchgraft.render import align, entry_keys, entry_row, group_entries, origin_text, rules_text, shape_text
+from torchgraft.plan import Entry, Plan, SourceRef, _entry_dict, entry_form, entry_keys, from_document
+from torchgraft.render import align, entry_row, group_entries, origin_text, rules_text, shape_text
 from torchgraft.tensors import short_dtype
 
 

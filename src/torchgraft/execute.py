@@ -23,6 +23,7 @@ from torchgraft.checkpoints import Reader, atomic_output, open_checkpoint, open_
 from torchgraft.checkpoints.atomic import atomic_directory
 from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles, read_range
 from torchgraft.checkpoints.sharded import ShardedWriter, check_directory
+from torchgraft.checkpoints.writers import SafetensorsWriter
 from torchgraft.errors import DriftError, OutputError
 from torchgraft.heap import HeapTrimmer
 from torchgraft.initial import check_initial, initial_values
@@ -99,6 +100,16 @@ def _unchanged(entry: Entry, readers: Mapping[str, Reader]) -> ByteRange | None:
     if read.dtype != entry.dtype or tuple(read.shape) != tuple(entry.shape):
         return None
     return readers[read.source].byte_range(read.key)
+
+
+def _first_copy_page_offset(plan: Plan, readers: Mapping[str, Reader]) -> int | None:
+    """Where in a page the first tensor copied as bytes starts in its source (None: no
+    such tensor): the output's data starts there too, so that copies move whole pages."""
+    for entry in plan.entries:
+        found = _unchanged(entry, readers)
+        if found is not None:
+            return found.offset % SafetensorsWriter.PAGE
+    return None
 
 
 def _values(piece: Piece, readers: Mapping[str, Reader], initial: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
@@ -219,7 +230,7 @@ def execute(plan: Plan, output: str | Path, *, overwrite: bool = False) -> Path:
             if fmt == "directory":
                 writer = ShardedWriter(tmp, infos, metadata, plan.layout.shard_size)
             else:
-                writer = open_writer(tmp, infos, metadata)
+                writer = open_writer(tmp, infos, metadata, _first_copy_page_offset(plan, readers))
             with writer, Progress(sum(i.nbytes for i in infos), f"writing {path.name}") as progress:
                 _stream(plan, writer, readers, sources, initial, files, progress)
             if fmt == "directory":

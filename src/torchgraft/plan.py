@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import jsonschema
 
 from torchgraft import json_forms
 from torchgraft.errors import PlanError
@@ -302,6 +301,8 @@ def schema() -> dict:
 
 def validate(data: dict) -> None:
     """Check a plan document against the shipped JSON Schema."""
+    import jsonschema  # only where plans are written or read: executing one needs no schema
+
     validator = jsonschema.Draft202012Validator(schema())
     if _valid_by_form(data, validator):
         return
@@ -335,7 +336,7 @@ def _valid_by_form(data: object, validator) -> bool:
         return False
     if not validator.is_valid({**data, "entries": []}):
         return False
-    one = jsonschema.Draft202012Validator({"$defs": defs, "$ref": "#/$defs/entry"})
+    one = type(validator)({"$defs": defs, "$ref": "#/$defs/entry"})
     seen = set()
     for entry in entries:
         try:

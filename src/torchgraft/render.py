@@ -19,7 +19,7 @@ from typing import TypeVar
 from torchgraft.grouping import Group, expand, fold, fold_keyed, merge_leaves
 from torchgraft.json_forms import Forms
 from torchgraft.heap import paused_gc
-from torchgraft.plan import Entry, Piece, Plan, Read, entry_keys, entry_parts
+from torchgraft.plan import Entry, Piece, Plan, Read, entry_parts
 from torchgraft.regions import Region
 from torchgraft.tensors import itemsize, short_dtype
 from torchgraft.transforms import describe as describe_transform

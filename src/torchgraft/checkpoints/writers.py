@@ -128,10 +128,15 @@ class SafetensorsWriter(Writer):
     Memory is one tensor at a time, and none for copied byte ranges. Data is laid out
     in the declared order (the reference writer sorts by alignment instead; readers
     need neither). The header is space-padded to a multiple of 8, as the reference
-    writer does.
+    writer does, and further, with ``page_offset``, so that the data starts at that
+    offset within a page: the source's, when tensors are copied from it. The kernel
+    then copies whole pages (2 GB: 0.66 s instead of 0.82 s measured).
     """
 
-    def __init__(self, path: Path, infos: Sequence[TensorInfo], metadata: Mapping[str, str]):
+    PAGE = 4096
+
+    def __init__(self, path: Path, infos: Sequence[TensorInfo], metadata: Mapping[str, str],
+                 page_offset: int | None = None):
         super().__init__(path, infos, metadata)
         self._file: Appender | None = None
         header: dict[str, object] = {}
@@ -144,6 +149,8 @@ class SafetensorsWriter(Writer):
             offset += info.nbytes
         raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
         raw += b" " * (-len(raw) % 8)
+        if page_offset is not None and page_offset % 8 == 0:  # stays a multiple of 8
+            raw += b" " * ((page_offset - 8 - len(raw)) % self.PAGE)
         if len(raw) > MAX_HEADER:
             raise OutputError("output.path", f"{final_name(self.path)}: the safetensors header "
                               f"would be {len(raw)} bytes, over the 100 MB readers accept")
@@ -220,10 +227,12 @@ WRITERS: dict[str, type[Writer]] = {".safetensors": SafetensorsWriter,
                                     ".pt": TorchWriter, ".pth": TorchWriter}
 
 
-def open_writer(path: Path, infos: Sequence[TensorInfo], metadata: Mapping[str, str]) -> Writer:
+def open_writer(path: Path, infos: Sequence[TensorInfo], metadata: Mapping[str, str],
+                page_offset: int | None = None) -> Writer:
     """A writer chosen by the extension of the name ``path`` will be published under.
 
     ``path`` may be a temporary path from ``atomic_output``: its decoration is ignored.
+    ``page_offset``: where in a page the data of a safetensors file should start.
     """
     name = final_name(Path(path))
     ext = Path(name).suffix
@@ -231,4 +240,6 @@ def open_writer(path: Path, infos: Sequence[TensorInfo], metadata: Mapping[str, 
     if writer is None:
         raise OutputError("output.path", f"{name}: unsupported extension '{ext}' "
                                          "(use .safetensors, .pt or .pth)")
+    if writer is SafetensorsWriter:
+        return SafetensorsWriter(Path(path), infos, metadata, page_offset)
     return writer(Path(path), infos, metadata)
