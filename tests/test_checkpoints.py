@@ -521,7 +521,10 @@ def test_readers_share_one_interface(tmp_path):
     ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, 8,
      "tensor 'a' has shape [-2], not a list of unsigned integers"),
     ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8.0]}}, 8,
-     "tensor 'a' has data_offsets [0, 8.0], not two unsigned integers"),
+     "tensor 'a' has data_offsets [0, '8.0'], not two unsigned integers"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2.0], "data_offsets": [8, 16]}}, 16,
+     "tensor 'b' has shape ['2.0'], not a list of unsigned integers"),
     ({"__metadata__": {"step": 3}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, 8,
      "__metadata__ is not a map of strings to strings"),
 ])

@@ -47,7 +47,9 @@ def read_header(path: Path) -> tuple[bytes, dict]:
     if len(body) < n:
         raise HeaderError(f"header length {n} runs past the end of the file")
     try:
-        header = json.loads(body)
+        # A float is never valid in a header; kept as its text, it can never pass for the
+        # integer it equals (2.0 == 2) in the checks below.
+        header = json.loads(body, parse_float=str)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HeaderError(f"header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
@@ -74,19 +76,24 @@ def check_layout(header: dict, entries: list[tuple[str, dict]], data_size: int) 
                                      and all(isinstance(v, str) for v in metadata.values())):
         raise HeaderError("__metadata__ is not a map of strings to strings")
     end = 0
+    numels: dict[tuple, int] = {}  # per distinct shape: 100k tensors have a few
     for key, entry in entries:
         offsets, shape = entry["data_offsets"], entry["shape"]
-        if not (type(offsets) is list and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
+        if not (type(offsets) is list and len(offsets) == 2
+                and type(offsets[0]) is int and type(offsets[1]) is int and offsets[0] >= 0):
             raise HeaderError(f"tensor '{key}' has data_offsets {offsets!r}, not two unsigned integers")
-        if not (type(shape) is list and all(type(d) is int and d >= 0 for d in shape)):
-            raise HeaderError(f"tensor '{key}' has shape {shape!r}, not a list of unsigned integers")
+        numel = numels.get(tuple(shape)) if type(shape) is list else None
+        if numel is None:
+            if not (type(shape) is list and all(type(d) is int and d >= 0 for d in shape)):
+                raise HeaderError(f"tensor '{key}' has shape {shape!r}, not a list of unsigned integers")
+            numel = numels[tuple(shape)] = math.prod(shape)
         begin, stop = offsets
         if begin != end or stop < begin:
             raise HeaderError(f"tensor '{key}' has data_offsets {offsets}: the data before it ends at {end}")
         size = _ITEMSIZE.get(entry["dtype"])
-        if size is not None and stop - begin != math.prod(shape) * size:
+        if size is not None and stop - begin != numel * size:
             raise HeaderError(f"tensor '{key}' has {stop - begin} bytes, its shape {shape} and dtype "
-                              f"{entry['dtype']} need {math.prod(shape) * size}")
+                              f"{entry['dtype']} need {numel * size}")
         end = stop
     if end != data_size:
         raise HeaderError(f"the header describes {end} bytes of data, the file holds {data_size}")
