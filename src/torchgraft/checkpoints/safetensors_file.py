@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,6 +61,11 @@ def read_header(path: Path) -> tuple[bytes, dict]:
         if not (isinstance(entry, dict) and _ENTRY_FIELDS <= entry.keys()):
             raise HeaderError(f"entry '{key}' lacks dtype, shape or data_offsets")
     return prefix + body, header
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def check_layout(header: dict, entries: list[tuple[str, dict]], data_size: int) -> None:
@@ -118,6 +124,7 @@ class SafetensorsReader(Reader):
             raise self._error(f"not a valid safetensors file ({e})") from None
         self._handle = None
         self._closed = False
+        self._identity = _identity(self.path)  # the file whose header this is
         self._metadata = dict(header.get("__metadata__") or {})
         self._offsets = {k: v["data_offsets"] for k, v in entries}  # [begin, end]
         shapes: dict[tuple, tuple] = {}  # one tuple per distinct shape (see _info_of)
@@ -173,6 +180,8 @@ class SafetensorsReader(Reader):
             raise RuntimeError(f"{self.shown} is closed")
         try:
             if self._handle is None:
+                if _identity(self.path) != self._identity:  # replaced or rewritten since the header was read
+                    raise self._error("changed since its header was read (rewritten or replaced while torchgraft ran)")
                 self._handle = safe_open(str(self.path), framework="pt")
             if index is None:
                 tensor = self._handle.get_tensor(key)
