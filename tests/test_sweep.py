@@ -36,3 +36,23 @@ def test_a_failing_job_does_not_hide_the_others(graft, tmp_path):
     assert lines[5].split()[:5] == ["2", "partial_columns", "policy.unused=ignore", "run", "ok"]
     assert lines[6:] == ["", "errors:", "  job 1 (broken): rules[0].select[0]: 'nope' matches no tensor of source 'pretrained'"]
     assert text in result.stderr  # graft shows the table at the end of the sweep
+
+
+def test_jobs_of_one_recipe_do_not_overwrite_each_others_plan(graft, tmp_path):
+    """Two jobs of one recipe would write the same plan_dir/NAME.plan.json: the second
+    refuses, and the first job's plan stays as it wrote it."""
+    result = graft("-m", "recipe=conv_only", "output.dtype=float16,bfloat16", "dry_run=true", "plan_dir=plans")
+    assert result.returncode == 1
+    assert ("job 1 (conv_only): plan_dir: plans/conv_only.plan.json was written by another job of this sweep; "
+            "jobs that share a recipe need a plan_dir each, e.g. plan_dir='plans/${hydra:job.num}'") in result.stderr
+    plan = json.loads((tmp_path / "plans" / "conv_only.plan.json").read_text())
+    assert plan["recipe"]["output"]["dtype"] == "float16"
+
+    again = graft("-m", "recipe=conv_only", "output.dtype=float16,bfloat16", "dry_run=true",
+                  "plan_dir=plans/${hydra:job.num}")
+    assert again.returncode == 0, again.stderr
+    dtypes = [json.loads((tmp_path / "plans" / n / "conv_only.plan.json").read_text())["recipe"]["output"]["dtype"]
+              for n in ("0", "1")]
+    assert dtypes == ["float16", "bfloat16"]
+    rerun = graft("-m", "recipe=conv_only", "dry_run=true", "plan_dir=plans")  # a later sweep may replace it
+    assert rerun.returncode == 0, rerun.stderr

@@ -30,7 +30,7 @@ from torchgraft.initial import advice as init_advice
 from torchgraft.outputs import output_bytes
 from torchgraft.planner import make_plan
 from torchgraft.recipe import parse_recipe
-from torchgraft.plan_files import register_resolver as register_job_name, write_plan
+from torchgraft.plan_files import refuse_sweep_overwrite, register_resolver as register_job_name, write_plan
 from torchgraft.render import group_keys, human_bytes, render
 
 log = logging.getLogger("torchgraft")
@@ -54,6 +54,9 @@ def run(cfg: DictConfig) -> sweep.Outcome:
             raise review.out_of_date(str(data["check"]), name)
         return sweep.Outcome("check")
     dry_run = bool(data.get("dry_run"))
+    also = [Path(str(data["plan_dir"])) / f"{name}.plan"] if data.get("plan_dir") else []
+    if also and HydraConfig.get().mode == RunMode.MULTIRUN:
+        refuse_sweep_overwrite(also[0], Path(HydraConfig.get().sweep.dir))
     output = Path(recipe.output.path) if recipe.output.path else run_dir / "model.safetensors"
     if not dry_run:
         check_output(output, recipe.output.overwrite)
@@ -74,7 +77,6 @@ def run(cfg: DictConfig) -> sweep.Outcome:
         note = init_advice(plan)
         if note:
             log.info("%s", note)
-        also = [Path(str(data["plan_dir"])) / f"{name}.plan"] if data.get("plan_dir") else []
         written = write_plan(plan, run_dir / "plan", text, also=also)
         if dry_run:
             log.info("dry run: wrote %s (and .txt, .md); no tensor data read, no checkpoint written", written)

@@ -41,6 +41,22 @@ def write_plan(plan: Plan, stem: Path, text: str | None = None, *, also: Sequenc
     return where.with_name(where.name + ".json")
 
 
+def refuse_sweep_overwrite(stem: Path, sweep_dir: Path) -> None:
+    """In a sweep, ``plan_dir`` names plans after their recipe: two jobs of one recipe
+    (``output.dtype=float16,bfloat16``) would write the same file, and the last would
+    silently replace the other's plan. A plan file newer than the sweep's
+    ``multirun.yaml`` (which Hydra's sweeper writes once, before the first job) was
+    written by an earlier job of this sweep: refuse, before planning anything."""
+    path = stem.with_name(stem.name + ".json")
+    try:
+        written, started = path.stat().st_mtime_ns, (sweep_dir / "multirun.yaml").stat().st_mtime_ns
+    except FileNotFoundError:  # no such plan yet, or a sweeper that writes no multirun.yaml
+        return
+    if written >= started:
+        raise PlanError("plan_dir", f"{path} was written by another job of this sweep; jobs that share a recipe "
+                                    "need a plan_dir each, e.g. plan_dir='plans/${hydra:job.num}'")
+
+
 def recipe_name(path: str) -> str | None:
     """``plans/finetune_head.plan.json`` -> ``finetune_head`` (the name ``plan_dir`` gives it)."""
     name = Path(path).name
