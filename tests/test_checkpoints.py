@@ -15,8 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from torchgraft.checkpoints import Reader, open_checkpoint
-from torchgraft.errors import SourceError
-from torchgraft.tensors import TensorInfo, from_safetensors_code
+from torchgraft.core.errors import SourceError
+from torchgraft.core.tensors import TensorInfo, from_safetensors_code
 
 FIELD = "sources.pretrained"
 REFUSAL = ("refused to unpickle {}: torch.load(weights_only=True) allows only tensors and "

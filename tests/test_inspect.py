@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from torchgraft.inspect_cli import main
+from torchgraft.cli.inspect import main
 
 
 class Tower(torch.nn.Module):

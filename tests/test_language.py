@@ -11,12 +11,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import torchgraft
-from torchgraft.errors import GraftError, PlanError
+from torchgraft.core.errors import GraftError, PlanError
 from torchgraft.examples import SequentialNet
 from torchgraft.examples.checkpoints import example_path
 from torchgraft.examples.encoders import TextEncoder
-from torchgraft.plan import from_json
-from torchgraft.recipe_source import bundled_recipes
+from torchgraft.plans.types import from_json
+from torchgraft.recipe.source import bundled_recipes
 
 PROBE = {"_target_": "torchgraft.examples.LinearProbe", "in_features": 12, "num_classes": 4}
 SEQ = {"_target_": "torchgraft.examples.SequentialNet", "num_classes": 5, "hidden": 32}
@@ -52,7 +52,7 @@ def model_state(make, seed: int) -> dict[str, torch.Tensor]:
 
 
 def initial(spec: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    from torchgraft.target import initial_state
+    from torchgraft.core.target import initial_state
     return initial_state(spec, seed)
 
 

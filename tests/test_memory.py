@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from torchgraft.checkpoints import open_writer
-from torchgraft.tensors import TensorInfo
+from torchgraft.core.tensors import TensorInfo
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
 

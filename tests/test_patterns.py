@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torchgraft.patterns import (
+from torchgraft.keys.patterns import (
     KeyIndex,
     KeyPattern,
     PatternError,

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import torchgraft
-from torchgraft.errors import PlanError, RecipeError, SourceError, TargetError
+from torchgraft.core.errors import PlanError, RecipeError, SourceError, TargetError
 from torchgraft.examples import ConvNet, LinearProbe
 
 
@@ -242,7 +242,7 @@ def test_nothing_is_written_when_execution_is_refused(tmp_path, convnet):
 def test_an_interrupted_write_leaves_no_partial_file(tmp_path, convnet, monkeypatch):
     plan = torchgraft.plan(recipe(convnet))
     out = tmp_path / "out" / "model.safetensors"
-    execute_module = importlib.import_module("torchgraft.execute")  # the module, not the API function
+    execute_module = importlib.import_module("torchgraft.execution.executor")  # the module, not the API function
 
     calls = {"n": 0}
     real = execute_module._unchanged  # asked for every entry, copied or computed

@@ -12,11 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchgraft import grouping, json_forms
-from torchgraft.grouping import fold
-from torchgraft.markdown import render_markdown
-from torchgraft.plan import Entry, Layout, Piece, Plan, Read, Skipped, SourceRef, TargetRef, Unused, entry_form, entry_keys, entry_parts
-from torchgraft.render import human_bytes, nbytes, read_nbytes, render, source_stats, summary
+from torchgraft.keys import folding as grouping
+from torchgraft.plans import _json_forms as json_forms
+from torchgraft.keys.folding import fold
+from torchgraft.plans.markdown import render_markdown
+from torchgraft.plans.types import Entry, Layout, Piece, Plan, Read, Skipped, SourceRef, TargetRef, Unused, entry_form, entry_keys, entry_parts
+from torchgraft.plans.text import human_bytes, nbytes, read_nbytes, render, source_stats, summary
 
 FINGERPRINT = {"size": 1000, "mtime_ns": 1, "header_sha256": "0" * 64}
 TRANSFORMS = [(), ("transpose",), ({"scale": 0.5},), ({"cast": "float16"},), ({"scale": "\x000\x00"},), ({"scale": "9%s"},)]

@@ -19,7 +19,7 @@ from torchgraft.api import register_resolver
 from torchgraft.examples.checkpoints import example_path
 from torchgraft.examples.encoders import TextEncoder, TinyViT
 from torchgraft.examples.gpt import GPT2LMHeadModel, NanoGPT
-from torchgraft.recipe_source import bundled_recipes
+from torchgraft.recipe.source import bundled_recipes
 
 GPT = dict(vocab_size=64, n_layer=2, n_head=4, n_embd=32)
 BERT = dict(vocab_size=100, max_positions=32, hidden=32, layers=2, heads=4, intermediate=64)

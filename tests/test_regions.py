@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torchgraft.regions import Box, Region, describe, split_key_region, uncovered
+from torchgraft.keys.regions import Box, Region, describe, split_key_region, uncovered
 
 
 # --- parsing ---------------------------------------------------------------------------

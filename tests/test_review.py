@@ -16,9 +16,9 @@ import torch
 from conftest import run_cli
 from safetensors.torch import load_file, safe_open, save_file
 
-from torchgraft.errors import DriftError
-from torchgraft.execute import open_plan_sources
-from torchgraft.plan_files import read_plan
+from torchgraft.core.errors import DriftError
+from torchgraft.execution.executor import open_plan_sources
+from torchgraft.plans.files import read_plan
 
 MODEL = '''from torch import nn
 

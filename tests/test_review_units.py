@@ -13,14 +13,14 @@ from torch import nn
 
 import torchgraft
 import torchgraft.examples
-from torchgraft import fingerprints
-from torchgraft.diff import diff_plans, main as graft_diff
-from torchgraft.errors import DriftError, PlanError, RecipeError
+from torchgraft.plans import fingerprints
+from torchgraft.plans.diff import diff_plans, main as graft_diff
+from torchgraft.core.errors import DriftError, PlanError, RecipeError
 from torchgraft.examples.checkpoints import example_path
-from torchgraft.plan import Read, document_sha256
-from torchgraft.plan_files import job_name, read_plan
-from torchgraft.recipe_source import bundled_recipes
-from torchgraft.review import check_target, pin_contents, refuse_overrides, verify_mode
+from torchgraft.plans.types import Read, document_sha256
+from torchgraft.plans.files import job_name, read_plan
+from torchgraft.recipe.source import bundled_recipes
+from torchgraft.plans.review import check_target, pin_contents, refuse_overrides, verify_mode
 
 
 def write(path, plan) -> str:
@@ -187,25 +187,25 @@ def test_small_switches():
 
 
 def test_read_regions_count_only_their_bytes():
-    from torchgraft.render import read_nbytes
+    from torchgraft.plans.text import read_nbytes
 
     assert read_nbytes(Read("s", "k", (4, 20), "float32", "[:, :10]")) == 160
     assert read_nbytes(Read("s", "k", (4, 20), "float32")) == 320
 
 
 def test_graft_diff_as_a_command(tmp_path):
-    """The graft-diff console script is ``torchgraft.diff:main``; run its module as a command."""
+    """The graft-diff console script is ``torchgraft.plans.diff:main``; run its module as a command."""
     import subprocess
     import sys
 
     write(tmp_path / "a.json", synthetic_plan(3))
     write(tmp_path / "b.json", synthetic_plan(4))
-    different = subprocess.run([sys.executable, "-m", "torchgraft.diff", "a.json", "b.json"], cwd=tmp_path, capture_output=True, text=True)
+    different = subprocess.run([sys.executable, "-m", "torchgraft.plans.diff", "a.json", "b.json"], cwd=tmp_path, capture_output=True, text=True)
     assert different.returncode == 1 and different.stdout.startswith("--- a.json  (plan ")
 
 
 def test_every_field_of_the_plan_is_compared():
-    from torchgraft.plan import Layout
+    from torchgraft.plans.types import Layout
 
     plan = synthetic_plan(3)
     sharded = replace(plan, layout=Layout(shard_size=1000), target=replace(plan.target, init="per_module"))

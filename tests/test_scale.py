@@ -19,10 +19,10 @@ import torchgraft
 from torchgraft.checkpoints import byteranges, open_checkpoint, open_writer, torch_file
 from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles
 from torchgraft.checkpoints.appender import Appender
-from torchgraft.errors import OutputError
-from torchgraft.execute import check_output
-from torchgraft.progress import Progress
-from torchgraft.tensors import TensorInfo, dtype_name
+from torchgraft.core.errors import OutputError
+from torchgraft.execution.executor import check_output
+from torchgraft.execution.progress import Progress
+from torchgraft.core.tensors import TensorInfo, dtype_name
 
 
 def source_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -74,7 +74,7 @@ def spies(monkeypatch):
         return pread(*args)
 
     monkeypatch.setattr(Appender, "copy", counting_copy)
-    monkeypatch.setattr(sys.modules["torchgraft.execute"], "read_range", counting_pread)
+    monkeypatch.setattr(sys.modules["torchgraft.execution.executor"], "read_range", counting_pread)
     return seen
 
 
@@ -321,7 +321,7 @@ class Clock:
 def test_progress_logs_plain_lines_when_not_on_a_terminal(caplog):
     clock = Clock()
     stream = io.StringIO()
-    with caplog.at_level(logging.INFO, logger="torchgraft.progress"):
+    with caplog.at_level(logging.INFO, logger="torchgraft.execution.progress"):
         with Progress(4 * 2**30, "writing model.safetensors", stream=stream, interval=15, clock=clock) as progress:
             clock.now += 5
             progress.update(2**30)  # before the first interval: quiet
@@ -341,7 +341,7 @@ class Terminal(io.StringIO):
 
 def test_progress_draws_a_bar_on_a_terminal(caplog):
     stream = Terminal()
-    with caplog.at_level(logging.INFO, logger="torchgraft.progress"):
+    with caplog.at_level(logging.INFO, logger="torchgraft.execution.progress"):
         with Progress(3 * 2**20, "writing m.safetensors", stream=stream, delay=0) as progress:
             for _ in range(3):
                 progress.update(2**20)
@@ -352,7 +352,7 @@ def test_progress_draws_a_bar_on_a_terminal(caplog):
 def test_execute_shows_no_bar_and_logs_nothing_for_a_quick_run(tmp_path, caplog):
     src = tmp_path / "src.safetensors"
     save_file(source_tensors(), str(src))
-    with caplog.at_level(logging.INFO, logger="torchgraft.progress"):
+    with caplog.at_level(logging.INFO, logger="torchgraft.execution.progress"):
         torchgraft.execute(torchgraft.plan(extraction(src)), tmp_path / "out.safetensors")
     assert caplog.records == []
 

@@ -13,10 +13,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import torchgraft
-from torchgraft import initial
-from torchgraft.errors import TargetError
-from torchgraft.initial import advice, module_seed
-from torchgraft.plan import from_json
+from torchgraft.execution import initial
+from torchgraft.core.errors import TargetError
+from torchgraft.execution.initial import advice, module_seed
+from torchgraft.plans.types import from_json
 
 
 class Net(nn.Module):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from torchgraft.errors import RecipeError
-from torchgraft.recipe import CopyFiles, OutputSpec, parse_recipe
+from torchgraft.core.errors import RecipeError
+from torchgraft.recipe.parse import CopyFiles, OutputSpec, parse_recipe
 
 TARGET = {"_target_": "torchgraft.examples.ConvNet", "num_classes": 10}
 

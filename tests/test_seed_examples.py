@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import torchgraft
 from torchgraft.examples import ConvNet, LinearProbe, SequentialNet
 from torchgraft.examples.checkpoints import example_path
-from torchgraft.recipe_source import bundled_recipes
+from torchgraft.recipe.source import bundled_recipes
 
 
 def recipe(name: str):

@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 import torchgraft
 from torchgraft.checkpoints.atomic import atomic_directory
 from torchgraft.checkpoints.sharded import split
-from torchgraft.errors import DriftError, OutputError, PlanError, RecipeError
-from torchgraft.tensors import TensorInfo
+from torchgraft.core.errors import DriftError, OutputError, PlanError, RecipeError
+from torchgraft.core.tensors import TensorInfo
 
 KiB = 1024
 

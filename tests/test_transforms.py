@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchgraft.errors import RecipeError
-from torchgraft.tensors import dtype_name
+from torchgraft.core.errors import RecipeError
+from torchgraft.core.tensors import dtype_name
 from torchgraft.transforms import compile_transform, compile_transforms, describe
 
 FLOATS = ["float32", "float64", "bfloat16", "float16"]

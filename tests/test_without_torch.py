@@ -26,7 +26,7 @@ sys.meta_path.insert(0, BlockTorch())
 API = BLOCK_TORCH + """
 import json, torchgraft
 from pathlib import Path
-from torchgraft.plan_files import write_plan
+from torchgraft.plans.files import write_plan
 recipe, out = json.loads(sys.argv[1]), sys.argv[2]
 plan = torchgraft.plan(recipe)
 write_plan(plan, Path(out).parent / "plan", torchgraft.render(plan))
@@ -34,7 +34,7 @@ torchgraft.execute(plan, out)
 """
 
 CLI = BLOCK_TORCH + """
-from torchgraft.cli import main
+from torchgraft.cli.graft import main
 sys.argv = ["graft", *sys.argv[1:]]
 main()
 """

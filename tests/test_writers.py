@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from torchgraft.checkpoints import atomic_output, final_name, open_checkpoint, open_writer
 from torchgraft.checkpoints.writers import SafetensorsWriter, TorchWriter
-from torchgraft.errors import OutputError
-from torchgraft.tensors import TensorInfo, dtype_name
+from torchgraft.core.errors import OutputError
+from torchgraft.core.tensors import TensorInfo, dtype_name
 
 META = {"torchgraft.plan_sha256": "0" * 64, "format": "pt", "note": "ünïcode"}
 

@@ -9,6 +9,6 @@
 __version__ = "0.1.0"
 
 from torchgraft.api import execute, load_into, plan, render  # noqa: E402
-from torchgraft.errors import GraftError  # noqa: E402
+from torchgraft.core.errors import GraftError  # noqa: E402
 
 __all__ = ["plan", "render", "execute", "load_into", "GraftError", "__version__"]

@@ -13,13 +13,13 @@ from omegaconf.errors import OmegaConfBaseException
 if TYPE_CHECKING:
     from torch import nn
 
-from torchgraft.errors import GraftError, RecipeError
-from torchgraft.execute import execute, state_dict
-from torchgraft.plan import Plan
-from torchgraft.planner import make_plan
-from torchgraft.recipe import RUN_FIELDS, Recipe, parse_recipe
-from torchgraft.render import render
-from torchgraft.target import model_inventory
+from torchgraft.core.errors import GraftError, RecipeError
+from torchgraft.execution.executor import execute, state_dict
+from torchgraft.plans.types import Plan
+from torchgraft.planning.planner import make_plan
+from torchgraft.recipe.parse import RUN_FIELDS, Recipe, parse_recipe
+from torchgraft.plans.text import render
+from torchgraft.core.target import model_inventory
 
 RecipeLike = Recipe | Mapping[str, Any] | DictConfig | str | Path
 

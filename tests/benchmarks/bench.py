@@ -45,7 +45,7 @@ MiB = 2**20
 GENERATE = """
 import sys, torch
 from torchgraft.checkpoints import open_writer
-from torchgraft.tensors import TensorInfo
+from torchgraft.core.tensors import TensorInfo
 path, count, rows, cols = sys.argv[1], *map(int, sys.argv[2:5])
 infos = [TensorInfo(f"model.layers.{i}.weight", (rows, cols), "float32") for i in range(count)]
 def value(i):

@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from torchgraft.errors import OutputError
+from torchgraft.core.errors import OutputError
 
 FIELD = "output.path"
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-[0-9a-f]+$")

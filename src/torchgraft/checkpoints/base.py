@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     import torch
 
 from torchgraft.checkpoints.byteranges import ByteRange
-from torchgraft.errors import SourceError
-from torchgraft.tensors import TensorInfo
+from torchgraft.core.errors import SourceError
+from torchgraft.core.tensors import TensorInfo
 
 CHUNK = 1 << 20  # content hashing streams 1 MiB at a time: flat memory on 100 GB files
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-from torchgraft.tensors import torch_dtype
+from torchgraft.core.tensors import torch_dtype
 
 CHUNK = 64 << 20  # per kernel call: large enough to be free, small enough to stay interruptible
 _FALLBACK_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL,

@@ -9,7 +9,7 @@ from torchgraft.checkpoints.base import Reader
 from torchgraft.checkpoints.hf_dir import HFReader
 from torchgraft.checkpoints.safetensors_file import HeaderError, SafetensorsReader, read_header
 from torchgraft.checkpoints.torch_file import ZIP_MAGIC, TorchReader
-from torchgraft.errors import SourceError
+from torchgraft.core.errors import SourceError
 
 FORMATS = ("auto", "safetensors", "torch", "hf")
 SUFFIXES = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch",

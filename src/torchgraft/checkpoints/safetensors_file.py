@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 from torchgraft.checkpoints.base import Reader, as_index
 from torchgraft.checkpoints.byteranges import ByteRange
-from torchgraft.tensors import DTYPE_NAMES, TensorInfo, from_safetensors_code, itemsize, safetensors_code
+from torchgraft.core.tensors import DTYPE_NAMES, TensorInfo, from_safetensors_code, itemsize, safetensors_code
 
 MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers
 _ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles
 from torchgraft.checkpoints.safetensors_file import read_header
 from torchgraft.checkpoints.writers import SafetensorsWriter, Writer
-from torchgraft.tensors import TensorInfo
+from torchgraft.core.tensors import TensorInfo
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"

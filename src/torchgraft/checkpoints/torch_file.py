@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 from torchgraft.checkpoints.base import Reader, as_index
 from torchgraft.checkpoints.byteranges import ByteRange
-from torchgraft.tensors import TensorInfo, dtype_name
+from torchgraft.core.tensors import TensorInfo, dtype_name
 
 ZIP_MAGIC = b"PK\x03\x04"
 # Where users' trainers put the state dict, most likely first (Lightning, DDP, timm...).

@@ -24,8 +24,8 @@ from torchgraft.checkpoints.appender import Appender
 from torchgraft.checkpoints.atomic import final_name
 from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles, read_range
 from torchgraft.checkpoints.safetensors_file import MAX_HEADER
-from torchgraft.errors import OutputError
-from torchgraft.tensors import TensorInfo, dtype_name, safetensors_code
+from torchgraft.core.errors import OutputError
+from torchgraft.core.tensors import TensorInfo, dtype_name, safetensors_code
 
 
 class Writer(abc.ABC):

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from torchgraft import __version__
-from torchgraft.errors import RecipeError
+from torchgraft.core.errors import RecipeError
 from torchgraft.examples import ConvNet, LinearProbe, LitClassifier, SequentialNet
 from torchgraft.examples.bert import BertForPreTraining
 from torchgraft.examples.encoders import TextEncoder, TinyViT

@@ -9,7 +9,7 @@ import difflib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from torchgraft.errors import RecipeError
+from torchgraft.core.errors import RecipeError
 from torchgraft.transforms.channels import adapt_channels
 from torchgraft.transforms.core import Transform
 from torchgraft.transforms.interpolate import OPTIONS as INTERPOLATE_OPTIONS

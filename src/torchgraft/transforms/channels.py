@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-from torchgraft.errors import RecipeError
+from torchgraft.core.errors import RecipeError
 from torchgraft.transforms.core import Shape, Transform, floating_only, is_int, working
 
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-from torchgraft.errors import RecipeError
-from torchgraft.tensors import is_floating
+from torchgraft.core.errors import RecipeError
+from torchgraft.core.tensors import is_floating
 
 Shape = tuple[int, ...]
 

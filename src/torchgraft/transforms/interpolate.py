@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-from torchgraft.errors import RecipeError
+from torchgraft.core.errors import RecipeError
 from torchgraft.transforms.core import Shape, Transform, choice, floating_only, is_int, options, working
 
 # The first mode of each list is the default for that many grid dimensions.

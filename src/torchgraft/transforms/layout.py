@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from torchgraft.errors import RecipeError
-from torchgraft.tensors import parse_dtype, torch_dtype
+from torchgraft.core.errors import RecipeError
+from torchgraft.core.tensors import parse_dtype, torch_dtype
 from torchgraft.transforms.core import Shape, Transform, floating_only, int_list, is_int, same_dtype
 
 

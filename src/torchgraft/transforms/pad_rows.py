@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-from torchgraft.errors import RecipeError
+from torchgraft.core.errors import RecipeError
 from torchgraft.transforms.core import Shape, Transform, choice, floating_only, options, positive_int, same_dtype, working
 
 FILLS = ("init", "mean", "zeros")  # the first is the default

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 
-from torchgraft.errors import RecipeError
+from torchgraft.core.errors import RecipeError
 
 
 def type_name(value: object) -> str:

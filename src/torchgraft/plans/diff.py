@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torchgraft import fingerprints
-from torchgraft.errors import GraftError
-from torchgraft.grouping import fold, merge_leaves
-from torchgraft.heap import paused_gc
-from torchgraft.plan import Entry, Plan, SourceRef, _entry_dict, entry_form, entry_keys, from_document
-from torchgraft.render import align, entry_row, group_entries, origin_text, rules_text, shape_text
-from torchgraft.tensors import short_dtype
+from torchgraft.plans import fingerprints
+from torchgraft.core.errors import GraftError
+from torchgraft.keys.folding import fold, merge_leaves
+from torchgraft.core.heap import paused_gc
+from torchgraft.plans.types import Entry, Plan, SourceRef, _entry_dict, entry_form, entry_keys, from_document
+from torchgraft.plans.text import align, entry_row, group_entries, origin_text, rules_text, shape_text
+from torchgraft.core.tensors import short_dtype
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ def _skipped_lines(old: Plan, new: Plan) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``graft-diff A.json B.json``: exit 0 when the plans are the same, 1 when they differ, 2 on error."""
-    from torchgraft.plan_files import hash_matches, read_document
+    from torchgraft.plans.files import hash_matches, read_document
 
     parser = argparse.ArgumentParser(
         prog="graft-diff",

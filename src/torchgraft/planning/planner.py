@@ -9,17 +9,17 @@ from collections.abc import Mapping, Sequence
 
 from torchgraft import __version__
 from torchgraft.checkpoints import Reader, open_checkpoint
-from torchgraft.errors import PlanError
-from torchgraft.expand import RuleExpander, _Assignment, _fmt_shape
-from torchgraft.heap import paused_gc
-from torchgraft.initial import check_initial
-from torchgraft.outputs import resolve_layout
-from torchgraft.patterns import KeyIndex, KeyPattern, PatternError
-from torchgraft.plan import Entry, Piece, Plan, SourceRef, TargetRef, Unused
-from torchgraft.recipe import ExplicitRule, Recipe
-from torchgraft.regions import describe, uncovered
-from torchgraft.target import target_inventory
-from torchgraft.tensors import TensorInfo, is_floating
+from torchgraft.core.errors import PlanError
+from torchgraft.planning.expand import RuleExpander, _Assignment, _fmt_shape
+from torchgraft.core.heap import paused_gc
+from torchgraft.execution.initial import check_initial
+from torchgraft.execution.outputs import resolve_layout
+from torchgraft.keys.patterns import KeyIndex, KeyPattern, PatternError
+from torchgraft.plans.types import Entry, Piece, Plan, SourceRef, TargetRef, Unused
+from torchgraft.recipe.parse import ExplicitRule, Recipe
+from torchgraft.keys.regions import describe, uncovered
+from torchgraft.core.target import target_inventory
+from torchgraft.core.tensors import TensorInfo, is_floating
 
 
 class _Planner(RuleExpander):
@@ -90,7 +90,7 @@ class _Planner(RuleExpander):
     def _check_unassigned(self, infos, by_key, kept) -> None:
         missing = [k for k in infos if k not in by_key and k not in kept]
         if missing and self.recipe.policy.unassigned == "error":
-            from torchgraft.render import group_keys
+            from torchgraft.plans.text import group_keys
 
             listed = ", ".join(group_keys(missing))
             raise PlanError(
@@ -112,7 +112,7 @@ class _Planner(RuleExpander):
             if info.key not in read[source]
         ]
         if unused and self.recipe.policy.unused == "error":
-            from torchgraft.render import group_keys
+            from torchgraft.plans.text import group_keys
 
             listed = ", ".join(group_keys([f"{u.source}:{u.key}" for u in unused]))
             raise PlanError("policy.unused", f"{len(unused)} source tensor{'s' if len(unused) != 1 else ''} read by no rule: {listed}")

@@ -13,16 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from torchgraft import fingerprints
-from torchgraft.diff import diff_plans
-from torchgraft.errors import DriftError, RecipeError
-from torchgraft.execute import check_output, execute, open_plan_sources
-from torchgraft.plan import Entry, Plan
-from torchgraft.plan_files import read_plan, replan_command
-from torchgraft.planner import _inventory_sha256  # the one definition of the target's inventory hash
-from torchgraft.render import group_keys, shape_text
-from torchgraft.target import target_inventory
-from torchgraft.tensors import TensorInfo
+from torchgraft.plans import fingerprints
+from torchgraft.plans.diff import diff_plans
+from torchgraft.core.errors import DriftError, RecipeError
+from torchgraft.execution.executor import check_output, execute, open_plan_sources
+from torchgraft.plans.types import Entry, Plan
+from torchgraft.plans.files import read_plan, replan_command
+from torchgraft.planning.planner import _inventory_sha256  # the one definition of the target's inventory hash
+from torchgraft.plans.text import group_keys, shape_text
+from torchgraft.core.target import target_inventory
+from torchgraft.core.tensors import TensorInfo
 
 _SHOWN = 6  # changes named in a one-line drift message before "... (N more)"
 

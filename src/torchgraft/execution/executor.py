@@ -18,21 +18,21 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-from torchgraft import fingerprints
+from torchgraft.plans import fingerprints
 from torchgraft.checkpoints import Reader, atomic_output, open_checkpoint, open_writer
 from torchgraft.checkpoints.atomic import atomic_directory
 from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles, read_range
 from torchgraft.checkpoints.sharded import ShardedWriter, check_directory
 from torchgraft.checkpoints.writers import SafetensorsWriter
-from torchgraft.errors import DriftError, OutputError
-from torchgraft.heap import HeapTrimmer
-from torchgraft.initial import check_initial, initial_values
-from torchgraft.outputs import copy_files, directory_needed, output_format, replaceable
-from torchgraft.plan import Entry, Piece, Plan
-from torchgraft.progress import Progress
-from torchgraft.regions import Region
-from torchgraft.target import build_model
-from torchgraft.tensors import TensorInfo, dtype_name, torch_dtype
+from torchgraft.core.errors import DriftError, OutputError
+from torchgraft.core.heap import HeapTrimmer
+from torchgraft.execution.initial import check_initial, initial_values
+from torchgraft.execution.outputs import copy_files, directory_needed, output_format, replaceable
+from torchgraft.plans.types import Entry, Piece, Plan
+from torchgraft.execution.progress import Progress
+from torchgraft.keys.regions import Region
+from torchgraft.core.target import build_model
+from torchgraft.core.tensors import TensorInfo, dtype_name, torch_dtype
 from torchgraft.transforms import compile_transform
 
 log = logging.getLogger(__name__)

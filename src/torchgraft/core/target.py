@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-from torchgraft.errors import TargetError
-from torchgraft.tensors import TensorInfo, dtype_name
+from torchgraft.core.errors import TargetError
+from torchgraft.core.tensors import TensorInfo, dtype_name
 
 
 def _locate(path: str) -> Any:

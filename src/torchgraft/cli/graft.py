@@ -21,17 +21,19 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from torchgraft import recipe_source, review, sweep
+from torchgraft.recipe import source as recipe_source
+from torchgraft.plans import review
+from torchgraft.cli import sweep
 from torchgraft.api import recipe_record, register_resolver, resolve
-from torchgraft.errors import GraftError
-from torchgraft.execute import check_output, execute
-from torchgraft.heap import paused_gc
-from torchgraft.initial import advice as init_advice
-from torchgraft.outputs import output_bytes
-from torchgraft.planner import make_plan
-from torchgraft.recipe import parse_recipe
-from torchgraft.plan_files import refuse_sweep_overwrite, register_resolver as register_job_name, write_plan
-from torchgraft.render import group_keys, human_bytes, render
+from torchgraft.core.errors import GraftError
+from torchgraft.execution.executor import check_output, execute
+from torchgraft.core.heap import paused_gc
+from torchgraft.execution.initial import advice as init_advice
+from torchgraft.execution.outputs import output_bytes
+from torchgraft.planning.planner import make_plan
+from torchgraft.recipe.parse import parse_recipe
+from torchgraft.plans.files import refuse_sweep_overwrite, register_resolver as register_job_name, write_plan
+from torchgraft.plans.text import group_keys, human_bytes, render
 
 log = logging.getLogger("torchgraft")
 

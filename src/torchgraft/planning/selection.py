@@ -13,8 +13,8 @@ import functools
 import importlib
 from collections.abc import Sequence
 
-from torchgraft.errors import PlanError
-from torchgraft.tensors import TensorInfo
+from torchgraft.core.errors import PlanError
+from torchgraft.core.tensors import TensorInfo
 
 _KIND = {"all": None, "parameters": "parameter", "buffers": "buffer"}
 _WHAT = {"all": "tensor", "parameters": "parameter", "buffers": "buffer"}

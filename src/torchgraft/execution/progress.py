@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from torchgraft.render import human_bytes
+from torchgraft.plans.text import human_bytes
 
-log = logging.getLogger("torchgraft.progress")
+log = logging.getLogger("torchgraft.execution.progress")
 
 
 class Progress:

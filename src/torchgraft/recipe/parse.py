@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from torchgraft.errors import RecipeError
-from torchgraft.fields import (
+from torchgraft.core.errors import RecipeError
+from torchgraft.recipe.fields import (
     choice,
     did_you_mean,
     expect_mapping,
@@ -29,7 +29,7 @@ from torchgraft.fields import (
     type_name,
     wrong_type,
 )
-from torchgraft.tensors import DTYPE_NAMES, is_floating, parse_dtype
+from torchgraft.core.tensors import DTYPE_NAMES, is_floating, parse_dtype
 
 # Run-time switches composed into the same config; they are not part of the recipe.
 RUN_FIELDS = ("dry_run", "debug", "apply", "check", "plan_dir", "verify_sources")

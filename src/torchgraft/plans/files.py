@@ -13,11 +13,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from torchgraft.errors import DriftError, PlanError
-from torchgraft.heap import paused_gc
-from torchgraft.markdown import render_markdown
-from torchgraft.plan import Plan, document_sha256, from_document, validate
-from torchgraft.render import render
+from torchgraft.core.errors import DriftError, PlanError
+from torchgraft.core.heap import paused_gc
+from torchgraft.plans.markdown import render_markdown
+from torchgraft.plans.types import Plan, document_sha256, from_document, validate
+from torchgraft.plans.text import render
 
 SUFFIX = ".plan.json"
 

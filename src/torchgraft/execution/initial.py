@@ -29,11 +29,11 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-from torchgraft.errors import TargetError
-from torchgraft.plan import Entry, Plan
-from torchgraft.recipe import INIT_MODES  # noqa: F401 -- re-exported: the modes live with the recipe
-from torchgraft.target import build_model, initial_state
-from torchgraft.tensors import TensorInfo
+from torchgraft.core.errors import TargetError
+from torchgraft.plans.types import Entry, Plan
+from torchgraft.recipe.parse import INIT_MODES  # noqa: F401 -- re-exported: the modes live with the recipe
+from torchgraft.core.target import build_model, initial_state
+from torchgraft.core.tensors import TensorInfo
 
 log = logging.getLogger(__name__)
 LARGE_TARGET = 1 << 30  # above this, a full build is worth a note in the dry run
@@ -198,7 +198,7 @@ def advice(plan: Plan) -> str | None:
     total = _nbytes(plan.entries)
     if not kept or total < LARGE_TARGET:
         return None
-    from torchgraft.render import human_bytes
+    from torchgraft.plans.text import human_bytes
 
     count = f"{len(kept)} kept tensor{'s' if len(kept) != 1 else ''}"
     return (f"note: the {count} ({human_bytes(_nbytes(kept))}) take their initial values from building all of "

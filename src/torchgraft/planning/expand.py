@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from torchgraft.checkpoints import Reader
-from torchgraft.errors import PlanError
-from torchgraft.patterns import KeyIndex, PatternError, Renamer, Template, select_keys
-from torchgraft.plan import Piece, Read, Skipped
-from torchgraft.recipe import BulkRule, ExplicitRule, Recipe
-from torchgraft.regions import Box, Region, describe, split_key_region
-from torchgraft.selection import TargetFilter
-from torchgraft.tensors import TensorInfo, is_floating
+from torchgraft.core.errors import PlanError
+from torchgraft.keys.patterns import KeyIndex, PatternError, Renamer, Template, select_keys
+from torchgraft.plans.types import Piece, Read, Skipped
+from torchgraft.recipe.parse import BulkRule, ExplicitRule, Recipe
+from torchgraft.keys.regions import Box, Region, describe, split_key_region
+from torchgraft.planning.selection import TargetFilter
+from torchgraft.core.tensors import TensorInfo, is_floating
 from torchgraft.transforms import Transform, compile_transforms
 from torchgraft.transforms import describe as describe_transform
 

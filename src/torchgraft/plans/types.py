@@ -14,9 +14,9 @@ from importlib import resources
 from typing import Any
 
 
-from torchgraft import json_forms
-from torchgraft.errors import PlanError
-from torchgraft.heap import paused_gc
+from torchgraft.plans import _json_forms as json_forms
+from torchgraft.core.errors import PlanError
+from torchgraft.core.heap import paused_gc
 
 SCHEMA_VERSION = 1
 
@@ -300,7 +300,7 @@ def document_sha256(data: dict) -> str:
 
 @functools.cache
 def schema() -> dict:
-    return json.loads(resources.files("torchgraft").joinpath("plan.schema.json").read_text())
+    return json.loads(resources.files("torchgraft.plans").joinpath("plan.schema.json").read_text())
 
 
 def validate(data: dict) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from torchgraft.errors import GraftError
-from torchgraft.render import human_bytes, shape_text
-from torchgraft.tensors import TensorInfo, short_dtype
+from torchgraft.core.errors import GraftError
+from torchgraft.plans.text import human_bytes, shape_text
+from torchgraft.core.tensors import TensorInfo, short_dtype
 
 
 @dataclass
@@ -117,7 +117,7 @@ def _parse_kwargs(pairs: list[str]) -> dict:
 
 
 def inspect_target(class_path: str, kwargs: dict, expand: bool) -> str:
-    from torchgraft.target import build_model, model_inventory
+    from torchgraft.core.target import build_model, model_inventory
 
     spec = {"_target_": class_path, **kwargs}
     model = build_model(spec, device="meta")

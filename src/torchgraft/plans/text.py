@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
-from torchgraft.grouping import Group, expand, fold, fold_keyed, merge_leaves
-from torchgraft.json_forms import Forms
-from torchgraft.heap import paused_gc
-from torchgraft.plan import Entry, Piece, Plan, Read, entry_parts
-from torchgraft.regions import Region
-from torchgraft.tensors import itemsize, short_dtype
+from torchgraft.keys.folding import Group, expand, fold, fold_keyed, merge_leaves
+from torchgraft.plans._json_forms import Forms
+from torchgraft.core.heap import paused_gc
+from torchgraft.plans.types import Entry, Piece, Plan, Read, entry_parts
+from torchgraft.keys.regions import Region
+from torchgraft.core.tensors import itemsize, short_dtype
 from torchgraft.transforms import describe as describe_transform
 
 R = TypeVar("R")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from torchgraft.checkpoints import Reader
 from torchgraft.checkpoints.sharded import INDEX, SHARD, WEIGHTS
-from torchgraft.errors import DriftError, OutputError, PlanError, RecipeError
-from torchgraft.plan import CopiedFile, Layout, Plan
-from torchgraft.recipe import Recipe
+from torchgraft.core.errors import DriftError, OutputError, PlanError, RecipeError
+from torchgraft.plans.types import CopiedFile, Layout, Plan
+from torchgraft.recipe.parse import Recipe
 
 FILES = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch"}
 # Weights are what torchgraft writes itself; never copied alongside.

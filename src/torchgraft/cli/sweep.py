@@ -21,10 +21,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from torchgraft.errors import GraftError
-from torchgraft.outputs import output_bytes
-from torchgraft.plan import Plan
-from torchgraft.render import human_bytes
+from torchgraft.core.errors import GraftError
+from torchgraft.execution.outputs import output_bytes
+from torchgraft.plans.types import Plan
+from torchgraft.plans.text import human_bytes
 
 STATUS = "status.json"
 SUMMARY = "summary"  # summary.txt and summary.json, in the sweep directory
