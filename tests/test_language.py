@@ -296,7 +296,7 @@ ERRORS = [
      "rules[1].to: 'fc.weight[0]' overlaps 'fc.weight', which rules[0] already assigns"),
     # a transform whose output does not fit the target
     ({"target": PROBE, "policy": {"unassigned": "keep"}, "rules": [{"to": "fc.weight", "from": "a:fc.weight", "transform": "transpose"}]},
-     "rules[0].to: a:fc.weight [4, 12] becomes [12, 4] after transpose, but fc.weight has shape [4, 12] "
+     "rules[0].to: a:fc.weight [4,12] becomes [12,4] after transpose, but fc.weight has shape [4,12] "
      "(set policy.mismatch=skip to leave it out)"),
     ({"target": PROBE, "policy": {"unassigned": "keep"},
       "rules": [{"from": "a", "select": "fc", "transform": {"pad_rows": {"to": 6, "fill": "zeros"}}}]},
@@ -310,7 +310,7 @@ ERRORS = [
     # merge sources with different shapes or dtypes
     ({"target": PROBE, "policy": {"unassigned": "keep"},
       "rules": [{"to": "fc.weight", "from": ["a:fc.weight", "b:fc.weight"], "merge": "mean"}]},
-     "rules[0].from: cannot merge a:fc.weight [4, 12] float32 with b:fc.weight [4, 20] float32 "
+     "rules[0].from: cannot merge a:fc.weight [4,12] float32 with b:fc.weight [4,20] float32 "
      "(merged tensors must have the same shape and dtype)"),
     ({"target": None, "rules": [{"from": ["a", "b"], "select": "fc.bias", "merge": {"weights": [0.5, 0.5]}}]},
      "rules[0].from: cannot merge a:fc.bias [4] float32 with b:fc.bias [4] float64 "

@@ -138,14 +138,14 @@ def test_policy_unassigned_keep_relaxes_it(convnet):
 def test_region_out_of_bounds(probe):
     rules = [{"to": "fc.weight[:, :20]", "from": "pretrained:fc.weight[:, :20]"}, {"to": "fc.bias", "from": "pretrained:fc.bias"}]
     assert error_of(probe_recipe(probe, rules)) == (
-        "rules[0].from: pretrained:fc.weight[:, :20]: slice :20 exceeds dim 1 of size 12 (shape [4, 12])"
+        "rules[0].from: pretrained:fc.weight[:, :20]: slice :20 exceeds dim 1 of size 12 (shape [4,12])"
     )
 
 
 def test_region_shapes_must_agree(probe):
     rules = [{"to": "fc.weight[:, :10]", "from": "pretrained:fc.weight[:, :8]"}, {"to": "fc.bias", "from": "pretrained:fc.bias"}]
     assert error_of(probe_recipe(probe, rules)) == (
-        "rules[0].to: pretrained:fc.weight[:, :8] has shape [4, 8] but fc.weight[:, :10] has shape [4, 10] "
+        "rules[0].to: pretrained:fc.weight[:, :8] has shape [4,8] but fc.weight[:, :10] has shape [4,10] "
         "(set policy.mismatch=skip to leave it out)"
     )
 

@@ -12,12 +12,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from torchgraft.core.text import human_bytes
 from torchgraft.keys import folding as grouping
-from torchgraft.plans import _json_forms as json_forms
 from torchgraft.keys.folding import fold
+from torchgraft.plans import _json_forms as json_forms
 from torchgraft.plans.markdown import render_markdown
-from torchgraft.plans.types import Entry, Layout, Piece, Plan, Read, Skipped, SourceRef, TargetRef, Unused, entry_form, entry_keys, entry_parts
-from torchgraft.plans.text import human_bytes, nbytes, read_nbytes, render, source_stats, summary
+from torchgraft.plans.text import nbytes, read_nbytes, render, source_stats, summary
+from torchgraft.plans.types import (
+    Entry,
+    Layout,
+    Piece,
+    Plan,
+    Read,
+    Skipped,
+    SourceRef,
+    TargetRef,
+    Unused,
+    entry_form,
+    entry_keys,
+    entry_parts,
+)
 
 FINGERPRINT = {"size": 1000, "mtime_ns": 1, "header_sha256": "0" * 64}
 TRANSFORMS = [(), ("transpose",), ({"scale": 0.5},), ({"cast": "float16"},), ({"scale": "\x000\x00"},), ({"scale": "9%s"},)]
@@ -124,7 +138,7 @@ def test_counts_made_form_by_form_are_the_counts_entry_by_entry(plan):
         expected[s.name] = (len(read[s.name]), sum(read[s.name].values()), len(unused), sum(nbytes(u.shape, u.dtype) for u in unused))
     assert source_stats(plan) == expected
 
-    size = lambda entries: human_bytes(sum(nbytes(e.shape, e.dtype) for e in entries))  # noqa: E731
+    size = lambda entries: human_bytes(sum(nbytes(e.shape, e.dtype) for e in entries))
     assigned, kept = [e for e in plan.entries if not e.kept], [e for e in plan.entries if e.kept]
     partial = sum(1 for e in plan.entries if e.uncovered)
     text = (f"{len(plan.entries)} target tensors ({size(plan.entries)}): {len(assigned)} assigned ({size(assigned)})"

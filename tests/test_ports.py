@@ -6,19 +6,19 @@ Hugging Face models (built tiny and random, saved with ``save_pretrained``)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-import pytest
 import torchgraft
 from torchgraft.examples import ConvNet, SequentialNet
 from torchgraft.examples.bert import BertForPreTraining, FusedQKVClassifier
-from torchgraft.api import register_resolver
 from torchgraft.examples.checkpoints import example_path
 from torchgraft.examples.encoders import TextEncoder, TinyViT
 from torchgraft.examples.gpt import GPT2LMHeadModel, NanoGPT
+from torchgraft.recipe.resolve import register_resolver
 from torchgraft.recipe.source import bundled_recipes
 
 GPT = dict(vocab_size=64, n_layer=2, n_head=4, n_embd=32)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from torchgraft.core.errors import RecipeError
-from torchgraft.recipe.parse import (BulkRule, ExplicitRule, OutputSpec, Policy, Recipe, SourceSpec,
-                               parse_recipe)
+from torchgraft.recipe.parse import BulkRule, ExplicitRule, OutputSpec, Policy, Recipe, SourceSpec, parse_recipe
 
 TARGET = {"_target_": "torchgraft.examples.ConvNet", "num_classes": 10}
 

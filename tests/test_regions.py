@@ -5,7 +5,6 @@ from hypothesis import strategies as st
 
 from torchgraft.keys.regions import Box, Region, describe, split_key_region, uncovered
 
-
 # --- parsing ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, items, canonical", [

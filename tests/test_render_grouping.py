@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from torchgraft.keys.folding import brace, expand, expand_line, fold, slot_values
 from torchgraft.plans.markdown import render_markdown
-from torchgraft.plans.types import Entry, Piece, Plan, Read, SourceRef, TargetRef, Unused
 from torchgraft.plans.text import group_entries, render, table, ungroup
+from torchgraft.plans.types import Entry, Piece, Plan, Read, SourceRef, TargetRef, Unused
 
 FINGERPRINT = {"size": 1000, "mtime_ns": 1, "header_sha256": "0" * 64}
 

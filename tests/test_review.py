@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
 from safetensors.torch import load_file, safe_open, save_file
 
+from conftest import run_cli
 from torchgraft.core.errors import DriftError
-from torchgraft.execution.executor import open_plan_sources
+from torchgraft.execution.sources import open_plan_sources
 from torchgraft.plans.files import read_plan
 
 MODEL = '''from torch import nn

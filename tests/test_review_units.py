@@ -8,19 +8,23 @@ import json
 from dataclasses import replace
 
 import pytest
-from test_render_grouping import synthetic_plan
 from torch import nn
 
 import torchgraft
 import torchgraft.examples
-from torchgraft.plans import fingerprints
-from torchgraft.plans.diff import diff_plans, main as graft_diff
+from test_render_grouping import synthetic_plan
+from torchgraft.cli.diff import main as graft_diff
+from torchgraft.cli.graft import refuse_overrides
 from torchgraft.core.errors import DriftError, PlanError, RecipeError
 from torchgraft.examples.checkpoints import example_path
-from torchgraft.plans.types import Read, document_sha256
+from torchgraft.execution.sources import pin_contents
+from torchgraft.plans import fingerprints
+from torchgraft.plans.diff import diff_plans
 from torchgraft.plans.files import job_name, read_plan
+from torchgraft.plans.review import check_target
+from torchgraft.plans.types import Read, document_sha256
+from torchgraft.recipe.run_options import verify_mode
 from torchgraft.recipe.source import bundled_recipes
-from torchgraft.plans.review import check_target, pin_contents, refuse_overrides, verify_mode
 
 
 def write(path, plan) -> str:
@@ -194,13 +198,13 @@ def test_read_regions_count_only_their_bytes():
 
 
 def test_graft_diff_as_a_command(tmp_path):
-    """The graft-diff console script is ``torchgraft.plans.diff:main``; run its module as a command."""
+    """The graft-diff console script is ``torchgraft.cli.diff:main``; run its module as a command."""
     import subprocess
     import sys
 
     write(tmp_path / "a.json", synthetic_plan(3))
     write(tmp_path / "b.json", synthetic_plan(4))
-    different = subprocess.run([sys.executable, "-m", "torchgraft.plans.diff", "a.json", "b.json"], cwd=tmp_path, capture_output=True, text=True)
+    different = subprocess.run([sys.executable, "-m", "torchgraft.cli.diff", "a.json", "b.json"], cwd=tmp_path, capture_output=True, text=True)
     assert different.returncode == 1 and different.stdout.startswith("--- a.json  (plan ")
 
 

@@ -17,12 +17,12 @@ from safetensors.torch import load_file, save_file
 
 import torchgraft
 from torchgraft.checkpoints import byteranges, open_checkpoint, open_writer, torch_file
-from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles
 from torchgraft.checkpoints.appender import Appender
+from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles
 from torchgraft.core.errors import OutputError
+from torchgraft.core.tensors import TensorInfo, dtype_name
 from torchgraft.execution.executor import check_output
 from torchgraft.execution.progress import Progress
-from torchgraft.core.tensors import TensorInfo, dtype_name
 
 
 def source_tensors(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import torchgraft
-from torchgraft.execution import initial
 from torchgraft.core.errors import TargetError
+from torchgraft.execution import initial
 from torchgraft.execution.initial import advice, module_seed
 from torchgraft.plans.types import from_json
 

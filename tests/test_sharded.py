@@ -197,19 +197,17 @@ REPLACEABLE = re.compile(r"model\.safetensors|config\.json")
 
 def test_directory_is_published_whole_or_not_at_all(tmp_path):
     out = tmp_path / "model"
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_directory(out, overwrite=False, replaceable=REPLACEABLE) as tmp:
-            (tmp / "model.safetensors").write_bytes(b"partial")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_directory(out, overwrite=False, replaceable=REPLACEABLE) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt
     assert os.listdir(tmp_path) == []
     with atomic_directory(out, overwrite=False, replaceable=REPLACEABLE) as tmp:
         assert tmp.parent == tmp_path and tmp.name.startswith(".model.tmp-")
         (tmp / "model.safetensors").write_bytes(b"first")
         assert not out.exists()
     assert os.listdir(out) == ["model.safetensors"]
-    with pytest.raises(OutputError) as e:
-        with atomic_directory(out, overwrite=False, replaceable=REPLACEABLE):
-            pass
+    with pytest.raises(OutputError) as e, atomic_directory(out, overwrite=False, replaceable=REPLACEABLE):
+        pass
     assert e.value.message == f"{out}: already exists (set output.overwrite=true to replace it)"
 
 
@@ -225,14 +223,12 @@ def test_overwrite_replaces_only_what_torchgraft_wrote(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["model"]
     (out / "notes.txt").write_text("mine")
     (out / "runs").mkdir()
-    with pytest.raises(OutputError) as e:
-        with atomic_directory(out, overwrite=True, replaceable=REPLACEABLE):
-            pass
+    with pytest.raises(OutputError) as e, atomic_directory(out, overwrite=True, replaceable=REPLACEABLE):
+        pass
     assert e.value.message == f"{out}: not replaced, it holds files torchgraft did not write (notes.txt, runs)"
     (tmp_path / "file").write_text("x")
-    with pytest.raises(OutputError) as e:
-        with atomic_directory(tmp_path / "file", overwrite=True, replaceable=REPLACEABLE):
-            pass
+    with pytest.raises(OutputError) as e, atomic_directory(tmp_path / "file", overwrite=True, replaceable=REPLACEABLE):
+        pass
     assert e.value.message == f"{tmp_path / 'file'}: exists and is not a directory (a model directory never replaces it)"
     assert sorted(os.listdir(tmp_path)) == ["file", "model"]
 

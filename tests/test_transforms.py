@@ -208,7 +208,7 @@ def test_adapt_channels_to_n_repeats_and_rescales():
 def test_pad_rows_fills():
     rows = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
     init = torch.full((4, 2), 9.0)
-    pad = lambda fill: compile_transform({"pad_rows": {"to": 4, "fill": fill}}, "t").apply(rows, lambda: init)  # noqa: E731
+    pad = lambda fill: compile_transform({"pad_rows": {"to": 4, "fill": fill}}, "t").apply(rows, lambda: init)
     assert pad("init").tolist() == [[1, 2], [3, 6], [9, 9], [9, 9]]
     assert pad("mean").tolist() == [[1, 2], [3, 6], [2, 4], [2, 4]]
     assert pad("zeros").tolist() == [[1, 2], [3, 6], [0, 0], [0, 0]]

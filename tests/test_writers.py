@@ -143,9 +143,8 @@ def test_writer_refuses_what_was_not_declared(tmp_path, ext):
 
 def test_writer_as_context_manager_does_not_mask_errors(tmp_path):
     infos = [TensorInfo("a", (2,), "float32")]
-    with pytest.raises(KeyError):
-        with open_writer(tmp_path / "m.safetensors", infos, {}):
-            raise KeyError("the real error")
+    with pytest.raises(KeyError), open_writer(tmp_path / "m.safetensors", infos, {}):
+        raise KeyError("the real error")
 
 
 # -- torch ------------------------------------------------------------------------------
@@ -219,9 +218,8 @@ def test_atomic_output_and_writer_together(tmp_path):
 def test_existing_output_is_refused_and_untouched(tmp_path):
     out = tmp_path / "model.pt"
     out.write_bytes(b"precious")
-    with pytest.raises(OutputError) as e:
-        with atomic_output(out, overwrite=False) as tmp:
-            tmp.write_bytes(b"new")
+    with pytest.raises(OutputError) as e, atomic_output(out, overwrite=False) as tmp:
+        tmp.write_bytes(b"new")
     assert e.value.field == "output.path"
     assert e.value.message == f"{out}: already exists (set output.overwrite=true to replace it)"
     assert out.read_bytes() == b"precious"
@@ -230,10 +228,9 @@ def test_existing_output_is_refused_and_untouched(tmp_path):
 
 def test_a_file_appearing_meanwhile_is_not_replaced(tmp_path):
     out = tmp_path / "model.pt"
-    with pytest.raises(OutputError, match="already exists"):
-        with atomic_output(out, overwrite=False) as tmp:
-            tmp.write_bytes(b"ours")
-            out.write_bytes(b"someone else's")
+    with pytest.raises(OutputError, match="already exists"), atomic_output(out, overwrite=False) as tmp:
+        tmp.write_bytes(b"ours")
+        out.write_bytes(b"someone else's")
     assert out.read_bytes() == b"someone else's"
     assert os.listdir(tmp_path) == ["model.pt"]
 
@@ -252,10 +249,9 @@ def test_overwrite_replaces(tmp_path):
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_an_error_inside_leaves_no_file_and_no_temp(tmp_path, exc, overwrite):
     out = tmp_path / "sub" / "model.safetensors"
-    with pytest.raises(exc):
-        with atomic_output(out, overwrite=overwrite) as tmp:
-            tmp.write_bytes(b"partial")
-            raise exc("interrupted")
+    with pytest.raises(exc), atomic_output(out, overwrite=overwrite) as tmp:
+        tmp.write_bytes(b"partial")
+        raise exc("interrupted")
     assert not out.exists()
     assert os.listdir(out.parent) == []
 
@@ -263,10 +259,9 @@ def test_an_error_inside_leaves_no_file_and_no_temp(tmp_path, exc, overwrite):
 def test_an_error_inside_keeps_the_old_file_when_overwriting(tmp_path):
     out = tmp_path / "model.pt"
     out.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_output(out, overwrite=True) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_output(out, overwrite=True) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
     assert out.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["model.pt"]
 
@@ -283,9 +278,8 @@ def test_published_file_gets_normal_permissions(tmp_path):
 def test_output_onto_a_directory(tmp_path):
     out = tmp_path / "model.pt"
     out.mkdir()
-    with pytest.raises(OutputError) as e:
-        with atomic_output(out, overwrite=True) as tmp:
-            tmp.write_bytes(b"x")
+    with pytest.raises(OutputError) as e, atomic_output(out, overwrite=True) as tmp:
+        tmp.write_bytes(b"x")
     assert e.value.message == f"{out}: is a directory"
     assert os.listdir(tmp_path) == ["model.pt"]
 

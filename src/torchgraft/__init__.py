@@ -6,9 +6,8 @@
     torchgraft.load_into(model, "recipes/conv_only.yaml")
 """
 
-__version__ = "0.1.0"
-
-from torchgraft.api import execute, load_into, plan, render  # noqa: E402
-from torchgraft.core.errors import GraftError  # noqa: E402
+from torchgraft.api import execute, load_into, plan, render
+from torchgraft.core.errors import GraftError
+from torchgraft.core.version import __version__
 
 __all__ = ["plan", "render", "execute", "load_into", "GraftError", "__version__"]

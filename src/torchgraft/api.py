@@ -2,78 +2,27 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 if TYPE_CHECKING:
     from torch import nn
 
-from torchgraft.core.errors import GraftError, RecipeError
-from torchgraft.execution.executor import execute, state_dict
-from torchgraft.plans.types import Plan
-from torchgraft.planning.planner import make_plan
-from torchgraft.recipe.parse import RUN_FIELDS, Recipe, parse_recipe
-from torchgraft.plans.text import render
 from torchgraft.core.target import model_inventory
+from torchgraft.execution.executor import check_output, execute, state_dict
+from torchgraft.execution.sources import open_plan_sources, pin_contents
+from torchgraft.planning.planner import make_plan
+from torchgraft.plans import review
+from torchgraft.plans.files import read_plan
+from torchgraft.plans.text import render
+from torchgraft.plans.types import Plan
+from torchgraft.recipe.parse import Recipe, parse_recipe
+from torchgraft.recipe.resolve import recipe_record, register_resolver, resolve
 
-RecipeLike = Recipe | Mapping[str, Any] | DictConfig | str | Path
-
-
-def _find_cause(err: BaseException, kind: type) -> BaseException | None:
-    """The first ``kind`` in an exception's cause/context chain (OmegaConf wraps resolver errors twice)."""
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, kind):
-            return err
-        err, seen = err.__cause__ or err.__context__, seen + 1
-    return None
-
-
-def _example_path(name: str) -> str:
-    # The example models need torch; import them only when a recipe names one.
-    from torchgraft.examples.checkpoints import example_path
-
-    return example_path(name)
-
-
-def register_resolver() -> None:
-    """Make ``${example:NAME}`` available to recipes (idempotent)."""
-    if not OmegaConf.has_resolver("example"):
-        OmegaConf.register_new_resolver("example", _example_path)
-
-
-def resolve(cfg: Mapping[str, Any] | DictConfig) -> dict:
-    """Resolve interpolations (``${example:...}``, ``${hydra:...}``) to plain data, naming the field on failure."""
-    register_resolver()
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    try:
-        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except OmegaConfBaseException as err:
-        graft_error = _find_cause(err, GraftError)
-        if graft_error is not None:
-            reason = graft_error.message
-        else:
-            cause = err.__cause__
-            reason = str(cause) if cause is not None else str(err).splitlines()[0]
-        raise RecipeError(err.full_key or None, reason if reason else "missing value") from None
-    data.pop("hydra", None)
-    return data
-
-
-def recipe_record(data: Mapping[str, Any]) -> dict:
-    """What a plan pins of its recipe: every transfer field, not run switches or where the output goes."""
-    record = {k: copy.deepcopy(v) for k, v in data.items() if k not in RUN_FIELDS}
-    output = dict(record.get("output") or {})
-    output.pop("path", None)
-    output.pop("overwrite", None)
-    record["output"] = output
-    return record
+RecipeLike = Mapping[str, Any] | DictConfig | str | Path
 
 
 def _load(recipe: RecipeLike) -> tuple[Recipe, dict]:
@@ -103,4 +52,30 @@ def load_into(model: nn.Module, recipe: RecipeLike) -> Plan:
     return the_plan
 
 
-__all__ = ["plan", "render", "execute", "load_into", "resolve", "recipe_record"]
+def apply(path: str, output: Path, *, overwrite: bool = False, dry_run: bool = False) -> Plan:
+    """Execute the reviewed plan at ``path`` exactly, after checking that it is unedited
+    and that its sources and target are unchanged. ``dry_run``: check only."""
+    the_plan = read_plan(path, "apply")
+    if not dry_run:
+        check_output(output, overwrite)
+    review.check_target(the_plan)
+    if dry_run:
+        for reader in open_plan_sources(the_plan).values():
+            reader.close()
+        return the_plan
+    execute(the_plan, output, overwrite=overwrite)  # checks the sources' fingerprints before writing
+    return the_plan
+
+
+def check(path: str, recipe: str, make: Callable[[], Plan], verify: str) -> review.CheckResult:
+    """Re-plan with ``make`` and compare with the committed plan at ``path``. Sources are
+    hashed when either side asks for it (``verify_sources=hash`` or a committed plan
+    that pins contents), so the two are compared on equal terms."""
+    committed = read_plan(path, "check")
+    fresh = make()
+    if verify == "hash" or review.pins_content(committed):
+        fresh = pin_contents(fresh)
+    return review.compare(path, recipe, committed, fresh)
+
+
+__all__ = ["plan", "render", "execute", "load_into", "apply", "check"]

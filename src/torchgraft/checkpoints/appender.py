@@ -121,7 +121,7 @@ class WriteBehind:
         synced = 0
         while True:
             with self._ready:
-                self._ready.wait_for(lambda: self._stopping or self._written - synced >= self.WINDOW)
+                self._ready.wait_for(lambda: self._stopping or self._written - synced >= self.WINDOW)  # noqa: B023 -- waited on here
                 if self._stopping:
                     return
                 upto = self._written

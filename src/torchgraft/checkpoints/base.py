@@ -9,7 +9,6 @@ is one module with one ``Reader`` subclass.
 from __future__ import annotations
 
 import abc
-import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,9 +19,8 @@ if TYPE_CHECKING:
 
 from torchgraft.checkpoints.byteranges import ByteRange
 from torchgraft.core.errors import SourceError
+from torchgraft.core.hashing import sha256_files
 from torchgraft.core.tensors import TensorInfo
-
-CHUNK = 1 << 20  # content hashing streams 1 MiB at a time: flat memory on 100 GB files
 
 
 class Reader(abc.ABC):
@@ -63,7 +61,7 @@ class Reader(abc.ABC):
 
     def content_sha256(self) -> str:
         """sha256 of every byte of the checkpoint. Expensive: opt-in only."""
-        return sha256_files([self.path])
+        return sha256_files([self.path])[1]
 
     @abc.abstractmethod
     def _header_sha256(self) -> str: ...
@@ -84,7 +82,7 @@ class Reader(abc.ABC):
         self._info(key)
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- optional: readers without handles need no close
         """Release file handles and mappings."""
 
     def __enter__(self) -> Reader:
@@ -117,13 +115,3 @@ def as_index(index: object) -> tuple | None:
     if index is None or isinstance(index, tuple):
         return index
     return (index,)
-
-
-def sha256_files(paths: Iterable[Path]) -> str:
-    """One sha256 over the concatenated bytes of ``paths``, streamed."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()

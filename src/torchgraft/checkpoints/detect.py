@@ -6,14 +6,13 @@ import os
 from pathlib import Path
 
 from torchgraft.checkpoints.base import Reader
+from torchgraft.checkpoints.formats import SOURCE_SUFFIXES
 from torchgraft.checkpoints.hf_dir import HFReader
 from torchgraft.checkpoints.safetensors_file import HeaderError, SafetensorsReader, read_header
 from torchgraft.checkpoints.torch_file import ZIP_MAGIC, TorchReader
 from torchgraft.core.errors import SourceError
 
 FORMATS = ("auto", "safetensors", "torch", "hf")
-SUFFIXES = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch",
-            ".bin": "torch", ".ckpt": "torch"}
 # torch.save's pre-1.6 format starts with this pickled magic number.
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
 
@@ -54,7 +53,7 @@ def detect_format(path: Path, *, shown: str, field: str) -> str:
     """Directory -> hf; known extension; else sniff the first bytes."""
     if path.is_dir():
         return "hf"
-    by_suffix = SUFFIXES.get(path.suffix.lower())
+    by_suffix = SOURCE_SUFFIXES.get(path.suffix.lower())
     if by_suffix:
         return by_suffix
     with open(path, "rb") as f:

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-from torchgraft.checkpoints.base import Reader, sha256_files
+from torchgraft.checkpoints.base import Reader
 from torchgraft.checkpoints.byteranges import ByteRange
 from torchgraft.checkpoints.safetensors_file import SafetensorsReader
 from torchgraft.checkpoints.torch_file import TorchReader
+from torchgraft.core.hashing import sha256_files
 
 # Safetensors first, as transformers prefers it when both are present.
 CANDIDATES = ("model.safetensors.index.json", "model.safetensors",
@@ -118,7 +119,7 @@ class HFReader(Reader):
         return digest.hexdigest()
 
     def content_sha256(self) -> str:
-        return sha256_files(self._files())
+        return sha256_files(self._files())[1]
 
     def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
         self._info(key)

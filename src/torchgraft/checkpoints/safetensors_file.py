@@ -58,7 +58,7 @@ def read_header(path: Path) -> tuple[bytes, dict]:
     for key, entry in header.items():
         if key == "__metadata__":
             continue
-        if not (isinstance(entry, dict) and _ENTRY_FIELDS <= entry.keys()):
+        if not (isinstance(entry, dict) and entry.keys() >= _ENTRY_FIELDS):
             raise HeaderError(f"entry '{key}' lacks dtype, shape or data_offsets")
     return prefix + body, header
 

@@ -120,7 +120,7 @@ class TorchReader(Reader):
             raise self._error(f"cannot read ({e.strerror or e})") from None
         except MemoryError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             # On a corrupt file the unpickler fails with whatever it trips on (KeyError,
             # struct.error, a bad zip's RuntimeError...): all mean "not a checkpoint".
             raise self._error(f"not a readable torch checkpoint ({_first_line(e)})") from None

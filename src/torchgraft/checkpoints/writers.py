@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 from torchgraft.checkpoints.appender import Appender
 from torchgraft.checkpoints.atomic import final_name
 from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles, read_range
+from torchgraft.checkpoints.formats import OUTPUT_SUFFIXES
 from torchgraft.checkpoints.safetensors_file import MAX_HEADER
 from torchgraft.core.errors import OutputError
 from torchgraft.core.tensors import TensorInfo, dtype_name, safetensors_code
@@ -223,8 +224,7 @@ class TorchWriter(Writer):
         self._tensors = OrderedDict()
 
 
-WRITERS: dict[str, type[Writer]] = {".safetensors": SafetensorsWriter,
-                                    ".pt": TorchWriter, ".pth": TorchWriter}
+WRITERS: dict[str, type[Writer]] = {"safetensors": SafetensorsWriter, "torch": TorchWriter}
 
 
 def open_writer(path: Path, infos: Sequence[TensorInfo], metadata: Mapping[str, str],
@@ -236,7 +236,7 @@ def open_writer(path: Path, infos: Sequence[TensorInfo], metadata: Mapping[str, 
     """
     name = final_name(Path(path))
     ext = Path(name).suffix
-    writer = WRITERS.get(ext.lower())
+    writer = WRITERS.get(OUTPUT_SUFFIXES.get(ext, ""))
     if writer is None:
         raise OutputError("output.path", f"{name}: unsupported extension '{ext}' "
                                          "(use .safetensors, .pt or .pth)")

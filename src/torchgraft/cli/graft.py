@@ -16,24 +16,29 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from torchgraft.recipe import source as recipe_source
-from torchgraft.plans import review
+from torchgraft.api import apply, check
 from torchgraft.cli import sweep
-from torchgraft.api import recipe_record, register_resolver, resolve
-from torchgraft.core.errors import GraftError
-from torchgraft.execution.executor import check_output, execute
+from torchgraft.core.errors import GraftError, RecipeError
 from torchgraft.core.heap import paused_gc
+from torchgraft.core.text import human_bytes
+from torchgraft.execution.executor import check_output, execute
 from torchgraft.execution.initial import advice as init_advice
 from torchgraft.execution.outputs import output_bytes
+from torchgraft.execution.sources import pin_contents
 from torchgraft.planning.planner import make_plan
+from torchgraft.plans import review
+from torchgraft.plans.files import refuse_sweep_overwrite, write_plan
+from torchgraft.plans.files import register_resolver as register_job_name
+from torchgraft.plans.text import group_keys, render
+from torchgraft.recipe import source as recipe_source
 from torchgraft.recipe.parse import parse_recipe
-from torchgraft.plans.files import refuse_sweep_overwrite, register_resolver as register_job_name, write_plan
-from torchgraft.plans.text import group_keys, human_bytes, render
+from torchgraft.recipe.resolve import recipe_record, register_resolver, resolve
+from torchgraft.recipe.run_options import parse_run_options
 
 log = logging.getLogger("torchgraft")
 
@@ -45,18 +50,19 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     if cfg.get("apply"):
         return _apply(cfg, run_dir)
     data = resolve(cfg)
+    options = parse_run_options(data)
     recipe = parse_recipe(data)
-    verify = review.verify_mode(data.get("verify_sources"))
+    verify = options.verify_sources
     name = HydraConfig.get().runtime.choices.get("recipe") or "recipe"
-    if data.get("check"):
-        result = review.check(str(data["check"]), name, lambda: make_plan(recipe, recipe_record(data)), verify)
+    if options.check:
+        result = check(options.check, name, lambda: make_plan(recipe, recipe_record(data)), verify)
         sys.stdout.write(result.text)
         sys.stdout.flush()
         if not result.same:
-            raise review.out_of_date(str(data["check"]), name)
+            raise review.out_of_date(options.check, name)
         return sweep.Outcome("check")
-    dry_run = bool(data.get("dry_run"))
-    also = [Path(str(data["plan_dir"])) / f"{name}.plan"] if data.get("plan_dir") else []
+    dry_run = options.dry_run
+    also = [Path(options.plan_dir) / f"{name}.plan"] if options.plan_dir else []
     if also and HydraConfig.get().mode == RunMode.MULTIRUN:
         refuse_sweep_overwrite(also[0], Path(HydraConfig.get().sweep.dir))
     output = Path(recipe.output.path) if recipe.output.path else run_dir / "model.safetensors"
@@ -68,7 +74,7 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     with paused_gc():
         plan = make_plan(recipe, recipe_record(data))
         if verify == "hash":
-            plan = review.pin_contents(plan)
+            plan = pin_contents(plan)
         text = render(plan)
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -90,22 +96,40 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     return sweep.Outcome.of(plan, "run", output)
 
 
+_APPLY_FIELDS = ("apply", "dry_run", "debug", "output.path", "output.overwrite")
+
+
+def refuse_overrides(overrides: list[str], check: bool) -> None:
+    """``apply`` takes everything from the plan: an override that would change the transfer
+    (a recipe, a field) is refused rather than silently ignored."""
+    if check:
+        raise RecipeError("check", "cannot be combined with apply (check compares a recipe with a plan; apply runs a plan)")
+    ignored = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _APPLY_FIELDS and not o.lstrip("+~").startswith("hydra.")]
+    if ignored:
+        raise RecipeError(
+            "apply",
+            f"a reviewed plan runs as it is; {' '.join(ignored)} would not change it "
+            "(only output.path, output.overwrite and dry_run apply; to change the transfer, make and review a new plan)",
+        )
+
+
 def _apply(cfg: DictConfig, run_dir: Path) -> sweep.Outcome:
     """``apply=PLAN``: the plan is the recipe; only output.path/overwrite and dry_run apply."""
     path = str(cfg.apply)
-    review.refuse_overrides(list(HydraConfig.get().overrides.task), bool(cfg.get("check")))
+    refuse_overrides(list(HydraConfig.get().overrides.task), bool(cfg.get("check")))
     output = Path(str(cfg.output.path)) if cfg.output.get("path") else run_dir / "model.safetensors"
     if cfg.get("dry_run"):
-        plan = review.apply(path, output, dry_run=True)
+        plan = apply(path, output, dry_run=True)
         sys.stdout.write(render(plan))
         log.info("dry run: %s is unedited and its sources and target are unchanged; nothing written", path)
         return sweep.Outcome.of(plan, "apply")
     start = time.perf_counter()
-    plan = review.apply(path, output, overwrite=bool(cfg.output.get("overwrite")))
+    plan = apply(path, output, overwrite=bool(cfg.output.get("overwrite")))
     text = render(plan)
     sys.stdout.write(text)
     write_plan(plan, run_dir / "plan", text)
-    log.info("applied %s: wrote %s (%d tensors, %s) in %.2f s; verified against the plan", path, output, len(plan.entries), human_bytes(output_bytes(output)), time.perf_counter() - start)
+    log.info("applied %s: wrote %s (%d tensors, %s) in %.2f s; verified against the plan", path, output, len(plan.entries),
+             human_bytes(output_bytes(output)), time.perf_counter() - start)
     return sweep.Outcome.of(plan, "apply", output)
 
 

@@ -10,13 +10,13 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
+from torchgraft.checkpoints.formats import looks_like_checkpoint
 from torchgraft.core.errors import GraftError
-from torchgraft.plans.text import human_bytes, shape_text
 from torchgraft.core.tensors import TensorInfo, short_dtype
+from torchgraft.core.text import human_bytes, shape_text
 
 
 @dataclass
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expand", action="store_true", help="show every repeated layer instead of folding them")
     args = parser.parse_args(argv)
     try:
-        if os.path.exists(args.what) or Path(args.what).suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
+        if os.path.exists(args.what) or looks_like_checkpoint(args.what):
             if args.kwargs:
                 raise GraftError("graft-inspect", "NAME=VALUE arguments apply to a model class, not a checkpoint")
             text = inspect_checkpoint(args.what, args.format, args.key, args.expand)

@@ -22,9 +22,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from torchgraft.core.errors import GraftError
+from torchgraft.core.text import human_bytes
 from torchgraft.execution.outputs import output_bytes
 from torchgraft.plans.types import Plan
-from torchgraft.plans.text import human_bytes
 
 STATUS = "status.json"
 SUMMARY = "summary"  # summary.txt and summary.json, in the sweep directory
@@ -111,7 +111,7 @@ def collect(sweep_dir: Path) -> list[dict]:
 def summary_text(sweep_dir: Path, jobs: list[dict]) -> str:
     ok = sum(1 for job in jobs if job["status"] == "ok")
     head = f"sweep {_shown(str(sweep_dir))}: {len(jobs)} job{'s' if len(jobs) != 1 else ''}, {ok} ok, {len(jobs) - ok} failed"
-    number = lambda v: "-" if v is None else str(v)  # noqa: E731
+    number = lambda v: "-" if v is None else str(v)
     rows = [("job", "recipe", "overrides", "mode", "status", "assigned", "kept", "unused", "written", "output")]
     for job in jobs:
         written = "-" if job["bytes_written"] is None else human_bytes(job["bytes_written"])

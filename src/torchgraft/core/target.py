@@ -7,43 +7,25 @@ seeded, exactly as ``torch.manual_seed(seed); Model(**kwargs)`` would.
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 from torchgraft.core.errors import TargetError
+from torchgraft.core.imports import ImportFailed, locate
 from torchgraft.core.tensors import TensorInfo, dtype_name
+from torchgraft.core.text import did_you_mean
 
 
 def _locate(path: str) -> Any:
-    """Import ``pkg.module.Class`` (or a nested attribute); raise TargetError with one line."""
-    parts = path.split(".")
-    if len(parts) < 2 or not all(parts):
-        raise TargetError("target._target_", f"cannot import '{path}': expected a dotted path such as torchgraft.examples.ConvNet")
-    for split in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:split])
-        try:
-            obj = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name and module_name.startswith(err.name):
-                continue  # a shorter prefix may be the module
-            raise TargetError("target._target_", f"cannot import '{path}': {err}") from None
-        except Exception as err:
-            raise TargetError("target._target_", f"cannot import '{path}': {type(err).__name__}: {err}") from None
-        for name in parts[split:]:
-            if not hasattr(obj, name):
-                raise TargetError("target._target_", f"cannot import '{path}': '{module_name}' has no attribute '{name}'")
-            obj = getattr(obj, name)
-            module_name = f"{module_name}.{name}"
-        return obj
-    raise TargetError("target._target_", f"cannot import '{path}': no module named '{parts[0]}'")
+    try:
+        return locate(path)
+    except ImportFailed as err:
+        raise TargetError("target._target_", f"cannot import '{path}': {err.reason}") from None
 
 
 def _target_class(spec: Mapping[str, Any]) -> type:
@@ -64,8 +46,7 @@ def _check_arguments(cls: type, spec: Mapping[str, Any]) -> None:
     names = [n for n, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     for key in kwargs:
         if key not in names and not takes_any:
-            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (it takes: {', '.join(names) or 'nothing'})"
+            hint = did_you_mean(key, names) or f" (it takes: {', '.join(names) or 'nothing'})"
             raise TargetError(f"target.{key}", f"{spec['_target_']} has no argument '{key}'{hint}")
     try:
         signature.bind(**kwargs)
@@ -124,5 +105,46 @@ def initial_state(spec: Mapping[str, Any], seed: int) -> dict[str, torch.Tensor]
     return {k: v.detach() for k, v in model.state_dict().items()}
 
 
-def class_path(spec: Mapping[str, Any]) -> str:
-    return str(spec["_target_"])
+# -- target_init: per_module --------------------------------------------------------
+# Planning refuses, and execution uses, the same two lookups: which module owns a
+# kept tensor, and which of its methods re-initializes it.
+
+_PER_MODULE = "target_init"
+
+
+def class_name(module: nn.Module) -> str:
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def tensor_owner(model: nn.Module, key: str) -> tuple[str, nn.Module, str]:
+    """``(module name, module, attribute)`` of the parameter or buffer ``key``."""
+    name, _, attr = key.rpartition(".")
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        module = None
+    if module is None or (attr not in module._parameters and attr not in module._buffers):
+        raise TargetError(_PER_MODULE, f"per_module cannot initialize '{key}': the model has no parameter "
+                                       "or buffer of that name (a custom state_dict?) (set target_init=full)")
+    return name, module, attr
+
+
+def reset_function(name: str, module: nn.Module, key: str):
+    """The method that re-initializes ``module``'s own tensors."""
+    # torch.nn.MultiheadAttention (and Transformer layers) name it _reset_parameters.
+    for method in ("reset_parameters", "_reset_parameters"):
+        function = getattr(module, method, None)
+        if callable(function):
+            return function
+    where = f"its module '{name}'" if name else "the model itself"
+    raise TargetError(_PER_MODULE, f"per_module cannot initialize '{key}': {where} ({class_name(module)}) has no "
+                                   "reset_parameters() (set target_init=full, or take it from a base checkpoint)")
+
+
+def check_resettable(spec: Mapping[str, Any], keys: list[str]) -> None:
+    """The TargetError that initializing ``keys`` module by module would raise first."""
+    model = build_model(spec, device="meta")
+    for key in keys:
+        name, module, _ = tensor_owner(model, key)
+        reset_function(name, module, key)

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from torchgraft import __version__
 from torchgraft.core.errors import RecipeError
+from torchgraft.core.version import __version__
 from torchgraft.examples import ConvNet, LinearProbe, LitClassifier, SequentialNet
 from torchgraft.examples.bert import BertForPreTraining
 from torchgraft.examples.encoders import TextEncoder, TinyViT

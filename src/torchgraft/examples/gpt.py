@@ -13,7 +13,6 @@ from torch import nn
 
 from torchgraft.examples.layers import attention, causal_mask
 
-
 # -- GPT-2, Hugging Face layout ------------------------------------------------------
 
 

@@ -18,43 +18,25 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-from torchgraft.plans import fingerprints
 from torchgraft.checkpoints import Reader, atomic_output, open_checkpoint, open_writer
 from torchgraft.checkpoints.atomic import atomic_directory
 from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles, read_range
+from torchgraft.checkpoints.formats import directory_needed, output_format
 from torchgraft.checkpoints.sharded import ShardedWriter, check_directory
 from torchgraft.checkpoints.writers import SafetensorsWriter
-from torchgraft.core.errors import DriftError, OutputError
+from torchgraft.core.errors import OutputError
 from torchgraft.core.heap import HeapTrimmer
-from torchgraft.execution.initial import check_initial, initial_values
-from torchgraft.execution.outputs import copy_files, directory_needed, output_format, replaceable
-from torchgraft.plans.types import Entry, Piece, Plan
-from torchgraft.execution.progress import Progress
-from torchgraft.keys.regions import Region
 from torchgraft.core.target import build_model
-from torchgraft.core.tensors import TensorInfo, dtype_name, torch_dtype
+from torchgraft.core.tensors import TensorInfo, torch_dtype
+from torchgraft.execution.initial import check_initial, initial_values
+from torchgraft.execution.outputs import copy_files, replaceable
+from torchgraft.execution.progress import Progress
+from torchgraft.execution.sources import open_plan_sources
+from torchgraft.keys.regions import Region
+from torchgraft.plans.types import Entry, Piece, Plan
 from torchgraft.transforms import compile_transform
 
 log = logging.getLogger(__name__)
-
-OUTPUT_FORMATS = (".safetensors", ".pt", ".pth")
-
-
-def open_plan_sources(plan: Plan) -> dict[str, Reader]:
-    """Open the plan's sources and refuse any whose fingerprint changed since planning."""
-    readers: dict[str, Reader] = {}
-    try:
-        for ref in plan.sources:
-            reader = open_checkpoint(ref.path, format=ref.format, key=ref.key, field=f"sources.{ref.name}")
-            readers[ref.name] = reader
-            changed = fingerprints.changed(ref.fingerprint, reader)  # hashes every byte if the plan pins content
-            if changed:
-                raise DriftError(f"sources.{ref.name}", f"{ref.path} changed since the plan was made ({', '.join(changed)} differ)")
-        return readers
-    except BaseException:
-        for reader in readers.values():
-            reader.close()
-        raise
 
 
 class _Streaming:
@@ -144,7 +126,7 @@ def materialize(entry: Entry, readers: Mapping[str, Reader], initial) -> torch.T
         out = initial[entry.key].to(dtype, copy=True)
         for piece in entry.pieces:
             index = Region.parse(piece.region).box(entry.shape).index()
-            out[index] = _values(piece, readers, lambda: out[index]).to(dtype)  # regions are disjoint: still initial
+            out[index] = _values(piece, readers, lambda: out[index]).to(dtype)  # noqa: B023 -- called now; regions are disjoint: still initial
     if tuple(out.shape) != tuple(entry.shape):
         raise RuntimeError(f"{entry.key}: produced shape {list(out.shape)}, plan says {list(entry.shape)}")
     return out.contiguous()
@@ -253,4 +235,4 @@ def state_dict(plan: Plan, initial: Mapping[str, torch.Tensor]) -> dict[str, tor
             reader.close()
 
 
-__all__ = ["execute", "state_dict", "materialize", "check_output", "dtype_name"]
+__all__ = ["execute", "state_dict", "materialize", "check_output"]

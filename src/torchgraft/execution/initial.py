@@ -30,10 +30,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 from torchgraft.core.errors import TargetError
-from torchgraft.plans.types import Entry, Plan
-from torchgraft.recipe.parse import INIT_MODES  # noqa: F401 -- re-exported: the modes live with the recipe
-from torchgraft.core.target import build_model, initial_state
+from torchgraft.core.target import build_model, check_resettable, class_name, initial_state, reset_function, tensor_owner
 from torchgraft.core.tensors import TensorInfo
+from torchgraft.core.text import human_bytes
+from torchgraft.plans.types import Entry, Plan
 
 log = logging.getLogger(__name__)
 LARGE_TARGET = 1 << 30  # above this, a full build is worth a note in the dry run
@@ -83,48 +83,22 @@ class PerModule:
         self.model = model if model is not None else build_model(spec, device="meta")
         self._current: tuple[str, nn.Module, set[str]] | None = None  # name, module, names left unset
 
-    def check(self, keys) -> None:
-        """Fail before any work for a key this mode cannot make (no reset_parameters...)."""
-        for key in keys:
-            self._reset_function(*self._owner(key), key)
-
     def __getitem__(self, key: str) -> torch.Tensor:
-        name, module, attr = self._owner(key)
+        name, module, attr = tensor_owner(self.model, key)
         if self._current is None or self._current[0] != name:
             self._release()
             self._current = (name, module, self._materialize(name, module, key))
         if attr in self._current[2]:
-            raise TargetError(FIELD, f"per_module cannot initialize '{key}': {_class(module)}."
-                                     f"{self._reset_function(name, module, attr, key).__name__}() "
+            raise TargetError(FIELD, f"per_module cannot initialize '{key}': {class_name(module)}."
+                                     f"{reset_function(name, module, key).__name__}() "
                                      "does not set it (set target_init=full)")
         return getattr(module, attr).detach()
-
-    def _owner(self, key: str) -> tuple[str, nn.Module, str]:
-        name, _, attr = key.rpartition(".")
-        try:
-            module = self.model.get_submodule(name)
-        except AttributeError:
-            module = None
-        if module is None or (attr not in module._parameters and attr not in module._buffers):
-            raise TargetError(FIELD, f"per_module cannot initialize '{key}': the model has no parameter "
-                                     "or buffer of that name (a custom state_dict?) (set target_init=full)")
-        return name, module, attr
-
-    def _reset_function(self, name: str, module: nn.Module, attr: str, key: str):
-        # torch.nn.MultiheadAttention (and Transformer layers) name it _reset_parameters.
-        for method in ("reset_parameters", "_reset_parameters"):
-            function = getattr(module, method, None)
-            if callable(function):
-                return function
-        where = f"its module '{name}'" if name else "the model itself"
-        raise TargetError(FIELD, f"per_module cannot initialize '{key}': {where} ({_class(module)}) has no "
-                                 "reset_parameters() (set target_init=full, or take it from a base checkpoint)")
 
     def _materialize(self, name: str, module: nn.Module, key: str) -> set[str]:
         """Make ``module``'s own tensors real and reset them; the names reset left unset."""
         import torch
 
-        reset = self._reset_function(name, module, key.rpartition(".")[2], key)
+        reset = reset_function(name, module, key)
         module.to_empty(device="cpu", recurse=False)
         own = {**module._parameters, **module._buffers}
         with torch.no_grad():
@@ -135,9 +109,9 @@ class PerModule:
                 torch.manual_seed(module_seed(self.seed, name))
                 try:
                     reset()
-                except Exception as err:  # noqa: BLE001 -- the user's code: report, don't crash
+                except Exception as err:
                     reason = f"{type(err).__name__}: {err}".splitlines()[0]
-                    raise TargetError(FIELD, f"per_module cannot initialize '{key}': {_class(module)}."
+                    raise TargetError(FIELD, f"per_module cannot initialize '{key}': {class_name(module)}."
                                              f"{reset.__name__}() failed ({reason}) (set target_init=full)") from None
             # reset_parameters may assign new tensors: look them up again.
             own = {**module._parameters, **module._buffers}
@@ -168,11 +142,6 @@ def _untouched(tensor: torch.Tensor) -> bool:
     return tensor.numel() > 0 and bool((tensor == _sentinel(tensor.dtype)).all())
 
 
-def _class(module: nn.Module) -> str:
-    cls = type(module)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def _init(plan: Plan) -> str:
     return getattr(plan.target, "init", "full")
 
@@ -183,7 +152,7 @@ def check_initial(plan: Plan) -> None:
         return
     keys = [e.key for e in plan.entries if e.needs_initial]
     if keys:
-        PerModule(plan.target.spec, plan.target.seed).check(keys)
+        check_resettable(plan.target.spec, keys)
 
 
 def _nbytes(entries) -> int:
@@ -198,8 +167,6 @@ def advice(plan: Plan) -> str | None:
     total = _nbytes(plan.entries)
     if not kept or total < LARGE_TARGET:
         return None
-    from torchgraft.plans.text import human_bytes
-
     count = f"{len(kept)} kept tensor{'s' if len(kept) != 1 else ''}"
     return (f"note: the {count} ({human_bytes(_nbytes(kept))}) take their initial values from building all of "
             f"{plan.target.spec['_target_']} ({human_bytes(total)}) on the CPU; target_init=per_module builds "

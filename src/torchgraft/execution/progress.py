@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from torchgraft.plans.text import human_bytes
+from torchgraft.core.text import human_bytes
 
 log = logging.getLogger("torchgraft.execution.progress")
 

@@ -15,8 +15,9 @@ import functools
 import itertools
 import re
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any
 
 
 class PatternError(ValueError):
@@ -36,7 +37,7 @@ class _Brace:
 
 _STAR = "*"
 _GLOBSTAR = ("**",)  # a whole segment that is "**"
-Part = Union[str, _Brace]  # a literal run, _STAR, or a brace
+Part = str | _Brace  # a literal run, _STAR, or a brace
 Segment = tuple[Part, ...]
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"

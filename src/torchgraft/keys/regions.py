@@ -9,11 +9,11 @@ Errors are ``ValueError`` without a prefix; callers add the recipe field and key
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
 
-Slice = tuple[Union[int, None], Union[int, None]]
-Item = Union[int, Slice, str]  # str is always "..."
+Slice = tuple[int | None, int | None]
+Item = int | Slice | str  # str is always "..."
 
 _INT = re.compile(r"[+-]?\d+")
 
@@ -84,7 +84,7 @@ class Box:
     def shape(self) -> tuple[int, ...]:
         return tuple(stop - start for (start, stop), k in zip(self.bounds, self.kept) if k)
 
-    def index(self) -> tuple[Union[int, slice], ...]:
+    def index(self) -> tuple[int | slice, ...]:
         return tuple(slice(start, stop) if k else start
                      for (start, stop), k in zip(self.bounds, self.kept))
 

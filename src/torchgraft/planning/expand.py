@@ -4,7 +4,6 @@ sources paired and transforms' shapes checked. Reads headers only."""
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,12 +11,13 @@ from typing import NamedTuple
 
 from torchgraft.checkpoints import Reader
 from torchgraft.core.errors import PlanError
+from torchgraft.core.tensors import TensorInfo, is_floating
+from torchgraft.core.text import closest, shape_text
 from torchgraft.keys.patterns import KeyIndex, PatternError, Renamer, Template, select_keys
-from torchgraft.plans.types import Piece, Read, Skipped
-from torchgraft.recipe.parse import BulkRule, ExplicitRule, Recipe
 from torchgraft.keys.regions import Box, Region, describe, split_key_region
 from torchgraft.planning.selection import TargetFilter
-from torchgraft.core.tensors import TensorInfo, is_floating
+from torchgraft.plans.types import Piece, Read, Skipped
+from torchgraft.recipe.parse import BulkRule, ExplicitRule, Recipe
 from torchgraft.transforms import Transform, compile_transforms
 from torchgraft.transforms import describe as describe_transform
 
@@ -50,18 +50,8 @@ class _RuleOutput:
 _floating = functools.lru_cache(maxsize=None)(is_floating)  # per dtype name, not per tensor
 
 
-def closest(key: str, candidates: Sequence[str], n: int = 3) -> str:
-    """``(closest: a, b)`` hint for a key that is not there."""
-    close = difflib.get_close_matches(key, candidates, n=n, cutoff=0.5)
-    return f" (closest: {', '.join(close)})" if close else ""
-
-
 def _reads_text(reads: Sequence[Read]) -> str:
     return " + ".join(f"{r.source}:{r.key}{r.region or ''}" for r in reads)
-
-
-def _fmt_shape(shape: Sequence[int]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms) -> str | None:
@@ -74,9 +64,9 @@ def _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms) -> s
     if shape != tuple(expected):
         if transforms:
             steps = ", ".join(describe_transform(t.spec) for t in transforms)
-            return (f"{source_text} {_fmt_shape(src_shape)} becomes {_fmt_shape(shape)} after {steps}, "
-                    f"but {where} has shape {_fmt_shape(expected)}")
-        return f"{source_text} has shape {_fmt_shape(shape)} but {where} has shape {_fmt_shape(expected)}"
+            return (f"{source_text} {shape_text(src_shape)} becomes {shape_text(shape)} after {steps}, "
+                    f"but {where} has shape {shape_text(expected)}")
+        return f"{source_text} has shape {shape_text(shape)} but {where} has shape {shape_text(expected)}"
     return f"{source_text} is {dtype} but {where} is {target.dtype}"
 
 
@@ -313,8 +303,8 @@ class RuleExpander:
             if other != shape or read.dtype != first.dtype:
                 raise PlanError(
                     field,
-                    f"cannot merge {first.source}:{first.key}{first.region or ''} {_fmt_shape(shape)} {first.dtype} "
-                    f"with {read.source}:{read.key}{read.region or ''} {_fmt_shape(other)} {read.dtype} "
+                    f"cannot merge {first.source}:{first.key}{first.region or ''} {shape_text(shape)} {first.dtype} "
+                    f"with {read.source}:{read.key}{read.region or ''} {shape_text(other)} {read.dtype} "
                     "(merged tensors must have the same shape and dtype)",
                 )
         return shape
@@ -336,7 +326,7 @@ class RuleExpander:
         try:
             return region.box(tuple(shape))
         except ValueError as err:
-            raise PlanError(field, f"{key}{region}: {err} (shape {_fmt_shape(shape)})") from None
+            raise PlanError(field, f"{key}{region}: {err} (shape {shape_text(shape)})") from None
 
     def _read_shape(self, read: Read, field: str) -> tuple[int, ...]:
         if read.region is None:

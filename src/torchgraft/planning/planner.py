@@ -3,23 +3,22 @@ tensor data is touched, and the first problem stops planning with its recipe fie
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 
-from torchgraft import __version__
 from torchgraft.checkpoints import Reader, open_checkpoint
 from torchgraft.core.errors import PlanError
-from torchgraft.planning.expand import RuleExpander, _Assignment, _fmt_shape
 from torchgraft.core.heap import paused_gc
-from torchgraft.execution.initial import check_initial
-from torchgraft.execution.outputs import resolve_layout
+from torchgraft.core.target import check_resettable, target_inventory
+from torchgraft.core.tensors import TensorInfo, is_floating
+from torchgraft.core.text import shape_text
+from torchgraft.core.version import __version__
 from torchgraft.keys.patterns import KeyIndex, KeyPattern, PatternError
+from torchgraft.keys.regions import describe, uncovered
+from torchgraft.planning.expand import RuleExpander, _Assignment
+from torchgraft.planning.layout import resolve_layout
+from torchgraft.plans.fingerprints import inventory_sha256
 from torchgraft.plans.types import Entry, Piece, Plan, SourceRef, TargetRef, Unused
 from torchgraft.recipe.parse import ExplicitRule, Recipe
-from torchgraft.keys.regions import describe, uncovered
-from torchgraft.core.target import target_inventory
-from torchgraft.core.tensors import TensorInfo, is_floating
 
 
 class _Planner(RuleExpander):
@@ -127,13 +126,8 @@ class _Planner(RuleExpander):
             if entry.needs_initial:
                 info = inventory.get(entry.key)
                 if info is None or info.shape != entry.shape:
-                    found = "has no such tensor" if info is None else f"has it with shape {_fmt_shape(info.shape)}"
-                    raise PlanError("base", f"'{entry.key}' {_fmt_shape(entry.shape)} takes its initial value from '{base}', which {found}")
-
-
-def _inventory_sha256(infos: Sequence[TensorInfo]) -> str:
-    rows = [(t.key, t.shape, t.dtype, t.kind) for t in infos]  # tuples dump as JSON arrays
-    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+                    found = "has no such tensor" if info is None else f"has it with shape {shape_text(info.shape)}"
+                    raise PlanError("base", f"'{entry.key}' {shape_text(entry.shape)} takes its initial value from '{base}', which {found}")
 
 
 def open_sources(recipe: Recipe) -> dict[str, Reader]:
@@ -182,13 +176,15 @@ def _make_plan(recipe: Recipe, resolved: dict, *, target: list[TensorInfo] | Non
             unused=tuple(unused),
             skipped=tuple(planner.skipped),
             sources=sources,
-            target=TargetRef(recipe.target, recipe.target_seed, _inventory_sha256(inventory), recipe.base,
+            target=TargetRef(recipe.target, recipe.target_seed, inventory_sha256(inventory), recipe.base,
                              recipe.target_init),
             recipe=resolved,
             version=__version__,
             layout=resolve_layout(recipe, readers),
         )
-        check_initial(plan)  # per_module: a module without reset_parameters fails the dry run too
+        if recipe.target_init == "per_module" and recipe.target is not None and recipe.base is None:
+            # a module without reset_parameters fails the dry run, not the execution
+            check_resettable(recipe.target, [e.key for e in entries if e.needs_initial])
         return plan
     finally:
         if own:

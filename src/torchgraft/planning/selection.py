@@ -10,33 +10,19 @@ as ``isinstance(module, nn.Conv2d)`` would, so subclasses (timm's ``Conv2dSame``
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Sequence
 
 from torchgraft.core.errors import PlanError
+from torchgraft.core.imports import find_class
 from torchgraft.core.tensors import TensorInfo
 
 _KIND = {"all": None, "parameters": "parameter", "buffers": "buffer"}
 _WHAT = {"all": "tensor", "parameters": "parameter", "buffers": "buffer"}
 
 
-def resolve_class(path: str) -> type | None:
-    """``pkg.module.Class`` (or a nested class) -> the class, or None if it cannot be imported."""
-    parts = path.split(".")
-    for split in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:split]))
-        except ImportError:
-            continue
-        for name in parts[split:]:
-            obj = getattr(obj, name, None)
-        return obj if isinstance(obj, type) else None
-    return None
-
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module_class(module_type: str) -> type | None:
-    return resolve_class(module_type)
+    return find_class(module_type)
 
 
 class TargetFilter:
@@ -48,7 +34,7 @@ class TargetFilter:
         self.kind = _KIND[kind]
         self.classes: list[type] = []
         for i, path in enumerate(types):
-            cls = resolve_class(path)
+            cls = find_class(path)
             if cls is None:
                 raise PlanError(f"{field}.types[{i}]", f"cannot import '{path}' (write the full path, e.g. torch.nn.Conv2d)")
             if not issubclass(cls, nn.Module):

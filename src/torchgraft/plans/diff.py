@@ -9,20 +9,18 @@ source tensors. Repeated layers fold into one line, as in the plan text.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torchgraft.plans import fingerprints
-from torchgraft.core.errors import GraftError
-from torchgraft.keys.folding import fold, merge_leaves
 from torchgraft.core.heap import paused_gc
-from torchgraft.plans.types import Entry, Plan, SourceRef, _entry_dict, entry_form, entry_keys, from_document
-from torchgraft.plans.text import align, entry_row, group_entries, origin_text, rules_text, shape_text
 from torchgraft.core.tensors import short_dtype
+from torchgraft.core.text import shape_text
+from torchgraft.keys.folding import fold, merge_leaves
+from torchgraft.plans import fingerprints
+from torchgraft.plans.text import align, entry_row, group_entries, origin_text, rules_text
+from torchgraft.plans.types import Entry, Plan, SourceRef, _entry_dict, entry_form, entry_keys
 
 
 @dataclass(frozen=True)
@@ -165,7 +163,8 @@ def _source_lines(old: Sequence[SourceRef], new: Sequence[SourceRef]) -> list[st
             lines.append(f"+ {name}: {new_by[name].path}")
             continue
         a, b = old_by[name], new_by[name]
-        changes = [f"{field} {_show(getattr(a, field))} -> {_show(getattr(b, field))}" for field in ("path", "format", "key") if getattr(a, field) != getattr(b, field)]
+        changes = [f"{field} {_show(getattr(a, field))} -> {_show(getattr(b, field))}"
+                   for field in ("path", "format", "key") if getattr(a, field) != getattr(b, field)]
         for field in fingerprints.differences(a.fingerprint, b.fingerprint):
             x, y = a.fingerprint.get(field), b.fingerprint.get(field)
             changes.append(f"{field} changed" if field == "mtime_ns" else f"{field} {_pin(field, x)} -> {_pin(field, y)}")
@@ -193,7 +192,7 @@ def _entry_lines(old: Sequence[Entry], new: Sequence[Entry]) -> list[str]:
     changed = [(old_by[e.key], e) for e in new if e.key in old_by and _canonical(old_by[e.key]) != _canonical(e)]
     lines = align([entry_row(g) for g in group_entries(removed)], "- ")
     lines += align([entry_row(g) for g in group_entries(added)], "+ ")
-    n_reads = lambda e: sum(len(p.reads) for p in e.pieces)  # noqa: E731
+    n_reads = lambda e: sum(len(p.reads) for p in e.pieces)
     groups = fold(
         changed,
         lambda pair: (pair[1].key, *entry_keys(pair[0])[1:], *entry_keys(pair[1])[1:]),
@@ -223,41 +222,9 @@ def _unused_lines(old: Plan, new: Plan) -> list[str]:
 
 
 def _skipped_lines(old: Plan, new: Plan) -> list[str]:
-    text = lambda s: f"{s.key}  ({s.rule}): {s.reason}"  # noqa: E731
+    text = lambda s: f"{s.key}  ({s.rule}): {s.reason}"
     a, b = [text(s) for s in old.skipped], [text(s) for s in new.skipped]
     return [f"- {t}" for t in a if t not in b] + [f"+ {t}" for t in b if t not in a]
 
 
 # -- graft-diff -----------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``graft-diff A.json B.json``: exit 0 when the plans are the same, 1 when they differ, 2 on error."""
-    from torchgraft.plans.files import hash_matches, read_document
-
-    parser = argparse.ArgumentParser(
-        prog="graft-diff",
-        description="Compare two torchgraft plans (plan.json). Exit 0: the same; 1: different; 2: a file is not a plan.",
-    )
-    parser.add_argument("old", help="the plan before (e.g. the committed plans/NAME.plan.json)")
-    parser.add_argument("new", help="the plan after")
-    args = parser.parse_args(argv)
-    try:
-        documents = [read_document(path, None) for path in (args.old, args.new)]
-    except GraftError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for path, data in zip((args.old, args.new), documents):
-        if not hash_matches(data):
-            print(f"warning: {path}: the plan does not match its sha256 (was it edited by hand?)", file=sys.stderr)
-    old, new = (from_document(d) for d in documents)  # checked by read_document
-    result = diff_plans(old, new)
-    if result.same:
-        print(f"no differences: {args.old} and {args.new} describe the same transfer")
-        return 0
-    sys.stdout.write(result.text(args.old, args.new, old, new))
-    return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,8 +16,8 @@ from pathlib import Path
 from torchgraft.core.errors import DriftError, PlanError
 from torchgraft.core.heap import paused_gc
 from torchgraft.plans.markdown import render_markdown
-from torchgraft.plans.types import Plan, document_sha256, from_document, validate
 from torchgraft.plans.text import render
+from torchgraft.plans.types import Plan, document_sha256, from_document, validate
 
 SUFFIX = ".plan.json"
 

@@ -10,11 +10,13 @@ bytes; then mtime is not compared, so a fresh copy of the same file still matche
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 
 from torchgraft.checkpoints import Reader
+from torchgraft.core.tensors import TensorInfo
 
-MODES = ("fast", "hash")
 _FAST = ("size", "mtime_ns", "header_sha256")
 _HASHED = ("size", "header_sha256", "content_sha256")
 
@@ -39,3 +41,9 @@ def differences(old: Mapping, new: Mapping) -> list[str]:
     """Fields two pinned fingerprints disagree on (mtime not counted when both pin the content)."""
     fields = _HASHED if pins_content(old) and pins_content(new) else (*_FAST, "content_sha256")
     return [k for k in fields if old.get(k) != new.get(k)]
+
+
+def inventory_sha256(infos: Sequence[TensorInfo]) -> str:
+    """The target's structure as the plan pins it: keys, shapes, dtypes and kinds, in order."""
+    rows = [(t.key, t.shape, t.dtype, t.kind) for t in infos]  # tuples dump as JSON arrays
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()

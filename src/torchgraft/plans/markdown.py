@@ -6,8 +6,9 @@ fold into ``<details>`` sections, which GitHub and GitLab render collapsed.
 
 from __future__ import annotations
 
+from torchgraft.core.text import human_bytes
+from torchgraft.plans.text import nbytes, shown_path, source_stats, summary, table, target_text, unused_lines
 from torchgraft.plans.types import Plan
-from torchgraft.plans.text import human_bytes, nbytes, shown_path, source_stats, summary, table, target_text, unused_lines
 
 OPEN_UP_TO = 30  # lines: a list this short is shown open
 

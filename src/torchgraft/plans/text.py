@@ -16,29 +16,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
-from torchgraft.keys.folding import Group, expand, fold, fold_keyed, merge_leaves
-from torchgraft.plans._json_forms import Forms
 from torchgraft.core.heap import paused_gc
-from torchgraft.plans.types import Entry, Piece, Plan, Read, entry_parts
-from torchgraft.keys.regions import Region
 from torchgraft.core.tensors import itemsize, short_dtype
+from torchgraft.core.text import human_bytes, shape_text
+from torchgraft.keys.folding import Group, expand, fold, fold_keyed, merge_leaves
+from torchgraft.keys.regions import Region
+from torchgraft.plans._json_forms import Forms
+from torchgraft.plans.types import Entry, Piece, Plan, Read, entry_parts
 from torchgraft.transforms import describe as describe_transform
 
 R = TypeVar("R")
 _MAX_COLUMN = 56  # wider keys overflow their column instead of pushing every line right
-
-
-def human_bytes(n: float) -> str:
-    """``1536`` -> ``1.5 KiB``; also rates (floats)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def shape_text(shape: Sequence[int]) -> str:
-    return "[" + ",".join(str(d) for d in shape) + "]"
 
 
 def group_keys(keys: Iterable[str]) -> list[str]:

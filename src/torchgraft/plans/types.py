@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-
-from torchgraft.plans import _json_forms as json_forms
 from torchgraft.core.errors import PlanError
 from torchgraft.core.heap import paused_gc
+from torchgraft.plans import _json_forms as json_forms
 
 SCHEMA_VERSION = 1
 

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from torchgraft.core.errors import RecipeError
-from torchgraft.recipe.fields import (
+from torchgraft.core.fields import (
     choice,
-    did_you_mean,
     expect_mapping,
     expect_str,
     is_list,
@@ -30,9 +29,10 @@ from torchgraft.recipe.fields import (
     wrong_type,
 )
 from torchgraft.core.tensors import DTYPE_NAMES, is_floating, parse_dtype
+from torchgraft.core.text import did_you_mean
+from torchgraft.recipe.run_options import RUN_FIELDS
 
 # Run-time switches composed into the same config; they are not part of the recipe.
-RUN_FIELDS = ("dry_run", "debug", "apply", "check", "plan_dir", "verify_sources")
 RECIPE_FIELDS = ("sources", "target", "rules", "keep", "base", "policy", "output", "target_seed", "target_init")
 
 # The first value of each choice is its default.

@@ -5,11 +5,11 @@ stores the canonical spec (defaults filled in) and the executor compiles it agai
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from torchgraft.core.errors import RecipeError
+from torchgraft.core.text import did_you_mean
 from torchgraft.transforms.channels import adapt_channels
 from torchgraft.transforms.core import Transform
 from torchgraft.transforms.interpolate import OPTIONS as INTERPOLATE_OPTIONS
@@ -41,9 +41,8 @@ def compile_transform(spec: Any, field: str) -> Transform:
     else:
         raise RecipeError(field, f"expected a transform name or a one-key mapping, got {spec!r}")
     if name not in _BUILDERS:
-        close = difflib.get_close_matches(str(name), list(_BUILDERS), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(_BUILDERS)}"
-        raise RecipeError(field, f"unknown transform '{name}' ({hint})")
+        hint = did_you_mean(name, list(_BUILDERS)) or f" (known: {', '.join(_BUILDERS)})"
+        raise RecipeError(field, f"unknown transform '{name}'{hint}")
     return _BUILDERS[name](arg, field)
 
 

@@ -76,12 +76,6 @@ def options(arg: Any, field: str, name: str, known: Sequence[str], example: str)
     return arg
 
 
-def choice(value: Any, field: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise RecipeError(field, f"must be one of {', '.join(choices)} (got {value!r})")
-    return value
-
-
 def working(t: torch.Tensor) -> torch.Tensor:
     """The precision to compute in: float64 stays, every other dtype goes to float32
     (interpolation and sums in half precision lose more than the result can hold)."""

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     import torch
 
 from torchgraft.core.errors import RecipeError
-from torchgraft.transforms.core import Shape, Transform, choice, floating_only, is_int, options, working
+from torchgraft.core.fields import choice
+from torchgraft.transforms.core import Shape, Transform, floating_only, is_int, options, working
 
 # The first mode of each list is the default for that many grid dimensions.
 MODES = {1: ("linear", "nearest", "nearest-exact", "area"),

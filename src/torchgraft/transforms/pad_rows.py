@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     import torch
 
 from torchgraft.core.errors import RecipeError
-from torchgraft.transforms.core import Shape, Transform, choice, floating_only, options, positive_int, same_dtype, working
+from torchgraft.core.fields import choice
+from torchgraft.transforms.core import Shape, Transform, floating_only, options, positive_int, same_dtype, working
 
 FILLS = ("init", "mean", "zeros")  # the first is the default
 

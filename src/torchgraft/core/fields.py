@@ -6,10 +6,10 @@ saying what was expected at that path, so the recipe schema reads as a list of f
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 
 from torchgraft.core.errors import RecipeError
+from torchgraft.core.text import did_you_mean
 
 
 def type_name(value: object) -> str:
@@ -22,11 +22,6 @@ def wrong_type(value: object, field: str, expected: str) -> RecipeError:
 
 def is_list(value: object) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
-
-
-def did_you_mean(word: object, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def reject_unknown(mapping: Mapping, known: Sequence[str], field: str | None) -> None:

@@ -1,0 +1,67 @@
+"""From a composed config to plain data: OmegaConf interpolations resolved
+(``${example:NAME}``, ``${hydra:...}``, ``${oc.env:...}``), each failure naming its field.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from torchgraft.core.errors import GraftError, RecipeError
+from torchgraft.recipe.run_options import RUN_FIELDS
+
+
+def _find_cause(err: BaseException, kind: type) -> BaseException | None:
+    """The first ``kind`` in an exception's cause/context chain (OmegaConf wraps resolver errors twice)."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, kind):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
+def _example_path(name: str) -> str:
+    # The example models need torch; import them only when a recipe names one.
+    from torchgraft.examples.checkpoints import example_path
+
+    return example_path(name)
+
+
+def register_resolver() -> None:
+    """Make ``${example:NAME}`` available to recipes (idempotent)."""
+    if not OmegaConf.has_resolver("example"):
+        OmegaConf.register_new_resolver("example", _example_path)
+
+
+def resolve(cfg: Mapping[str, Any] | DictConfig) -> dict:
+    """Resolve interpolations (``${example:...}``, ``${hydra:...}``) to plain data, naming the field on failure."""
+    register_resolver()
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        graft_error = _find_cause(err, GraftError)
+        if graft_error is not None:
+            reason = graft_error.message
+        else:
+            cause = err.__cause__
+            reason = str(cause) if cause is not None else str(err).splitlines()[0]
+        raise RecipeError(err.full_key or None, reason if reason else "missing value") from None
+    data.pop("hydra", None)
+    return data
+
+
+def recipe_record(data: Mapping[str, Any]) -> dict:
+    """What a plan pins of its recipe: every transfer field, not run switches or where the output goes."""
+    record = {k: copy.deepcopy(v) for k, v in data.items() if k not in RUN_FIELDS}
+    output = dict(record.get("output") or {})
+    output.pop("path", None)
+    output.pop("overwrite", None)
+    record["output"] = output
+    return record
