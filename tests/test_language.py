@@ -15,7 +15,7 @@ from torchgraft.core.errors import GraftError, PlanError
 from torchgraft.examples import SequentialNet
 from torchgraft.examples.checkpoints import example_path
 from torchgraft.examples.encoders import TextEncoder
-from torchgraft.plans.types import from_json
+from torchgraft.plans.codec import from_json
 from torchgraft.recipe.source import bundled_recipes
 
 PROBE = {"_target_": "torchgraft.examples.LinearProbe", "in_features": 12, "num_classes": 4}

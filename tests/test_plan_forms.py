@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from torchgraft.core.text import human_bytes
 from torchgraft.keys import folding as grouping
 from torchgraft.keys.folding import fold
-from torchgraft.plans import _json_forms as json_forms
+from torchgraft.plans import _json_fast as json_forms
+from torchgraft.plans.forms import Forms
 from torchgraft.plans.markdown import render_markdown
 from torchgraft.plans.text import nbytes, read_nbytes, render, source_stats, summary
 from torchgraft.plans.types import (
@@ -103,7 +104,7 @@ def test_plan_json_is_what_json_dumps_writes(plan):
 
 def test_a_form_whose_strings_look_like_placeholders_is_dumped_item_by_item():
     items = [("k0", "\x000\x00"), ("k1", "\x000\x00"), ("k2", "%s")]
-    forms = json_forms.Forms.of(items, lambda item: ((item[0],), item[1]))
+    forms = Forms.of(items, lambda item: ((item[0],), item[1]))
     similar = json_forms.Similar(items, forms, lambda item, keys: {"key": keys[0], "note": item[1]})
     text, samples = json_forms.document({"items": similar}, indent=1)
     expected = [{"key": key, "note": note} for key, note in items]
@@ -113,7 +114,7 @@ def test_a_form_whose_strings_look_like_placeholders_is_dumped_item_by_item():
 
 def test_a_form_whose_keys_are_written_out_of_order_is_dumped_item_by_item():
     items = [("k0", "z0"), ("k1", "z1")]
-    forms = json_forms.Forms.of(items, lambda item: (item, ()))
+    forms = Forms.of(items, lambda item: (item, ()))
     similar = json_forms.Similar(items, forms, lambda item, keys: {"b": keys[0], "a": keys[1]})
     expected = {"items": [{"b": k, "a": z} for k, z in items], "n": 1}
     assert json_forms.document({"items": similar, "n": 1})[0] == json_forms.dumps(expected)
@@ -121,7 +122,7 @@ def test_a_form_whose_keys_are_written_out_of_order_is_dumped_item_by_item():
 
 
 def test_forms_number_equal_objects_alike_in_order_of_first_occurrence():
-    forms = json_forms.Forms.of(["a1", "b1", "a2", "c1", "b2"], lambda item: ((item,), item[0]))
+    forms = Forms.of(["a1", "b1", "a2", "c1", "b2"], lambda item: ((item,), item[0]))
     assert forms.numbers == [0, 1, 0, 2, 1] and forms.firsts == [0, 1, 3] and forms.counts == [2, 2, 1]
     assert forms.keys == [("a1",), ("b1",), ("a2",), ("c1",), ("b2",)]
 

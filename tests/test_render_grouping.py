@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchgraft.keys.folding import brace, expand, expand_line, fold, slot_values
+from torchgraft.keys.folding import Group, brace, expand, expand_line, fold, slot_values
 from torchgraft.plans.markdown import render_markdown
-from torchgraft.plans.text import group_entries, render, table, ungroup
+from torchgraft.plans.text import group_entries, render, table
 from torchgraft.plans.types import Entry, Piece, Plan, Read, SourceRef, TargetRef, Unused
 
 FINGERPRINT = {"size": 1000, "mtime_ns": 1, "header_sha256": "0" * 64}
 
+
+
+def ungroup(groups: Iterable[Group[Entry]]) -> list[Entry]:
+    """Every entry the lines stand for, rebuilt from each line's patterns (the inverse of
+    ``group_entries``, up to order)."""
+    out = []
+    for group in groups:
+        first = group.members[0]
+        for keys in expand(group.patterns):
+            at, pieces = 1, []
+            for piece in first.pieces:
+                reads = tuple(replace(r, key=k) for r, k in zip(piece.reads, keys[at : at + len(piece.reads)]))
+                pieces.append(replace(piece, reads=reads))
+                at += len(piece.reads)
+            out.append(replace(first, key=keys[0], pieces=tuple(pieces)))
+    return out
 
 def _assign(key, shape, source_key, rule="rules[0]", transforms=(), region=None):
     read = Read("minilm", source_key, shape, "float32")

@@ -19,10 +19,11 @@ from torchgraft.core.errors import DriftError, PlanError, RecipeError
 from torchgraft.examples.checkpoints import example_path
 from torchgraft.execution.sources import pin_contents
 from torchgraft.plans import fingerprints
+from torchgraft.plans.codec import document_sha256
 from torchgraft.plans.diff import diff_plans
 from torchgraft.plans.files import job_name, read_plan
 from torchgraft.plans.review import check_target
-from torchgraft.plans.types import Read, document_sha256
+from torchgraft.plans.types import Read
 from torchgraft.recipe.run_options import verify_mode
 from torchgraft.recipe.source import bundled_recipes
 

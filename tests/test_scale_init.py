@@ -16,7 +16,7 @@ import torchgraft
 from torchgraft.core.errors import TargetError
 from torchgraft.execution import initial
 from torchgraft.execution.initial import advice, module_seed
-from torchgraft.plans.types import from_json
+from torchgraft.plans.codec import from_json
 
 
 class Net(nn.Module):

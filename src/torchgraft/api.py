@@ -1,4 +1,9 @@
-"""The library API the CLI is built on: ``plan``, ``render``, ``execute``, ``load_into``."""
+"""The library API the CLI is built on: ``plan``, ``render``, ``execute``, ``load_into``,
+and the review calls ``apply`` and ``check``.
+
+Each call that plans or reads a plan runs with the cyclic garbage collector paused
+(``core.heap.paused_gc``): the one place it is applied for library users, as the CLI's
+entry points are for commands."""
 
 from __future__ import annotations
 
@@ -11,13 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 if TYPE_CHECKING:
     from torch import nn
 
+from torchgraft.core.heap import paused_gc
 from torchgraft.core.target import model_inventory
 from torchgraft.execution.executor import check_output, execute, state_dict
 from torchgraft.execution.sources import open_plan_sources, pin_contents
 from torchgraft.planning.planner import make_plan
 from torchgraft.plans import review
+from torchgraft.plans import text as plan_text
 from torchgraft.plans.files import read_plan
-from torchgraft.plans.text import render
 from torchgraft.plans.types import Plan
 from torchgraft.recipe.parse import Recipe, parse_recipe
 from torchgraft.recipe.resolve import recipe_record, register_resolver, resolve
@@ -35,12 +41,20 @@ def _load(recipe: RecipeLike) -> tuple[Recipe, dict]:
     return parse_recipe(data), recipe_record(data)
 
 
+@paused_gc()
 def plan(recipe: RecipeLike) -> Plan:
     """Plan a recipe (a mapping, a DictConfig or a YAML path). Reads headers only."""
     parsed, record = _load(recipe)
     return make_plan(parsed, record)
 
 
+@paused_gc()
+def render(plan: Plan, grouped: bool = True) -> str:
+    """The plan as text for review, repeated layers folded: what ``plan.txt`` holds."""
+    return plan_text.render(plan, grouped)
+
+
+@paused_gc()
 def load_into(model: nn.Module, recipe: RecipeLike) -> Plan:
     """Fill ``model`` in place from the recipe's sources: the one call that replaces a
     hand-written ``state_dict`` loop. Tensors no rule assigns keep the model's current
@@ -52,6 +66,7 @@ def load_into(model: nn.Module, recipe: RecipeLike) -> Plan:
     return the_plan
 
 
+@paused_gc()
 def apply(path: str, output: Path, *, overwrite: bool = False, dry_run: bool = False) -> Plan:
     """Execute the reviewed plan at ``path`` exactly, after checking that it is unedited
     and that its sources and target are unchanged. ``dry_run``: check only."""
@@ -67,6 +82,7 @@ def apply(path: str, output: Path, *, overwrite: bool = False, dry_run: bool = F
     return the_plan
 
 
+@paused_gc()
 def check(path: str, recipe: str, make: Callable[[], Plan], verify: str) -> review.CheckResult:
     """Re-plan with ``make`` and compare with the committed plan at ``path``. Sources are
     hashed when either side asks for it (``verify_sources=hash`` or a committed plan

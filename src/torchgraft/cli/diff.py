@@ -7,11 +7,13 @@ import sys
 from collections.abc import Sequence
 
 from torchgraft.core.errors import GraftError
+from torchgraft.core.heap import paused_gc
+from torchgraft.plans.codec import from_document
 from torchgraft.plans.diff import diff_plans
 from torchgraft.plans.files import hash_matches, read_document
-from torchgraft.plans.types import from_document
 
 
+@paused_gc()
 def main(argv: Sequence[str] | None = None) -> int:
     """``graft-diff A.json B.json``: exit 0 when the plans are the same, 1 when they differ, 2 on error."""
     parser = argparse.ArgumentParser(

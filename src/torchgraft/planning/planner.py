@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 
 from torchgraft.checkpoints import Reader, open_checkpoint
 from torchgraft.core.errors import PlanError
-from torchgraft.core.heap import paused_gc
 from torchgraft.core.target import check_resettable, target_inventory
 from torchgraft.core.tensors import TensorInfo, is_floating
 from torchgraft.core.text import shape_text
@@ -146,8 +145,7 @@ def open_sources(recipe: Recipe) -> dict[str, Reader]:
 def make_plan(recipe: Recipe, resolved: dict, *, target: list[TensorInfo] | None = None, readers: Mapping[str, Reader] | None = None) -> Plan:
     """Plan ``recipe``. ``resolved`` is the recipe as plain data, recorded in the plan;
     ``target`` overrides the target inventory (load_into passes a live model's)."""
-    with paused_gc():  # 100k tensors: the cyclic collector would take half the time
-        return _make_plan(recipe, resolved, target=target, readers=readers)
+    return _make_plan(recipe, resolved, target=target, readers=readers)
 
 
 def _make_plan(recipe: Recipe, resolved: dict, *, target: list[TensorInfo] | None, readers: Mapping[str, Reader] | None) -> Plan:

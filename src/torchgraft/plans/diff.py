@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torchgraft.core.heap import paused_gc
 from torchgraft.core.tensors import short_dtype
 from torchgraft.core.text import shape_text
 from torchgraft.keys.folding import fold, merge_leaves
 from torchgraft.plans import fingerprints
+from torchgraft.plans.codec import entry_document
 from torchgraft.plans.text import align, entry_row, group_entries, origin_text, rules_text
-from torchgraft.plans.types import Entry, Plan, SourceRef, _entry_dict, entry_form, entry_keys
+from torchgraft.plans.types import Entry, Plan, SourceRef, entry_form, entry_keys
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,7 @@ class PlanDiff:
 def diff_plans(old: Plan, new: Plan) -> PlanDiff:
     """Every difference between ``old`` and ``new`` that changes what a run would do or
     what it is pinned to; empty when they describe the same transfer of the same files."""
-    with paused_gc():  # two large plans: millions of objects, none cyclic garbage
-        return _diff_plans(old, new)
+    return _diff_plans(old, new)
 
 
 def _diff_plans(old: Plan, new: Plan) -> PlanDiff:
@@ -177,7 +176,7 @@ def _source_lines(old: Sequence[SourceRef], new: Sequence[SourceRef]) -> list[st
 
 
 def _canonical(entry: Entry) -> str:
-    return json.dumps(_entry_dict(entry), sort_keys=True)
+    return json.dumps(entry_document(entry), sort_keys=True)
 
 
 def _described(entry: Entry, keys: Sequence[str]) -> str:

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from torchgraft.core.errors import DriftError, PlanError
-from torchgraft.core.heap import paused_gc
+from torchgraft.plans.codec import document_sha256, from_document
 from torchgraft.plans.markdown import render_markdown
+from torchgraft.plans.schema import validate
 from torchgraft.plans.text import render
-from torchgraft.plans.types import Plan, document_sha256, from_document, validate
+from torchgraft.plans.types import Plan
 
 SUFFIX = ".plan.json"
 
@@ -33,11 +34,10 @@ def write_text(path: Path, text: str) -> None:
 def write_plan(plan: Plan, stem: Path, text: str | None = None, *, also: Sequence[Path] = ()) -> Path:
     """Write ``STEM.json``, ``STEM.txt`` and ``STEM.md`` (and the same under each stem of
     ``also``, made once); returns the last JSON path."""
-    with paused_gc():  # a 100k-entry plan's JSON: objects by the million, none cyclic garbage
-        files = {".json": plan.to_json(), ".txt": text if text is not None else render(plan), ".md": render_markdown(plan)}
-        for where in (stem, *also):
-            for suffix, content in files.items():
-                write_text(where.with_name(where.name + suffix), content)
+    files = {".json": plan.to_json(), ".txt": text if text is not None else render(plan), ".md": render_markdown(plan)}
+    for where in (stem, *also):
+        for suffix, content in files.items():
+            write_text(where.with_name(where.name + suffix), content)
     return where.with_name(where.name + ".json")
 
 
@@ -95,17 +95,16 @@ def read_document(path: str, field: str) -> dict:
         raise PlanError(field, f"{path}: no such plan file") from None
     except OSError as err:
         raise PlanError(field, f"{path}: cannot read it ({err.strerror})") from None
-    with paused_gc():  # a 100k-entry plan parses into millions of objects, none cyclic garbage
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise PlanError(field, f"{path}: not valid JSON ({err})") from None
-        if not isinstance(data, dict):
-            raise PlanError(field, f"{path}: not a torchgraft plan (expected a JSON object)")
-        try:
-            validate(data)
-        except PlanError as err:
-            raise PlanError(field, f"{path}: {err.message}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PlanError(field, f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise PlanError(field, f"{path}: not a torchgraft plan (expected a JSON object)")
+    try:
+        validate(data)
+    except PlanError as err:
+        raise PlanError(field, f"{path}: {err.message}") from None
     return data
 
 
@@ -115,13 +114,12 @@ def hash_matches(data: dict) -> bool:
 
 def read_plan(path: str, field: str) -> Plan:
     """A plan file as written by a dry run: schema-valid and unedited, else PlanError/DriftError."""
-    with paused_gc():  # a 100k-entry plan: millions of objects, none cyclic garbage
-        data = read_document(path, field)
-        if not hash_matches(data):
-            what = "carries no sha256" if "sha256" not in data else "does not match its sha256"
-            raise DriftError(
-                field,
-                f"{path}: the plan {what} (was it edited by hand?); a plan runs only as it was written. "
-                f"Re-validate the recipe with: {replan_command(path)}",
-            )
-        return from_document(data)  # checked by read_document
+    data = read_document(path, field)
+    if not hash_matches(data):
+        what = "carries no sha256" if "sha256" not in data else "does not match its sha256"
+        raise DriftError(
+            field,
+            f"{path}: the plan {what} (was it edited by hand?); a plan runs only as it was written. "
+            f"Re-validate the recipe with: {replan_command(path)}",
+        )
+    return from_document(data)  # checked by read_document

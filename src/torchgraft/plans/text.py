@@ -13,15 +13,13 @@ import json
 import os
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 from typing import TypeVar
 
-from torchgraft.core.heap import paused_gc
 from torchgraft.core.tensors import itemsize, short_dtype
 from torchgraft.core.text import human_bytes, shape_text
-from torchgraft.keys.folding import Group, expand, fold, fold_keyed, merge_leaves
+from torchgraft.keys.folding import Group, fold, fold_keyed, merge_leaves
 from torchgraft.keys.regions import Region
-from torchgraft.plans._json_forms import Forms
+from torchgraft.plans.forms import Forms
 from torchgraft.plans.types import Entry, Piece, Plan, Read, entry_parts
 from torchgraft.transforms import describe as describe_transform
 
@@ -127,25 +125,8 @@ def group_entries(entries: Sequence[Entry], forms: Forms | None = None) -> list[
     same shape share one (``norm.{weight,bias}``). In the order of the target. Entries
     fold only when everything but their keys (``entry_form``) is equal. ``forms``: the
     entries' keys and forms if already made (``Plan.entry_forms``)."""
-    with paused_gc():  # a 100k-entry plan: objects by the million, none cyclic garbage
-        forms = forms if forms is not None else Forms.of(entries, entry_parts)
-        return merge_leaves(fold_keyed(entries, forms.keys, forms.numbers), _same_kept)
-
-
-def ungroup(groups: Iterable[Group[Entry]]) -> list[Entry]:
-    """Every entry the lines stand for, rebuilt from each line's patterns (the inverse of
-    ``group_entries``, up to order)."""
-    out = []
-    for group in groups:
-        first = group.members[0]
-        for keys in expand(group.patterns):
-            at, pieces = 1, []
-            for piece in first.pieces:
-                reads = tuple(replace(r, key=k) for r, k in zip(piece.reads, keys[at : at + len(piece.reads)]))
-                pieces.append(replace(piece, reads=reads))
-                at += len(piece.reads)
-            out.append(replace(first, key=keys[0], pieces=tuple(pieces)))
-    return out
+    forms = forms if forms is not None else Forms.of(entries, entry_parts)
+    return merge_leaves(fold_keyed(entries, forms.keys, forms.numbers), _same_kept)
 
 
 def group_unused(plan: Plan) -> list[Group]:
@@ -259,16 +240,15 @@ def render(plan: Plan, grouped: bool = True) -> str:
     """The plan for review: target and sources, every target tensor with its origin or
     ``keep`` (repeated layers folded unless ``grouped=False``), the source tensors
     nothing reads, then counts and bytes."""
-    with paused_gc():  # a 100k-entry plan: objects by the million, none cyclic garbage
-        lines = [*header(plan), "", *table(plan, grouped)]
-        if plan.skipped:
-            lines += ["", f"skipped under policy.mismatch=skip ({len(plan.skipped)}):"]
-            lines += [f"  {s.key}  ({s.rule}): {s.reason}" for s in plan.skipped]
-        if plan.unused:
-            lines += ["", f"unused source tensors ({len(plan.unused)}, {human_bytes(unused_nbytes(plan))}):"]
-            lines += [f"  {line}" for line in unused_lines(plan, grouped)]
-        lines += ["", summary(plan)]
-        return "\n".join(lines) + "\n"
+    lines = [*header(plan), "", *table(plan, grouped)]
+    if plan.skipped:
+        lines += ["", f"skipped under policy.mismatch=skip ({len(plan.skipped)}):"]
+        lines += [f"  {s.key}  ({s.rule}): {s.reason}" for s in plan.skipped]
+    if plan.unused:
+        lines += ["", f"unused source tensors ({len(plan.unused)}, {human_bytes(unused_nbytes(plan))}):"]
+        lines += [f"  {line}" for line in unused_lines(plan, grouped)]
+    lines += ["", summary(plan)]
+    return "\n".join(lines) + "\n"
 
 
 def summary(plan: Plan) -> str:

@@ -1,23 +1,16 @@
 """The plan: every target tensor and where its values come from. The seam between
 the planner (which never touches tensor data) and the executor (which never reads a
-recipe). Plans are frozen values, serialized as canonical JSON and checked against
-the JSON Schema shipped beside this module whenever they are written or read."""
+recipe). Plans are values; ``codec`` turns them into their JSON document and back,
+and ``schema`` checks that document whenever a plan is written or read."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
-from torchgraft.core.errors import PlanError
-from torchgraft.core.heap import paused_gc
-from torchgraft.plans import _json_forms as json_forms
-
-SCHEMA_VERSION = 1
+from torchgraft.plans.forms import Forms
 
 
 # The per-tensor types below (and tensors.TensorInfo) are values: nothing changes one
@@ -147,39 +140,34 @@ class Plan:
         return next(s for s in self.sources if s.name == name)
 
     def to_dict(self) -> dict:
-        return {**_body(self), "sha256": self.sha256}
+        """The plan's JSON document as plain data (``codec.to_document``)."""
+        from torchgraft.plans import codec
+
+        return codec.to_document(self)
 
     def to_json(self) -> str:
-        """Canonical, byte-deterministic JSON (sorted keys, fixed separators)."""
-        with paused_gc():  # a 100k-entry document is millions of objects, none cyclic garbage
-            members = {**_members(self), "sha256": self.sha256}
-            text, samples = json_forms.document(members, indent=1, end="\n")
-            if _keys_unconstrained() and all(map(all, self.entry_forms.keys)):
-                validate({**members, **samples})  # one entry per form: as valid as all (see _valid_by_form)
-            else:
-                validate(self.to_dict())  # the full check, which also words the error
-            return text
+        """The plan file's text: canonical, byte-deterministic, schema-checked (``codec.dumps``)."""
+        from torchgraft.plans import codec
+
+        return codec.dumps(self)
 
     @functools.cached_property
     def sha256(self) -> str:
-        """Computed once: a plan is frozen. The same bytes as ``_digest(_body(self))``,
-        made form by form (json_forms.py)."""
-        with paused_gc():
-            text, _ = json_forms.document(_members(self))
-            return hashlib.sha256(text.encode()).hexdigest()
+        """The plan's identity (``codec.sha256``), computed once: a plan is a value."""
+        from torchgraft.plans import codec
+
+        return codec.sha256(self)
 
     @functools.cached_property
-    def entry_forms(self) -> json_forms.Forms:
+    def entry_forms(self) -> Forms:
         """The entries' keys and forms (``entry_keys``, ``entry_form``), made once for the
         passes over them: text, JSON, hash, counts."""
-        with paused_gc():
-            return json_forms.Forms.of(self.entries, entry_parts)
+        return Forms.of(self.entries, entry_parts)
 
     @functools.cached_property
-    def unused_forms(self) -> json_forms.Forms:
+    def unused_forms(self) -> Forms:
         """The unused tensors' keys and forms (all but the key)."""
-        with paused_gc():
-            return json_forms.Forms.of(self.unused, lambda u: ((u.key,), (u.source, u.shape, u.dtype)))
+        return Forms.of(self.unused, lambda u: ((u.key,), (u.source, u.shape, u.dtype)))
 
 
 def entry_keys(entry: Entry) -> tuple[str, ...]:
@@ -206,212 +194,3 @@ def entry_parts(entry: Entry) -> tuple[tuple[str, ...], tuple]:
         merge = json.dumps(p.merge, sort_keys=True) if p.merge is not None else ""
         pieces.append((p.rule, p.region, transforms, merge, tuple(reads)))
     return tuple(keys), (entry.shape, entry.dtype, entry.kind, entry.uncovered, tuple(pieces))
-
-
-def _members(plan: Plan) -> dict:
-    """The plan's document without its sha256, its entries and unused tensors as
-    ``Similar`` lists (dumped form by form)."""
-    return {
-        **_head(plan),
-        "entries": json_forms.Similar(plan.entries, plan.entry_forms, _entry_dict),
-        "unused": json_forms.Similar(plan.unused, plan.unused_forms, lambda u, keys: _unused_dict(u, keys[0])),
-    }
-
-
-def _body(plan: Plan) -> dict:
-    return {
-        **_head(plan),
-        "entries": [_entry_dict(e) for e in plan.entries],
-        "unused": [_unused_dict(u) for u in plan.unused],
-    }
-
-
-def _unused_dict(unused: Unused, key: str | None = None) -> dict:
-    return {"source": unused.source, "key": unused.key if key is None else key, "shape": list(unused.shape),
-            "dtype": unused.dtype}
-
-
-def _head(plan: Plan) -> dict:
-    """Everything of the plan's document but its sha256, entries and unused tensors."""
-    target = {
-        "spec": plan.target.spec,
-        "seed": plan.target.seed,
-        "inventory_sha256": plan.target.inventory_sha256,
-        "base": plan.target.base,
-    }
-    if plan.target.init != "full":  # left out at its default: older plans keep their hash
-        target["init"] = plan.target.init
-    body = {
-        "format": "torchgraft.plan",
-        "schema_version": SCHEMA_VERSION,
-        "torchgraft_version": plan.version,
-        "recipe": plan.recipe,
-        "target": target,
-        "sources": [
-            {"name": s.name, "path": s.path, "format": s.format, "key": s.key, "fingerprint": s.fingerprint}
-            for s in plan.sources
-        ],
-        "skipped": [{"key": s.key, "rule": s.rule, "reason": s.reason} for s in plan.skipped],
-    }
-    if plan.layout != Layout():
-        body["output"] = {
-            "shard_size": plan.layout.shard_size,
-            "files": [{"source": f.source, "name": f.name, "size": f.size, "sha256": f.sha256}
-                      for f in plan.layout.files],
-        }
-    return body
-
-
-def _entry_dict(entry: Entry, keys: Sequence[str] | None = None) -> dict:
-    """The entry's object in the document; ``keys`` in place of ``entry_keys(entry)``."""
-    keys = iter(keys if keys is not None else entry_keys(entry))
-    return {
-        "key": next(keys),
-        "shape": list(entry.shape),
-        "dtype": entry.dtype,
-        "kind": entry.kind,
-        "pieces": [
-            {
-                "reads": [
-                    {"source": r.source, "key": next(keys), "shape": list(r.shape), "dtype": r.dtype, "region": r.region}
-                    for r in p.reads
-                ],
-                "rule": p.rule,
-                "region": p.region,
-                "transforms": list(p.transforms),
-                "merge": p.merge,
-            }
-            for p in entry.pieces
-        ],
-        "uncovered": list(entry.uncovered),
-    }
-
-
-def _digest(body: dict) -> str:
-    return hashlib.sha256(json_forms.dumps(body).encode()).hexdigest()
-
-
-def document_sha256(data: dict) -> str:
-    """The sha256 a plan document should carry: of everything in it but its ``sha256``
-    field. A stored hash that differs means the file was edited after it was written."""
-    return _digest({k: v for k, v in data.items() if k != "sha256"})
-
-
-@functools.cache
-def schema() -> dict:
-    return json.loads(resources.files("torchgraft.plans").joinpath("plan.schema.json").read_text())
-
-
-def validate(data: dict) -> None:
-    """Check a plan document against the shipped JSON Schema."""
-    import jsonschema  # only where plans are written or read: executing one needs no schema
-
-    validator = jsonschema.Draft202012Validator(schema())
-    if _valid_by_form(data, validator):
-        return
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise PlanError("plan", f"does not conform to the plan schema at {where}: {error.message}")
-
-
-_FREE_STRINGS = ({"type": "string"}, {"type": "string", "minLength": 1})
-
-
-def _keys_unconstrained() -> bool:
-    """The schema asks no more of entry and read keys than to be non-empty strings."""
-    defs = schema()["$defs"]
-    return (defs["entry"]["properties"]["key"] in _FREE_STRINGS
-            and defs["piece"]["properties"]["reads"]["items"]["properties"]["key"] in _FREE_STRINGS)
-
-
-def _valid_by_form(data: object, validator) -> bool:
-    """True if the document is valid, checking each distinct *form* of entry once.
-
-    Entries that differ only in their keys -- strings the schema constrains no further
-    than being non-empty -- are equally valid, and a 100k-entry plan has about a
-    hundred forms: 0.8 s instead of 20 s. False means "not shown valid": the caller
-    runs the full check, which also words the error.
-    """
-    defs = schema()["$defs"]
-    entries = data.get("entries") if isinstance(data, dict) else None
-    if not isinstance(entries, list) or not _keys_unconstrained():
-        return False
-    if not validator.is_valid({**data, "entries": []}):
-        return False
-    one = type(validator)({"$defs": defs, "$ref": "#/$defs/entry"})
-    seen = set()
-    for entry in entries:
-        try:
-            form = repr(_form(entry))  # key order counts too: at worst, more forms to check
-        except (TypeError, ValueError, AttributeError, KeyError):
-            return False
-        if form not in seen:
-            if not one.is_valid(entry):
-                return False
-            seen.add(form)
-    return True
-
-
-def _form(entry: dict) -> dict:
-    """The entry with its key and its reads' keys replaced by one placeholder."""
-    form = {**entry, "key": "k" if isinstance(entry["key"], str) and entry["key"] else entry["key"]}
-    form["pieces"] = [
-        {**p, "reads": [{**r, "key": "" if isinstance(r["key"], str) else r["key"]} for r in p["reads"]]}
-        for p in entry["pieces"]
-    ]
-    return form
-
-
-def from_dict(data: dict) -> Plan:
-    """Rebuild a plan from its JSON document (schema-checked first)."""
-    validate(data)
-    return from_document(data)
-
-
-def from_document(data: dict) -> Plan:
-    """``from_dict`` of a document already schema-checked (``plan_files.read_document``):
-    a 100k-entry plan is not checked twice."""
-    target = data["target"]
-    output = data.get("output") or {}
-    return Plan(
-        entries=tuple(
-            Entry(
-                key=e["key"],
-                shape=tuple(e["shape"]),
-                dtype=e["dtype"],
-                kind=e["kind"],
-                uncovered=tuple(e["uncovered"]),
-                pieces=tuple(
-                    Piece(
-                        reads=tuple(
-                            Read(r["source"], r["key"], tuple(r["shape"]), r["dtype"], r["region"]) for r in p["reads"]
-                        ),
-                        rule=p["rule"],
-                        region=p["region"],
-                        transforms=tuple(p["transforms"]),
-                        merge=p["merge"],
-                    )
-                    for p in e["pieces"]
-                ),
-            )
-            for e in data["entries"]
-        ),
-        unused=tuple(Unused(u["source"], u["key"], tuple(u["shape"]), u["dtype"]) for u in data["unused"]),
-        skipped=tuple(Skipped(s["key"], s["rule"], s["reason"]) for s in data["skipped"]),
-        sources=tuple(SourceRef(s["name"], s["path"], s["format"], s["key"], s["fingerprint"]) for s in data["sources"]),
-        target=TargetRef(target["spec"], target["seed"], target["inventory_sha256"], target["base"],
-                         target.get("init", "full")),
-        recipe=data["recipe"],
-        version=data["torchgraft_version"],
-        layout=Layout(output.get("shard_size"),
-                      tuple(CopiedFile(f["source"], f["name"], f["size"], f["sha256"]) for f in output.get("files", []))),
-    )
-
-
-def from_json(text: str) -> Plan:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise PlanError("plan", f"not valid JSON: {err}") from None
-    return from_dict(data)

@@ -11,13 +11,14 @@ keys put in. (``json.dumps`` with ``indent`` runs in pure Python: 3.5 s for a
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import re
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from torchgraft.plans.forms import Forms
 
 _encode = json.encoder.encode_basestring  # how json.dumps writes a str when ensure_ascii=False
 _PLACEHOLDER = re.compile(r'"\\u0000(\d+)\\u0000"')  # "\x00<i>\x00" as json writes it
@@ -33,43 +34,6 @@ def dumps(value: Any, indent: int | None = None) -> str:
     if indent is None:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return json.dumps(value, indent=indent, sort_keys=True, ensure_ascii=False)
-
-
-@dataclass(frozen=True)
-class Forms:
-    """A list of items sorted into forms, once: each item's keys and the number of its
-    form, and where each form first occurs. A plan's text, JSON, hash and counts all
-    need this for its 100k entries: made once per plan instead of once per pass.
-
-    Two items have one form exactly when their objects are equal but for their keys
-    (a few strings).
-    """
-
-    keys: list[tuple[str, ...]]  # each item's keys
-    numbers: list[int]  # each item's form, numbered in order of first occurrence
-    firsts: list[int]  # each form's first item
-
-    @classmethod
-    def of(cls, items: Sequence[Any], parts: Callable[[Any], tuple[tuple[str, ...], Hashable]]) -> Forms:
-        """``parts(item)`` is ``(keys, form)``: the item's keys, and all else of it."""
-        numbered: dict[Hashable, int] = {}
-        keys, numbers = [], []
-        for item_keys, form in map(parts, items):
-            keys.append(item_keys)
-            numbers.append(numbered.setdefault(form, len(numbered)))
-        firsts: list[int] = []
-        for i, number in enumerate(numbers):
-            if number == len(firsts):  # a form not seen before: numbers grow one at a time
-                firsts.append(i)
-        return cls(keys, numbers, firsts)
-
-    @functools.cached_property
-    def counts(self) -> list[int]:
-        """How many items each form has."""
-        counts = [0] * len(self.firsts)
-        for number in self.numbers:
-            counts[number] += 1
-        return counts
 
 
 @dataclass(frozen=True)
