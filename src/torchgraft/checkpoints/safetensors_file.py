@@ -140,7 +140,7 @@ class SafetensorsReader(Reader):
 
         Not ``safe_open(...).offset_keys()``: it breaks such ties in hash-map order,
         which changes from run to run (seen with safetensors 0.8), and plans must not.
-        Offsets compare as lists, as tuples would: safe_open has checked they are two ints.
+        Offsets compare as lists, as tuples would: check_layout has checked they are two ints.
         """
         entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
         try:
@@ -158,7 +158,7 @@ class SafetensorsReader(Reader):
             raise self._error(f"tensor '{key}' has dtype {entry['dtype']}, "
                               "which torchgraft does not support") from None
         shape = tuple(entry["shape"])
-        return TensorInfo(key, shapes.setdefault(shape, shape), dtype)  # safe_open has checked: unsigned ints
+        return TensorInfo(key, shapes.setdefault(shape, shape), dtype)  # check_layout has checked: unsigned ints
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
@@ -169,7 +169,7 @@ class SafetensorsReader(Reader):
     def byte_range(self, key: str) -> ByteRange:
         info = self._info(key)
         begin, end = self._offsets[key]
-        if end - begin != info.nbytes:  # safe_open has already checked; belt and braces
+        if end - begin != info.nbytes:  # check_layout has already checked; belt and braces
             raise self._error(f"tensor '{key}' has {end - begin} bytes, its shape and dtype need {info.nbytes}")
         return ByteRange(self.path, len(self._raw_header) + begin, end - begin)
 
