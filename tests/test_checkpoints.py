@@ -423,7 +423,8 @@ def test_hf_single_file_directory(tmp_path):
 def test_hf_errors(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    raises(f"{empty}: no model.safetensors, pytorch_model.bin or *.index.json in this directory",
+    raises(f"{empty}: no model.safetensors, pytorch_model.bin or *.index.json (Hugging Face), "
+           "nor .metadata (torch.distributed.checkpoint), in this directory",
            open_checkpoint, empty, field=FIELD)
     directory = write_hf(tmp_path / "hf", sample_tensors())
     (directory / "model-00002-of-00002.safetensors").unlink()
@@ -441,7 +442,7 @@ def test_missing_path(tmp_path):
 
 def test_unknown_format_value(tmp_path):
     path = write_safetensors(tmp_path / "m.safetensors", sample_tensors())
-    raises("unknown format 'xyz' (expected auto, safetensors, torch or hf)",
+    raises("unknown format 'xyz' (expected auto, safetensors, torch, hf or dcp)",
            open_checkpoint, path, format="xyz", field=FIELD)
 
 
@@ -481,11 +482,11 @@ def test_explicit_format_overrides_the_suffix(tmp_path):
 
 def test_key_and_format_mismatches(tmp_path):
     path = write_safetensors(tmp_path / "m.safetensors", sample_tensors())
-    raises(f"{path}: 'key' applies only to torch checkpoints, and this is a safetensors "
+    raises(f"{path}: 'key' applies only to torch and DCP checkpoints, and this is a safetensors "
            "checkpoint", open_checkpoint, path, key="state_dict", field=FIELD)
     raises(f"{path}: format hf expects a directory", open_checkpoint, path, format="hf",
            field=FIELD)
-    raises(f"{tmp_path}: is a directory (set format: hf or auto)", open_checkpoint, tmp_path,
+    raises(f"{tmp_path}: is a directory (set format: hf, dcp or auto)", open_checkpoint, tmp_path,
            format="torch", field=FIELD)
 
 

@@ -33,8 +33,8 @@ class HFReader(Reader):
         super().__init__(path, field=field, shown=shown)
         found = next((name for name in CANDIDATES if (self.path / name).is_file()), None)
         if found is None:
-            raise self._error("no model.safetensors, pytorch_model.bin or *.index.json "
-                              "in this directory")
+            raise self._error("no model.safetensors, pytorch_model.bin or *.index.json (Hugging Face), "
+                              "nor .metadata (torch.distributed.checkpoint), in this directory")
         self._index: Path | None = None
         self._index_metadata: dict[str, str] = {}
         self._shards: dict[str, Reader] = {}

@@ -36,7 +36,7 @@ from torchgraft.recipe.run_options import RUN_FIELDS
 RECIPE_FIELDS = ("sources", "target", "rules", "keep", "base", "policy", "output", "target_seed", "target_init")
 
 # The first value of each choice is its default.
-SOURCE_FORMATS = ("auto", "safetensors", "torch", "hf")
+SOURCE_FORMATS = ("auto", "safetensors", "torch", "hf", "dcp")
 MISSING_MODES = ("error", "skip")
 UNASSIGNED_MODES = ("error", "keep")
 UNUSED_MODES = ("warn", "ignore", "error")
@@ -62,7 +62,7 @@ _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 class SourceSpec:
     name: str
     path: str
-    format: str = "auto"  # auto | safetensors | torch | hf
+    format: str = "auto"  # auto | safetensors | torch | hf | dcp
     key: str | None = None  # dotted path of the state dict inside a torch checkpoint
 
 
@@ -190,8 +190,8 @@ def _parse_sources(value: object) -> tuple[SourceSpec, ...]:
         path = expect_str(raw.get("path"), f"{field}.path")
         fmt = choice(raw.get("format"), f"{field}.format", SOURCE_FORMATS)
         key = optional_str(raw.get("key"), f"{field}.key")
-        if key is not None and fmt == "safetensors":
-            raise RecipeError(f"{field}.key", "only torch checkpoints have a key (format is 'safetensors')")
+        if key is not None and fmt in ("safetensors", "hf"):
+            raise RecipeError(f"{field}.key", f"only torch and DCP checkpoints have a key (format is '{fmt}')")
         specs.append(SourceSpec(name, path, fmt, key))
     return tuple(specs)
 
