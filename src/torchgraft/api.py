@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 from torchgraft.core.heap import paused_gc
+from torchgraft.core.errors import PlanError
+from torchgraft.core.specs import check_plan_spec
 from torchgraft.core.target import model_inventory
 from torchgraft.execution.executor import check_output, execute, state_dict
 from torchgraft.execution.sources import open_plan_sources, pin_contents
@@ -38,7 +40,7 @@ def _load(recipe: RecipeLike) -> tuple[Recipe, dict]:
         register_resolver()
         recipe = OmegaConf.load(recipe)
     data = resolve(recipe)
-    return parse_recipe(data), recipe_record(data)
+    return parse_recipe(data), recipe_record(data, recipe)
 
 
 @paused_gc()
@@ -71,6 +73,11 @@ def apply(path: str, output: Path, *, overwrite: bool = False, dry_run: bool = F
     """Execute the reviewed plan at ``path`` exactly, after checking that it is unedited
     and that its sources and target are unchanged. ``dry_run``: check only."""
     the_plan = read_plan(path, "apply")
+    if the_plan.target.spec is not None:
+        try:  # before anything is built: a plan file calls nothing but its model class
+            check_plan_spec(the_plan.target.spec)
+        except PlanError as err:
+            raise PlanError("apply", f"{path}: {err}") from None
     if not dry_run:
         check_output(output, overwrite)
     review.check_target(the_plan)

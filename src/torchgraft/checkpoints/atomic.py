@@ -2,8 +2,9 @@
 
 Writers write to a hidden temporary file (or directory, for a sharded model
 directory) next to the output; only a complete, fsynced one is renamed into place, so
-an interrupted run (error, Ctrl-C) leaves no partial checkpoint behind and a crash
-leaves at worst a hidden ``.tmp-`` file or directory.
+an interrupted run (error, Ctrl-C, SIGTERM) leaves no partial checkpoint behind and a
+crash (SIGKILL) leaves at worst a hidden ``.NAME.tmp-PID-HEX`` file or directory,
+which the next run at the same path removes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from pathlib import Path
 from torchgraft.core.errors import OutputError
 
 FIELD = "output.path"
-_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-[0-9a-f]+$")
+# ``.NAME.tmp-PID-HEX`` (and ``.old-`` for the output a directory overwrite moves
+# aside): the owner's pid lets the next run at the same path remove what a killed run
+# left, and only that (stale_temporaries).
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?:(?P<pid>[0-9]+)-)?[0-9a-f]+$")
+RENAME_EXCHANGE = 2  # linux/fs.h
 # Filesystems without hard links (FAT, some network mounts) say so with one of these.
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK,
              errno.EXDEV}
@@ -35,6 +40,7 @@ def atomic_output(path: Path, *, overwrite: bool) -> Iterator[Path]:
     KeyboardInterrupt included, the temporary file is removed and nothing is published.
     """
     path = Path(path)
+    remove_stale_temporaries(path)
     if not overwrite and os.path.lexists(path):
         raise _exists(path)  # fail before any work, not after writing gigabytes
     try:
@@ -43,8 +49,9 @@ def atomic_output(path: Path, *, overwrite: bool) -> Iterator[Path]:
     except OSError as e:
         raise OutputError(FIELD, f"{path}: cannot write ({e.strerror or e})") from None
     try:
-        yield tmp
-        _fsync(tmp)
+        with _output_errors(path):
+            yield tmp
+            _fsync(tmp)
         _publish(tmp, path, overwrite=overwrite)
     finally:
         tmp.unlink(missing_ok=True)  # after a link publish the temp is a spare name
@@ -61,6 +68,7 @@ def atomic_directory(path: Path, *, overwrite: bool, replaceable: re.Pattern) ->
     or a directory holding anything else: ``output.path=.`` must not empty a project.
     """
     path = Path(path)
+    remove_stale_temporaries(path)
     if os.path.lexists(path):
         if not overwrite:
             raise _exists(path)
@@ -71,14 +79,29 @@ def atomic_directory(path: Path, *, overwrite: bool, replaceable: re.Pattern) ->
     except OSError as e:
         raise OutputError(FIELD, f"{path}: cannot write ({e.strerror or e})") from None
     try:
-        yield tmp
-        for entry in tmp.iterdir():
-            _fsync(entry)
-        _fsync(tmp)
+        with _output_errors(path):
+            yield tmp
+            for entry in tmp.iterdir():
+                _fsync(entry)
+            _fsync(tmp)
         _publish_directory(tmp, path, overwrite=overwrite, replaceable=replaceable)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _fsync_dir(path.parent)
+
+
+# Errors writing can only mean the output's filesystem: named as the output's.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
+@contextlib.contextmanager
+def _output_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        raise OutputError(FIELD, f"{path}: cannot write ({e.strerror}, {errno.errorcode[e.errno]})") from None
 
 
 def _check_replaceable(path: Path, replaceable: re.Pattern) -> None:
@@ -91,12 +114,19 @@ def _check_replaceable(path: Path, replaceable: re.Pattern) -> None:
 
 
 def _publish_directory(tmp: Path, path: Path, *, overwrite: bool, replaceable: re.Pattern) -> None:
+    """One atomic step where the filesystem can: ``renameat2(RENAME_EXCHANGE)`` swaps the
+    new directory with the old one, which then is at ``tmp`` and is removed. Elsewhere,
+    two renames (old aside to ``.NAME.old-PID-HEX``, new into place): killed between
+    them, the old output stands aside under a name the next run recognises and puts
+    back (``remove_stale_temporaries``), so the old or the new output is at the path."""
     old = None
     try:
         if os.path.lexists(path):
             if not overwrite:
                 raise _exists(path)
             _check_replaceable(path, replaceable)  # again: it may have changed while we wrote
+            if _exchange(tmp, path):
+                return  # tmp now holds the old output: the caller removes it
             old = _create_temp(path, directory=True, kind="old")
             os.rename(path, old)  # onto the empty placeholder: replaced atomically
         try:
@@ -115,6 +145,66 @@ def _publish_directory(tmp: Path, path: Path, *, overwrite: bool, replaceable: r
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap ``a`` and ``b`` atomically; False where the system or filesystem cannot."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove what a killed run at ``path`` left beside it: only names torchgraft gives
+    (``.NAME.tmp-PID-HEX``, ``.NAME.old-PID-HEX``) whose process is gone. An ``old``
+    directory with nothing at ``path`` is the output a run moved aside and was killed
+    before replacing: it is put back. Returns what was removed or restored."""
+    path = Path(path)
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return []
+    done = []
+    for entry in sorted(entries, key=lambda e: e.name):
+        match = _TEMP.match(entry.name)
+        if not match or match.group("name") != path.name or not match.group("pid") \
+                or _alive(int(match.group("pid"))):
+            continue
+        stale = Path(entry.path)
+        try:
+            if match.group("kind") == "old" and not os.path.lexists(path):
+                os.rename(stale, path)
+            elif entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        except OSError:
+            continue
+        done.append(stale)
+    return done
+
+
 def final_name(path: Path) -> str:
     """The name a temporary path from ``atomic_output`` will be published under."""
     name = Path(path).name
@@ -124,7 +214,7 @@ def final_name(path: Path) -> str:
 
 def _create_temp(path: Path, *, directory: bool = False, kind: str = "tmp") -> Path:
     while True:
-        tmp = path.with_name(f".{path.name}.{kind}-{secrets.token_hex(4)}")
+        tmp = path.with_name(f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
         try:
             if directory:
                 os.mkdir(tmp, 0o777)  # the umask decides, as for a plain mkdir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from torchgraft.checkpoints.base import Reader
@@ -32,6 +33,9 @@ def open_checkpoint(path: str | os.PathLike, *, format: str = "auto",
     p = Path(path)
     if not p.exists():
         raise SourceError(field, f"{shown}: no such file or directory")
+    kind = special_kind(p)
+    if kind:  # opening a FIFO blocks until someone writes to it: refused before any open
+        raise SourceError(field, f"{shown}: is a {kind}, not a checkpoint file or directory")
     try:
         fmt = detect_format(p, shown=shown, field=field) if format == "auto" else format
         if p.is_dir() and fmt not in ("hf", "dcp"):
@@ -50,6 +54,18 @@ def open_checkpoint(path: str | os.PathLike, *, format: str = "auto",
         return HFReader(p, field=field, shown=shown)
     except OSError as e:  # permissions, a file vanishing mid-open...
         raise SourceError(field, f"{shown}: cannot read ({e.strerror or e})") from None
+
+
+def special_kind(path: Path) -> str | None:
+    """``'FIFO'``, ``'socket'``, ``'device'`` for what is neither a regular file nor a directory."""
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "device"
 
 
 def detect_format(path: Path, *, shown: str, field: str) -> str:

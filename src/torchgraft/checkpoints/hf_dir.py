@@ -20,6 +20,7 @@ from torchgraft.checkpoints.byteranges import ByteRange
 from torchgraft.checkpoints.safetensors_file import SafetensorsReader
 from torchgraft.checkpoints.torch_file import TorchReader
 from torchgraft.core.hashing import sha256_files
+from torchgraft.core.paths import stays_inside
 
 # Safetensors first, as transformers prefers it when both are present.
 CANDIDATES = ("model.safetensors.index.json", "model.safetensors",
@@ -54,12 +55,17 @@ class HFReader(Reader):
             data = json.loads(index.read_bytes())
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise self._error(f"{index.name} is not valid JSON ({e})") from None
+        except RecursionError:
+            raise self._error(f"{index.name} is not valid JSON (nested too deeply)") from None
+        except ValueError as e:  # an integer of more than 4,300 digits
+            raise self._error(f"{index.name} is not valid JSON ({str(e).splitlines()[0]})") from None
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not (isinstance(weight_map, dict)
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
             raise self._error(f"{index.name} has no weight_map of tensor names to shard files")
         if isinstance(data.get("metadata"), dict):
-            self._index_metadata = {str(k): str(v) for k, v in data["metadata"].items()}
+            self._index_metadata = {str(k): str(v) for k, v in data["metadata"].items()
+                                    if not isinstance(v, (dict, list)) and not (isinstance(v, int) and abs(v) >= 2**64)}
         return weight_map
 
     def _open_shards(self, weight_map: dict[str, str] | None, *, single: str) -> None:
@@ -88,6 +94,8 @@ class HFReader(Reader):
         if rel.is_absolute() or ".." in rel.parts:
             raise self._error(f"{self._index.name} names {name}, outside this directory")
         path = self.path / rel
+        if not stays_inside(self.path, path):  # a link to /etc/passwd: not a byte of it in a message
+            raise self._error(f"{self._index.name if self._index else name} names {name}, a link out of this directory")
         if not path.is_file():
             raise self._error(f"{self._index.name} names {name}, which does not exist")
         shown = f"{self.shown.rstrip('/')}/{name}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 import struct
 from pathlib import Path
@@ -49,10 +48,15 @@ def read_header(path: Path) -> tuple[bytes, dict]:
         raise HeaderError(f"header length {n} runs past the end of the file")
     try:
         # A float is never valid in a header; kept as its text, it can never pass for the
-        # integer it equals (2.0 == 2) in the checks below.
-        header = json.loads(body, parse_float=str)
+        # integer it equals (2.0 == 2) in the checks below. UTF-8 only, no BOM: what the
+        # reference reader accepts (json.loads of bytes would also take UTF-16 and a BOM).
+        header = json.loads(body.decode("utf-8"), parse_float=str)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HeaderError(f"header is not valid JSON: {e}") from None
+    except RecursionError:
+        raise HeaderError("header is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # an integer of more than 4,300 digits
+        raise HeaderError(f"header is not valid JSON: {str(e).splitlines()[0]}") from None
     if not isinstance(header, dict):
         raise HeaderError("header is not a JSON object")
     for key, entry in header.items():
@@ -61,6 +65,33 @@ def read_header(path: Path) -> tuple[bytes, dict]:
         if not (isinstance(entry, dict) and entry.keys() >= _ENTRY_FIELDS):
             raise HeaderError(f"entry '{key}' lacks dtype, shape or data_offsets")
     return prefix + body, header
+
+
+def _not_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+_U64 = 2**64
+
+
+def _numel(key: str, shape: list[int]) -> int:
+    """The product of ``shape``, refused where the reference reader's checked
+    multiplication in 64 bits overflows (``[2**64, 0]``, ``[2**63, 2, 0]``)."""
+    numel = 1
+    for d in shape:
+        numel *= d
+        if d >= _U64 or numel >= _U64:
+            raise HeaderError(f"tensor '{key}' has shape {_short(shape)}, whose size overflows 64 bits")
+    return numel
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:
@@ -85,14 +116,22 @@ def check_layout(header: dict, entries: list[tuple[str, dict]], data_size: int) 
     numels: dict[tuple, int] = {}  # per distinct shape: 100k tensors have a few
     for key, entry in entries:
         offsets, shape = entry["data_offsets"], entry["shape"]
+        if not key.isprintable() and _not_unicode(key):
+            raise HeaderError(f"tensor key {key.encode('utf-8', 'backslashreplace')!r} is not valid Unicode "
+                              "(a lone surrogate)")
+        if type(entry["dtype"]) is not str:
+            raise HeaderError(f"tensor '{key}' has dtype {entry['dtype']!r}, not a string")
         if not (type(offsets) is list and len(offsets) == 2
                 and type(offsets[0]) is int and type(offsets[1]) is int and offsets[0] >= 0):
             raise HeaderError(f"tensor '{key}' has data_offsets {offsets!r}, not two unsigned integers")
-        numel = numels.get(tuple(shape)) if type(shape) is list else None
+        try:
+            numel = numels.get(tuple(shape)) if type(shape) is list else None
+        except TypeError:  # [[]]: a list in a list, unhashable
+            numel = None
         if numel is None:
             if not (type(shape) is list and all(type(d) is int and d >= 0 for d in shape)):
-                raise HeaderError(f"tensor '{key}' has shape {shape!r}, not a list of unsigned integers")
-            numel = numels[tuple(shape)] = math.prod(shape)
+                raise HeaderError(f"tensor '{key}' has shape {_short(shape)}, not a list of unsigned integers")
+            numel = numels[tuple(shape)] = _numel(key, shape)
         begin, stop = offsets
         if begin != end or stop < begin:
             raise HeaderError(f"tensor '{key}' has data_offsets {offsets}: the data before it ends at {end}")

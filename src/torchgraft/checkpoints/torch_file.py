@@ -43,6 +43,7 @@ class TorchReader(Reader):
         self.key = key
         tensors = self._state_dict(self._load(map_location="meta"))
         infos = []
+        file_bytes = self.path.stat().st_size
         for name, value in tensors.items():
             if not (isinstance(name, str) and isinstance(value, torch.Tensor)):
                 continue  # _extra_state, counters, configs: not tensors to move
@@ -54,7 +55,11 @@ class TorchReader(Reader):
             except ValueError:
                 raise self._error(f"tensor '{name}' has dtype {value.dtype}, "
                                   "which torchgraft does not support") from None
-            infos.append(TensorInfo(name, tuple(value.shape), dtype))
+            info = TensorInfo(name, tuple(value.shape), dtype)
+            if info.nbytes > file_bytes:  # a stride-0 or overlapping view: never expanded in memory
+                raise self._error(f"tensor '{name}' declares {info.nbytes} bytes of values, more than the "
+                                  f"{file_bytes} bytes of the file (a stride-0 or overlapping view)")
+            infos.append(info)
         self._set_inventory(infos)
         self._metadata = _torchgraft_metadata(tensors)
         self._data: Mapping[str, Any] | None = None

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from torchgraft.core.errors import GraftError
 from torchgraft.core.heap import paused_gc
 from torchgraft.plans.codec import from_document
+from torchgraft.core.text import printable
 from torchgraft.plans.diff import diff_plans
 from torchgraft.plans.files import hash_matches, read_document
 
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         documents = [read_document(path, None) for path in (args.old, args.new)]
     except GraftError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         return 2
     for path, data in zip((args.old, args.new), documents):
         if not hash_matches(data):
@@ -36,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.same:
         print(f"no differences: {args.old} and {args.new} describe the same transfer")
         return 0
-    sys.stdout.write(result.text(args.old, args.new, old, new))
+    sys.stdout.write("\n".join(map(printable, result.text(args.old, args.new, old, new).split("\n"))))
     return 1
 
 

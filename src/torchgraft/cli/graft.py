@@ -7,11 +7,14 @@ its traceback. Tracebacks for user errors only with HYDRA_FULL_ERROR=1 or debug=
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import hydra
@@ -25,7 +28,7 @@ from torchgraft.api import apply, check
 from torchgraft.cli import sweep
 from torchgraft.core.errors import GraftError, RecipeError
 from torchgraft.core.heap import paused_gc
-from torchgraft.core.text import human_bytes
+from torchgraft.core.text import human_bytes, printable
 from torchgraft.execution.executor import check_output, execute
 from torchgraft.execution.initial import advice as init_advice
 from torchgraft.execution.outputs import output_bytes
@@ -55,8 +58,8 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     verify = options.verify_sources
     name = HydraConfig.get().runtime.choices.get("recipe") or "recipe"
     if options.check:
-        result = check(options.check, name, lambda: make_plan(recipe, recipe_record(data)), verify)
-        sys.stdout.write(result.text)
+        result = check(options.check, name, lambda: make_plan(recipe, recipe_record(data, cfg)), verify)
+        sys.stdout.write("\n".join(map(printable, result.text.split("\n"))))
         sys.stdout.flush()
         if not result.same:
             raise review.out_of_date(options.check, name)
@@ -72,7 +75,7 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     # collector would only walk the plan's objects (millions for 100k tensors, none
     # of them cyclic garbage), again and again as they pile up.
     with paused_gc():
-        plan = make_plan(recipe, recipe_record(data))
+        plan = make_plan(recipe, recipe_record(data, cfg))
         if verify == "hash":
             plan = pin_contents(plan)
         text = render(plan)
@@ -80,7 +83,7 @@ def run(cfg: DictConfig) -> sweep.Outcome:
         sys.stdout.flush()
         if plan.unused and recipe.policy.unused == "warn":
             names = group_keys(f"{u.source}:{u.key}" for u in plan.unused)
-            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            shown = printable(", ".join(names[:8]) + (", ..." if len(names) > 8 else ""))
             log.warning("warning: %d source tensors are read by no rule: %s (policy.unused=ignore silences this)", len(plan.unused), shown)
         note = init_advice(plan)
         if note:
@@ -90,7 +93,12 @@ def run(cfg: DictConfig) -> sweep.Outcome:
             log.info("dry run: wrote %s (and .txt, .md); no tensor data read, no checkpoint written", written)
             return sweep.Outcome.of(plan, "dry_run")
     start = time.perf_counter()
-    execute(plan, output, overwrite=recipe.output.overwrite)
+    try:
+        execute(plan, output, overwrite=recipe.output.overwrite)
+    except BaseException:  # nothing is written on error: not the run's plan files either
+        for suffix in (".json", ".txt", ".md"):
+            (run_dir / f"plan{suffix}").unlink(missing_ok=True)
+        raise
     written = output_bytes(output)
     log.info("wrote %s (%d tensors, %s) in %.2f s; verified against the plan", output, len(plan.entries), human_bytes(written), time.perf_counter() - start)
     return sweep.Outcome.of(plan, "run", output)
@@ -142,7 +150,7 @@ def _job(cfg: DictConfig) -> sweep.Outcome:
         outcome = run(cfg)
     except GraftError as err:
         sweep.write_status(cfg, None, err)
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         if cfg.get("debug"):
             traceback.print_exc()
         if HydraConfig.get().mode == RunMode.RUN and not _user_wants_traceback:
@@ -164,6 +172,9 @@ def main() -> None:
     global _user_wants_traceback
     _user_wants_traceback = user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach this function instead of Hydra's printer
+    _one_line_warnings()
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # clean up as for Ctrl-C: temporaries removed
+        signal.signal(signum, _interrupt)
     try:
         try:
             _job()
@@ -172,19 +183,59 @@ def main() -> None:
                 print(sweep.last_summary.read_text(encoding="utf-8"), file=sys.stderr, end="")
     except GraftError as err:
         if not getattr(err, "reported", False):
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {printable(str(err))}", file=sys.stderr)
         if user_wants_traceback:
             raise
         sys.exit(1)
     except (HydraException, OmegaConfBaseException) as err:
         if user_wants_traceback:
             raise
-        print(f"error: {str(err).strip()}", file=sys.stderr)
+        print(f"error: {printable(str(err).strip())}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP: temporaries are already removed
+        if user_wants_traceback:
+            raise
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"error: interrupted ({signal.Signals(signum).name}); no output was written", file=sys.stderr)
+        sys.exit(128 + signum)
+    except OSError as err:  # the environment, not a bug: disk full, file too large, I/O error
+        if user_wants_traceback or err.errno is None:
+            traceback.print_exc()
+            print("internal error: this is a bug in torchgraft; please report it with the traceback above",
+                  file=sys.stderr)
+            sys.exit(2)
+        print(f"error: {environment_error(err)}", file=sys.stderr)
         sys.exit(1)
     except Exception:
         traceback.print_exc()
         print("internal error: this is a bug in torchgraft; please report it with the traceback above", file=sys.stderr)
         sys.exit(2)
+
+
+class Interrupted(KeyboardInterrupt):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def environment_error(err: OSError) -> str:
+    """``PATH: No space left on device (ENOSPC)``: the path and the errno's meaning."""
+    name = errno.errorcode.get(err.errno, str(err.errno))
+    where = f"{err.filename}: " if err.filename else ""
+    return printable(f"{where}{err.strerror or os.strerror(err.errno)} ({name})")
+
+
+def _one_line_warnings() -> None:
+    """A library warning (torch's UserWarning) is one ``warning:`` line, not three."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+        print(f"warning: {printable(text)}", file=file or sys.stderr)
+
+    warnings.showwarning = show
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import yaml
 from torchgraft.checkpoints.formats import looks_like_checkpoint
 from torchgraft.core.errors import GraftError
 from torchgraft.core.tensors import TensorInfo, short_dtype
-from torchgraft.core.text import human_bytes, shape_text
+from torchgraft.core.text import human_bytes, printable, shape_text
 
 
 @dataclass
@@ -40,11 +40,17 @@ class Node:
         )
 
 
+MAX_DEPTH = 64
+
+
 def build_tree(infos: list[TensorInfo], module_types: dict[str, str] | None = None) -> Node:
     root = Node("", (module_types or {}).get(""))
     for info in infos:
         node, path = root, []
-        for part in info.key.split("."):
+        parts = printable(info.key).split(".")  # a key from a file: no line or escape of its own
+        if len(parts) > MAX_DEPTH:  # 500 segments: the tree stops at a depth a screen (and the stack) holds
+            parts = [*parts[: MAX_DEPTH - 1], ".".join(parts[MAX_DEPTH - 1 :])]
+        for part in parts:
             path.append(part)
             node = node.children.setdefault(part, Node(part, (module_types or {}).get(".".join(path))))
         node.tensor = info
@@ -89,7 +95,7 @@ def render_tree(root: Node, title: str, expand: bool = False) -> str:
             else:
                 kind = f"  {child.module_type.rpartition('.')[2]}" if child.module_type else ""
                 times = ""
-                if label.startswith("{"):
+                if label != child.name:  # folded: {a..b}
                     a, b = label[1:-1].split("..")
                     times = f" x{int(b) - int(a) + 1}"
                 lines.append(f"{prefix}{branch}{label}{kind}  {child.numel():,}{times}")
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             text = inspect_target(args.what, _parse_kwargs(args.kwargs), args.expand)
     except GraftError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         sys.exit(1)
     sys.stdout.write(text)
 

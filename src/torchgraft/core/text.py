@@ -33,3 +33,21 @@ def closest(word: str, choices: Sequence[str], n: int = 3) -> str:
     """`` (closest: a, b)`` for a key that is not there: several candidates, looser match."""
     close = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
     return f" (closest: {', '.join(close)})" if close else ""
+
+
+def printable(text: str) -> str:
+    """``text`` with what could change the structure of a line escaped: control
+    characters (newline, ESC of ANSI/OSC sequences), format and bidi controls, line
+    separators and lone surrogates, as ``\\n``, ``\\x1b``, ``\\u202e``. Keys and names
+    from files are shown through this wherever they are printed; ordinary text is
+    returned as it is (the same object)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    escaped = c.encode("unicode_escape", "backslashreplace").decode("ascii")
+    if escaped.startswith("\\") and len(escaped) > 1:
+        return escaped
+    return f"\\u{ord(c):04x}"

@@ -26,6 +26,7 @@ from torchgraft.checkpoints.sharded import ShardedWriter, check_directory
 from torchgraft.checkpoints.writers import SafetensorsWriter
 from torchgraft.core.errors import OutputError
 from torchgraft.core.heap import HeapTrimmer
+from torchgraft.core.paths import overlap
 from torchgraft.core.target import build_model
 from torchgraft.core.tensors import TensorInfo, torch_dtype
 from torchgraft.execution.initial import check_initial, initial_values
@@ -192,6 +193,10 @@ def execute(plan: Plan, output: str | Path, *, overwrite: bool = False) -> Path:
     """
     path = Path(output)
     check_output(path, overwrite)
+    for ref in plan.sources:  # apply: the output may be named after the plan was made
+        how = overlap(path, Path(ref.path))
+        if how:
+            raise OutputError("output.path", f"{path} {how} '{ref.name}' ({ref.path}); sources are never overwritten")
     fmt = output_format(path)
     reason = directory_needed(path, sharded=plan.layout.shard_size is not None, copies=bool(plan.layout.files))
     if reason:

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from torchgraft.checkpoints import Reader, open_checkpoint
 from torchgraft.core.errors import DriftError
+from torchgraft.core.text import printable
 from torchgraft.plans import fingerprints
 from torchgraft.plans.types import Plan
 
@@ -21,11 +22,26 @@ def open_plan_sources(plan: Plan) -> dict[str, Reader]:
             changed = fingerprints.changed(ref.fingerprint, reader)  # hashes every byte if the plan pins content
             if changed:
                 raise DriftError(f"sources.{ref.name}", f"{ref.path} changed since the plan was made ({', '.join(changed)} differ)")
+        check_reads(plan, readers)
         return readers
     except BaseException:
         for reader in readers.values():
             reader.close()
         raise
+
+
+def check_reads(plan: Plan, readers: dict[str, Reader]) -> None:
+    """Every tensor the plan reads is in its source with the shape and dtype the plan
+    says: a plan file is not trusted to describe its sources (docs/security.md)."""
+    found = {name: {i.key: (i.shape, i.dtype) for i in reader.inventory()} for name, reader in readers.items()}
+    for entry in plan.entries:
+        for piece in entry.pieces:
+            for read in piece.reads:
+                have = found[read.source].get(read.key)
+                if have is None or (tuple(have[0]), have[1]) != (tuple(read.shape), read.dtype):
+                    what = "has no such tensor" if have is None else "holds it with another shape or dtype"
+                    raise DriftError(f"sources.{read.source}", f"the plan reads '{printable(read.key)}', and "
+                                                               f"{plan.source(read.source).path} {what}")
 
 
 def pin_contents(plan: Plan) -> Plan:

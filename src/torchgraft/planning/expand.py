@@ -20,6 +20,7 @@ from torchgraft.plans.types import Piece, Read, Skipped
 from torchgraft.recipe.parse import BulkRule, ExplicitRule, Recipe
 from torchgraft.transforms import Transform, compile_transforms
 from torchgraft.transforms import describe as describe_transform
+from torchgraft.transforms.core import check_size
 
 
 class _Assignment(NamedTuple):
@@ -269,6 +270,7 @@ class RuleExpander:
         for i, transform in enumerate(transforms):
             try:
                 shape, dtype = transform.out_shape(tuple(shape)), transform.out_dtype(dtype)
+                check_size(shape)
             except ValueError as err:
                 raise PlanError(f"{field}.transform[{i}]", f"{_reads_text(reads)}: {err}") from None
             if transform.reads_initial and self.target is None:

@@ -16,6 +16,7 @@ from torchgraft.checkpoints import Reader
 from torchgraft.checkpoints.formats import directory_needed, is_weights_file
 from torchgraft.core.errors import PlanError, RecipeError
 from torchgraft.core.hashing import sha256_files
+from torchgraft.core.paths import UnsafePath, overlap, side_file
 from torchgraft.plans.types import CopiedFile, Layout
 from torchgraft.recipe.parse import Recipe
 
@@ -28,10 +29,21 @@ def resolve_layout(recipe: Recipe, readers: Mapping[str, Reader]) -> Layout:
                                   copies=out.copy_files is not None)
         if reason:
             raise RecipeError("output.path", reason)
+        refuse_overwriting_sources(Path(out.path), readers)
     files: tuple[CopiedFile, ...] = ()
     if out.copy_files is not None:
         files = tuple(_files_to_copy(out.copy_files.source, out.copy_files.files, readers))
     return Layout(out.shard_size, files)
+
+
+def refuse_overwriting_sources(output: Path, readers: Mapping[str, Reader]) -> None:
+    """Sources are never modified: an output that is a source (also through a hard link
+    or a symlink), holds one of its files or lies inside it is refused, whatever
+    ``output.overwrite`` says."""
+    for name, reader in readers.items():
+        how = overlap(output, Path(reader.path))
+        if how:
+            raise RecipeError("output.path", f"{output} {how} '{name}' ({reader.path}); sources are never overwritten")
 
 
 def _files_to_copy(source: str, patterns: tuple[str, ...], readers: Mapping[str, Reader]) -> list[CopiedFile]:
@@ -42,7 +54,14 @@ def _files_to_copy(source: str, patterns: tuple[str, ...], readers: Mapping[str,
         raise PlanError(where, f"source '{source}' is a {reader.format} file; files are copied from a model "
                                "directory (format hf)")
     directory = reader.path
-    names = sorted(e.name for e in os.scandir(directory) if e.is_file())
+    # Only regular files inside the folder: a link to /etc/shadow or a FIFO is never copied.
+    names, unsafe = [], {}
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        try:
+            side_file(directory, entry.name)
+            names.append(entry.name)
+        except UnsafePath as err:
+            unsafe[entry.name] = err.reason
     if not patterns:
         chosen = [n for n in names if not (n.startswith(".") or n.upper().startswith("README")
                                            or is_weights_file(n))]
@@ -53,6 +72,10 @@ def _files_to_copy(source: str, patterns: tuple[str, ...], readers: Mapping[str,
         for i, pattern in enumerate(patterns):
             matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
             if not matched:
+                refused = [n for n in unsafe if fnmatch.fnmatchcase(n, pattern)]
+                if refused:
+                    raise PlanError(f"{field}.files[{i}]", f"{unsafe[refused[0]]}; only regular files inside the "
+                                                           "folder are copied")
                 raise PlanError(f"{field}.files[{i}]", f"'{pattern}' matches no file in {reader.shown}")
             weights = [n for n in matched if is_weights_file(n)]
             if weights:
@@ -60,4 +83,4 @@ def _files_to_copy(source: str, patterns: tuple[str, ...], readers: Mapping[str,
                                                        "(torchgraft writes the output's tensors itself)")
             chosen += [n for n in matched if n not in chosen]
         chosen.sort()
-    return [CopiedFile(source, n, *sha256_files([directory / n])) for n in chosen]
+    return [CopiedFile(source, n, *sha256_files([side_file(directory, n)])) for n in chosen]

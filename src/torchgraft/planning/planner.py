@@ -163,6 +163,10 @@ def _make_plan(recipe: Recipe, resolved: dict, *, target: list[TensorInfo] | Non
             except PatternError as err:
                 raise PlanError(f"rules[{rule.index}]", str(err)) from None
         entries = planner.entries()
+        reserved = next((e for e in entries if e.key == "__metadata__"), None)
+        if reserved is not None:  # the reference reader refuses such a file: refused before it is written
+            where = reserved.pieces[0].rule if reserved.pieces else "target"
+            raise PlanError(where, "'__metadata__' cannot name a tensor (safetensors reserves it for metadata)")
         planner.check_base(entries)
         unused = planner.unused(entries)
         sources = tuple(

@@ -8,8 +8,10 @@ through the planner again (a dry run) to become a plan.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from torchgraft.plans.markdown import render_markdown
 from torchgraft.plans.schema import validate
 from torchgraft.plans.text import render
 from torchgraft.plans.types import Plan
+from torchgraft.plans.untrusted import check_plan
 
 SUFFIX = ".plan.json"
 
@@ -26,9 +29,24 @@ SUFFIX = ".plan.json"
 def write_text(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a plan file is whole or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    # A name of its own per writer: two runs writing the same plan (a sweep, runs started
+    # in the same second) must not rename each other's half-written file.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_plan(plan: Plan, stem: Path, text: str | None = None, *, also: Sequence[Path] = ()) -> Path:
@@ -95,16 +113,24 @@ def read_document(path: str, field: str) -> dict:
         raise PlanError(field, f"{path}: no such plan file") from None
     except OSError as err:
         raise PlanError(field, f"{path}: cannot read it ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise PlanError(field, f"{path}: not a torchgraft plan (not UTF-8 text at byte {err.start})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise PlanError(field, f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise PlanError(field, f"{path}: not a torchgraft plan (JSON nested too deeply)") from None
+    except ValueError as err:  # an integer of more than 4,300 digits
+        raise PlanError(field, f"{path}: not a torchgraft plan ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise PlanError(field, f"{path}: not a torchgraft plan (expected a JSON object)")
     try:
         validate(data)
     except PlanError as err:
         raise PlanError(field, f"{path}: {err.message}") from None
+    except RecursionError:
+        raise PlanError(field, f"{path}: not a torchgraft plan (JSON nested too deeply)") from None
     return data
 
 
@@ -122,4 +148,9 @@ def read_plan(path: str, field: str) -> Plan:
             f"{path}: the plan {what} (was it edited by hand?); a plan runs only as it was written. "
             f"Re-validate the recipe with: {replan_command(path)}",
         )
-    return from_document(data)  # checked by read_document
+    plan = from_document(data)  # checked by read_document
+    try:
+        check_plan(plan)  # anyone can recompute the sha256: the contents are checked too
+    except PlanError as err:
+        raise PlanError(field, f"{path}: {err}") from None
+    return plan

@@ -6,7 +6,9 @@ fold into ``<details>`` sections, which GitHub and GitLab render collapsed.
 
 from __future__ import annotations
 
-from torchgraft.core.text import human_bytes
+import re
+
+from torchgraft.core.text import human_bytes, printable
 from torchgraft.plans.text import nbytes, shown_path, source_stats, summary, table, target_text, unused_lines
 from torchgraft.plans.types import Plan
 
@@ -15,11 +17,23 @@ OPEN_UP_TO = 30  # lines: a list this short is shown open
 
 def _block(title: str, lines: list[str]) -> list[str]:
     opened = " open" if len(lines) <= OPEN_UP_TO else ""
-    return [f"<details{opened}><summary>{title}</summary>", "", "```text", *lines, "```", "", "</details>", ""]
+    lines = [printable(line) for line in lines]
+    fence = "`" * max(3, 1 + _longest_backticks(lines))  # a key with ``` cannot close the block
+    return [f"<details{opened}><summary>{title}</summary>", "", f"{fence}text", *lines, fence, "", "</details>", ""]
+
+
+def _longest_backticks(lines: list[str]) -> int:
+    return max((len(run) for line in lines if "`" in line for run in re.findall("`+", line)), default=0)
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """``text`` as an inline code span in a table cell: escaped, its own backticks and
+    pipes unable to end the span or the cell."""
+    text = printable(text).replace("|", "\\|")
+    if "`" not in text:
+        return f"`{text}`"
+    fence = "`" * (1 + _longest_backticks([text]))
+    return f"{fence} {text} {fence}"
 
 
 def render_markdown(plan: Plan) -> str:
@@ -27,7 +41,7 @@ def render_markdown(plan: Plan) -> str:
     lines = [
         f"### torchgraft plan `{plan.sha256[:12]}`",
         "",
-        f"**Target** `{_cell(target)}`{', ' + initial if initial else ''} · torchgraft {plan.version}",
+        f"**Target** {_cell(target)}{', ' + printable(initial) if initial else ''} · torchgraft {plan.version}",
         "",
     ]
     if plan.sources:
@@ -35,9 +49,9 @@ def render_markdown(plan: Plan) -> str:
         stats = source_stats(plan)
         for s in plan.sources:
             n_read, b_read, n_unused, b_unused = stats[s.name]
-            nested = f" (key `{s.key}`)" if s.key else ""
+            nested = f" (key {_cell(s.key)})" if s.key else ""
             lines.append(
-                f"| `{s.name}` | `{_cell(shown_path(s.path))}` | {s.format}{nested} | {human_bytes(s.fingerprint['size'])} "
+                f"| {_cell(s.name)} | {_cell(shown_path(s.path))} | {s.format}{nested} | {human_bytes(s.fingerprint['size'])} "
                 f"| {n_read} ({human_bytes(b_read)}) | {n_unused} ({human_bytes(b_unused)}) |"
             )
         lines.append("")

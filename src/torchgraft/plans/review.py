@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torchgraft.core.errors import DriftError
+from torchgraft.core.specs import check_plan_spec
 from torchgraft.core.target import target_inventory
 from torchgraft.core.tensors import TensorInfo
 from torchgraft.core.text import shape_text
@@ -36,6 +37,7 @@ def check_target(plan: Plan) -> None:
     spec = plan.target.spec
     if spec is None:
         return  # no model class: the sources (pinned) define the output
+    check_plan_spec(spec)  # a plan file names nothing else to call: checked before it is built
     infos = target_inventory(spec)
     if fingerprints.inventory_sha256(infos) == plan.target.inventory_sha256:
         return

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from torchgraft.core.tensors import itemsize, short_dtype
-from torchgraft.core.text import human_bytes, shape_text
+from torchgraft.core.text import human_bytes, printable, shape_text
 from torchgraft.keys.folding import Group, fold, fold_keyed, merge_leaves
 from torchgraft.keys.regions import Region
 from torchgraft.plans.forms import Forms
@@ -248,7 +248,9 @@ def render(plan: Plan, grouped: bool = True) -> str:
         lines += ["", f"unused source tensors ({len(plan.unused)}, {human_bytes(unused_nbytes(plan))}):"]
         lines += [f"  {line}" for line in unused_lines(plan, grouped)]
     lines += ["", summary(plan)]
-    return "\n".join(lines) + "\n"
+    # Keys, names and paths come from files: nothing in them may start a line of its own
+    # or reach the terminal as an escape sequence.
+    return "\n".join(map(printable, lines)) + "\n"
 
 
 def summary(plan: Plan) -> str:

@@ -57,8 +57,27 @@ def resolve(cfg: Mapping[str, Any] | DictConfig) -> dict:
     return data
 
 
-def recipe_record(data: Mapping[str, Any]) -> dict:
-    """What a plan pins of its recipe: every transfer field, not run switches or where the output goes."""
+def _keep_env_references(resolved: Any, raw: Any) -> Any:
+    if isinstance(raw, str) and "${oc.env:" in raw:
+        return raw
+    if isinstance(resolved, dict) and isinstance(raw, dict):
+        return {k: _keep_env_references(v, raw.get(k)) for k, v in resolved.items()}
+    if isinstance(resolved, list) and isinstance(raw, list) and len(raw) == len(resolved):
+        return [_keep_env_references(v, r) for v, r in zip(resolved, raw)]
+    return resolved
+
+
+def recipe_record(data: Mapping[str, Any], cfg: Mapping[str, Any] | DictConfig | None = None) -> dict:
+    """What a plan pins of its recipe: every transfer field, not run switches or where the output goes.
+
+    With ``cfg`` (the config before resolution), a value that reads the environment
+    (``${oc.env:TOKEN}``) is recorded as that reference, not its value: plan files are
+    committed and shared. (Source paths and target arguments are in the plan resolved,
+    because running it needs them.)"""
+    if cfg is not None:
+        raw = OmegaConf.to_container(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg)),
+                                     resolve=False)
+        data = _keep_env_references(data, raw)
     record = {k: copy.deepcopy(v) for k, v in data.items() if k not in RUN_FIELDS}
     output = dict(record.get("output") or {})
     output.pop("path", None)

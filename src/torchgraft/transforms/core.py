@@ -18,6 +18,10 @@ from torchgraft.core.errors import RecipeError
 from torchgraft.core.tensors import is_floating
 
 Shape = tuple[int, ...]
+# A transform computes its output in memory: a few words of a recipe (pad_rows to 1e11,
+# interpolate to 100000x100000) must not reach the allocator. 2**32 elements is 16 GiB
+# of float32, more than any single tensor of a released model.
+MAX_ELEMENTS = 2**32
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,16 @@ class Transform:
     @property
     def name(self) -> str:
         return self.spec if isinstance(self.spec, str) else next(iter(self.spec))
+
+
+def check_size(shape: Shape) -> None:
+    """Refuse (ValueError) an output larger than ``MAX_ELEMENTS``."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel > MAX_ELEMENTS:
+        raise ValueError(f"would make a tensor of {numel} elements {list(shape)}, over the limit of "
+                         f"{MAX_ELEMENTS} (2**32) for a transform's output")
 
 
 def same_dtype(dtype: str) -> str:
