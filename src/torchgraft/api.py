@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 if TYPE_CHECKING:
     from torch import nn
 
-from torchgraft.core.heap import paused_gc
 from torchgraft.core.errors import PlanError
+from torchgraft.core.heap import paused_gc
 from torchgraft.core.specs import check_plan_spec
 from torchgraft.core.target import model_inventory
 from torchgraft.execution.executor import check_output, execute, state_dict

@@ -27,8 +27,8 @@ from safetensors.torch import save_file
 import torchgraft
 from torchgraft.checkpoints import open_checkpoint
 from torchgraft.core.errors import GraftError
-from torchgraft.plans.files import read_plan, write_plan
 from torchgraft.plans.codec import document_sha256
+from torchgraft.plans.files import read_plan, write_plan
 
 EXAMPLES = int(os.environ.get("TORCHGRAFT_FUZZ_EXAMPLES", "40"))
 fuzz = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 40,

@@ -15,8 +15,8 @@ import torchgraft
 from torchgraft.api import apply
 from torchgraft.core.errors import GraftError, PlanError
 from torchgraft.examples import ConvNet
-from torchgraft.plans.files import write_plan
 from torchgraft.plans.codec import document_sha256
+from torchgraft.plans.files import write_plan
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from torchgraft.core.errors import GraftError
 from torchgraft.core.heap import paused_gc
-from torchgraft.plans.codec import from_document
 from torchgraft.core.text import printable
+from torchgraft.plans.codec import from_document
 from torchgraft.plans.diff import diff_plans
 from torchgraft.plans.files import hash_matches, read_document
 
