@@ -34,7 +34,8 @@ def ungroup(groups: Iterable[Group[Entry]]) -> list[Entry]:
     return out
 
 def _assign(key, shape, source_key, rule="rules[0]", transforms=(), region=None):
-    read = Read("minilm", source_key, shape, "float32")
+    source_shape = tuple(reversed(shape)) if "transpose" in transforms else shape  # as the planner makes it
+    read = Read("minilm", source_key, source_shape, "float32")
     return Entry(key, shape, "float32", (Piece((read,), rule, region, transforms),), (), "parameter")
 
 

@@ -255,7 +255,7 @@ def test_a_failure_mid_write_leaves_no_directory(tmp_path, source, monkeypatch):
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(sharded.SafetensorsWriter, "__init__", failing)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match=r"model: cannot write \(No space left on device, ENOSPC\)"):
         torchgraft.execute(plan, tmp_path / "model")
     assert sorted(os.listdir(tmp_path)) == ["src.safetensors"]
 
