@@ -173,8 +173,16 @@ def main() -> None:
     _user_wants_traceback = user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach this function instead of Hydra's printer
     _one_line_warnings()
-    for signum in (signal.SIGTERM, signal.SIGHUP):  # clean up as for Ctrl-C: temporaries removed
-        signal.signal(signum, _interrupt)
+    # SIGTERM and SIGHUP clean up as Ctrl-C does (temporaries removed); restored on return.
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        _main(user_wants_traceback)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _main(user_wants_traceback: bool) -> None:
     try:
         try:
             _job()
