@@ -181,7 +181,9 @@ class RuleExpander:
         if not rule.types and rule.kind == "all":
             return None
         which = "types" if rule.types else "kind"
-        if self.target is None or any(t.kind is None or t.module_type is None for t in self.target.values()):
+        # A base checkpoint says nothing of modules; a model's state-dict hooks may rename
+        # some keys (those stay unknown and are never selected), not all of them.
+        if self.target is None or all(t.kind is None and t.module_type is None for t in self.target.values()):
             raise PlanError(f"{rule.field}.{which}", "selecting by module type or kind needs a target model class")
         return TargetFilter(rule.types, rule.kind, rule.field, list(self.target.values()))
 
@@ -222,11 +224,23 @@ class RuleExpander:
                     box = self._box(to_region, target.shape, f"{field}.to", to_text)
                 self._assign(to_text, box, target, tuple(reads), output, f"{field}.to", src_shape)
 
+    def _binder(self, to_template: Template, from_templates: list[Template]) -> int | None:
+        """The side that binds the variables: -1 for ``to``, else the index of a ``from``;
+        None when no side has a plain variable. ``to`` binds against the target's keys, so
+        without a target (or when it has none) the first ``from`` with plain variables does."""
+        if to_template.variables and self.target is not None:
+            return -1
+        plain = next((i for i, t in enumerate(from_templates) if t.variables), None)
+        if plain is not None:
+            return plain
+        return -1 if to_template.variables else None
+
     def _check_bound(self, rule: ExplicitRule, to_template: Template, from_templates: list[Template]) -> None:
         """Every variable a side uses must be bound by the side that binds (up front, not per key)."""
         sides = [(f"{rule.field}.to", rule.to, to_template)]
         sides += [(f"{rule.field}.from", text, t) for text, t in zip(rule.sources, from_templates)]
-        binder = next((s for s in sides if s[2].variables), sides[0])
+        at = self._binder(to_template, from_templates)
+        binder = sides[0] if at is None else sides[at + 1]
         bound = binder[2].variables
         for field, text, template in sides:
             for name in template.referenced:
@@ -236,7 +250,8 @@ class RuleExpander:
 
     def _expand(self, rule, field, to_template, froms, from_templates):
         """Bind template variables on the side where they appear plainly."""
-        if to_template.variables:
+        at = self._binder(to_template, from_templates)
+        if at == -1:
             if self.target is None:
                 raise PlanError(f"{field}.to", f"'{rule.to}': template variables in 'to' need a target to bind against")
             index = self._index(None)
@@ -244,19 +259,18 @@ class RuleExpander:
             if not pairs:
                 raise PlanError(f"{field}.to", f"'{rule.to}' matches no target tensor")
             return pairs
-        plain = [(i, t) for i, t in enumerate(from_templates) if t.variables]
-        if plain:
-            i, template = plain[0]
-            source = froms[i][0]
+        if at is not None:
+            template = from_templates[at]
+            source = froms[at][0]
             pairs = []
             index = self._index(source)
-            for at, b in index.full_matches(template):
+            for found, b in index.full_matches(template):
                 try:
                     pairs.append((b, to_template.format(b)))
                 except PatternError as err:
-                    raise PlanError(f"{field}.to", f"{err} (filling '{rule.to}' for {source}:{index.keys[at]})") from None
+                    raise PlanError(f"{field}.to", f"{err} (filling '{rule.to}' for {source}:{index.keys[found]})") from None
             if not pairs:
-                raise PlanError(f"{field}.from", f"'{rule.sources[i]}' matches no tensor of source '{source}'")
+                raise PlanError(f"{field}.from", f"'{rule.sources[at]}' matches no tensor of source '{source}'")
             return pairs
         try:
             return [({}, to_template.format({}))]
