@@ -33,7 +33,7 @@ from torchgraft.core.text import did_you_mean
 from torchgraft.recipe.run_options import RUN_FIELDS
 
 # Run-time switches composed into the same config; they are not part of the recipe.
-RECIPE_FIELDS = ("sources", "target", "rules", "keep", "base", "policy", "output", "target_seed", "target_init")
+RECIPE_FIELDS = ("sources", "target", "rules", "keep", "base", "policy", "output", "target_seed", "target_init", "vars")
 
 # The first value of each choice is its default.
 SOURCE_FORMATS = ("auto", "safetensors", "torch", "hf", "dcp")
@@ -150,6 +150,9 @@ def parse_recipe(cfg: Mapping) -> Recipe:
     if not isinstance(cfg, Mapping):
         raise RecipeError(None, f"expected a mapping at the top of the recipe, got {type_name(cfg)}")
     reject_unknown(cfg, RECIPE_FIELDS + RUN_FIELDS, None)
+    # `vars` holds the user's own numbers for `${vars.NAME}`; resolved before this, it
+    # means nothing to the planner, so it only has to be a mapping.
+    expect_mapping(cfg.get("vars"), "vars")
     sources = _parse_sources(cfg.get("sources"))
     if not sources and (cfg.get("rules") or cfg.get("base") is not None):
         raise RecipeError("sources", "no sources (name at least one checkpoint)")
