@@ -13,9 +13,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 Slice = tuple[int | None, int | None]
-Item = int | Slice | str  # str is always "..."
+
+
+@dataclass(frozen=True)
+class Var:
+    """A bound template variable used as an integer index: ``[{e}]`` (stacking experts)."""
+
+    name: str
+
+
+Item = int | Slice | str | Var  # str is always "..."
 
 _INT = re.compile(r"[+-]?\d+")
+_VAR = re.compile(r"\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")
+_MAX_INDEX_DIGITS = 18  # a bound value is text from a key: keep int() away from hostile lengths
 
 
 @dataclass(frozen=True)
@@ -30,7 +41,7 @@ class Region:
         invalid = f"invalid region '{text}': "
         inner = text.strip()
         if len(inner) < 2 or inner[0] != "[" or inner[-1] != "]":
-            raise ValueError(invalid + "expected integers, start:stop slices or '...'")
+            raise ValueError(invalid + "expected integers, start:stop slices, '...' or a bound {name}")
         items = tuple(_parse_item(part.strip(), invalid) for part in inner[1:-1].split(","))
         if items.count("...") > 1:
             raise ValueError(invalid + "at most one '...' is allowed")
@@ -39,8 +50,38 @@ class Region:
     def __str__(self) -> str:
         return "[" + ", ".join(_item_text(item) for item in self.items) + "]"
 
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The names used as indices, in order."""
+        return tuple(dict.fromkeys(item.name for item in self.items if isinstance(item, Var)))
+
+    def var_dim(self, name: str, ndim: int) -> int:
+        """The dimension of an ``ndim``-d tensor that variable ``name`` indexes."""
+        at = next(i for i, item in enumerate(self.items) if isinstance(item, Var) and item.name == name)
+        if "..." in self.items[:at]:
+            return ndim - (len(self.items) - at)
+        return at
+
+    def bind(self, bindings) -> Region:
+        """The region with each variable replaced by its integer value from ``bindings``."""
+        if not self.variables:
+            return self
+        items = []
+        for item in self.items:
+            if isinstance(item, Var):
+                if item.name not in bindings:
+                    raise ValueError(f"{{{item.name}}} is not bound (bound: {', '.join(sorted(bindings)) or 'nothing'})")
+                value = bindings[item.name]
+                if not (isinstance(value, int) or len(value) <= _MAX_INDEX_DIGITS and value.isdecimal() and value.isascii()):
+                    raise ValueError(f"{{{item.name}}} indexes a dimension, so it needs an integer, but {item.name}='{value}'")
+                item = int(value)
+            items.append(item)
+        return Region(tuple(items))
+
     def box(self, shape: Sequence[int]) -> Box:
         """Resolve against a tensor shape; raises ``ValueError`` instead of clipping."""
+        if self.variables:
+            raise ValueError(f"{{{self.variables[0]}}} is not bound")
         shape = tuple(shape)
         explicit = [item for item in self.items if item != "..."]
         if len(explicit) > len(shape):
@@ -150,11 +191,13 @@ def describe(box: Box, shape: Sequence[int]) -> str:
 def _parse_item(part: str, invalid: str) -> Item:
     if part == "...":
         return "..."
+    if m := _VAR.fullmatch(part):
+        return Var(m[1])
     if _INT.fullmatch(part):
         return int(part)
     pieces = [piece.strip() for piece in part.split(":")]
     if not 2 <= len(pieces) <= 3 or not all(p == "" or _INT.fullmatch(p) for p in pieces):
-        raise ValueError(invalid + "expected integers, start:stop slices or '...'")
+        raise ValueError(invalid + "expected integers, start:stop slices, '...' or a bound {name}")
     if len(pieces) == 3 and pieces[2] not in ("", "1", "+1"):
         raise ValueError(invalid + "slice steps are not supported")
     start, stop = (int(p) if p else None for p in pieces[:2])
@@ -164,6 +207,8 @@ def _parse_item(part: str, invalid: str) -> Item:
 def _item_text(item: Item) -> str:
     if isinstance(item, tuple):
         return _slice_text(item)
+    if isinstance(item, Var):
+        return "{" + item.name + "}"
     return str(item)
 
 

@@ -32,6 +32,16 @@ class _Assignment(NamedTuple):
     field: str  # recipe field to blame
 
 
+class _Sides(NamedTuple):
+    """An explicit rule's two sides, parsed: key templates and regions."""
+
+    rule: ExplicitRule
+    to_template: Template
+    to_region: Region | None
+    from_templates: list[Template]
+    from_regions: list[Region | None]
+
+
 @dataclass(frozen=True)
 class _RuleOutput:
     """What every assignment of one rule shares."""
@@ -194,8 +204,11 @@ class RuleExpander:
         froms = [self._parse_from(text, f"{field}.from") for text in rule.sources]
         to_template = Template(to_key)
         from_templates = [Template(key) for _, key, _ in froms]
-        self._check_bound(rule, to_template, from_templates)
-        for bindings, to_text in self._expand(rule, field, to_template, froms, from_templates):
+        sides = _Sides(rule, to_template, to_region, from_templates, [region for _, _, region in froms])
+        at = self._binder(sides)
+        self._check_bound(sides, at)
+        slots: dict[tuple[str, str], str] = {}  # (key, bound region) -> what a bound index wrote there
+        for bindings, to_text in self._expand(rule, field, sides, at, froms):
             target = self._target_info(to_text, f"{field}.to", rule.missing, rule.to)
             if target is None and self.target is not None:
                 continue
@@ -213,7 +226,9 @@ class RuleExpander:
                         f"{field}.from", f"source '{source}' has no tensor '{key}'{closest(key, list(self.inventories[source]))}"
                     )
                 if region is not None:
-                    self._box(region, info.shape, f"{field}.from", f"{source}:{key}")
+                    bound = self._bind_region(region, bindings, f"{field}.from", text)
+                    self._box(bound, info.shape, f"{field}.from", f"{source}:{key}", region, bindings)
+                    region = bound
                 reads.append(Read(source, key, info.shape, info.dtype, str(region) if region else None))
             else:
                 src_shape = self._merged_shape(reads, f"{field}.from")
@@ -221,54 +236,67 @@ class RuleExpander:
                 if to_region is not None:
                     if target is None:
                         raise PlanError(f"{field}.to", f"'{rule.to}': a region needs a target tensor to write into (set target or base)")
-                    box = self._box(to_region, target.shape, f"{field}.to", to_text)
+                    bound = self._bind_region(to_region, bindings, f"{field}.to", rule.to)
+                    box = self._box(bound, target.shape, f"{field}.to", to_text, to_region, bindings, reads)
+                    if to_region.variables:
+                        self._one_write_per_slot(slots, to_text, bound, reads, f"{field}.to")
                 self._assign(to_text, box, target, tuple(reads), output, f"{field}.to", src_shape)
 
-    def _binder(self, to_template: Template, from_templates: list[Template]) -> int | None:
+    def _binder(self, sides: _Sides) -> int | None:
         """The side that binds the variables: -1 for ``to``, else the index of a ``from``;
-        None when no side has a plain variable. ``to`` binds against the target's keys, so
-        without a target (or when it has none) the first ``from`` with plain variables does."""
-        if to_template.variables and self.target is not None:
+        None when no side has a plain variable. ``to`` binds against the target's keys when
+        there is a target and its key names every index variable of its region; otherwise
+        the first ``from`` with plain variables does."""
+        to_vars = sides.to_template.variables
+        region_vars = sides.to_region.variables if sides.to_region is not None else ()
+        if to_vars and self.target is not None and all(v in to_vars for v in region_vars):
             return -1
-        plain = next((i for i, t in enumerate(from_templates) if t.variables), None)
+        plain = next((i for i, t in enumerate(sides.from_templates) if t.variables), None)
         if plain is not None:
             return plain
-        return -1 if to_template.variables else None
+        return -1 if to_vars or region_vars else None
 
-    def _check_bound(self, rule: ExplicitRule, to_template: Template, from_templates: list[Template]) -> None:
-        """Every variable a side uses must be bound by the side that binds (up front, not per key)."""
-        sides = [(f"{rule.field}.to", rule.to, to_template)]
-        sides += [(f"{rule.field}.from", text, t) for text, t in zip(rule.sources, from_templates)]
-        at = self._binder(to_template, from_templates)
-        binder = sides[0] if at is None else sides[at + 1]
+    def _check_bound(self, sides: _Sides, at: int | None) -> None:
+        """Every variable a side uses must be bound by the side that binds (up front, not per key).
+        A ``from`` that binds also binds the index variables of its region: they range over
+        that dimension (unstacking)."""
+        rule = sides.rule
+        listed = [(f"{rule.field}.to", rule.to, sides.to_template, sides.to_region)]
+        listed += [(f"{rule.field}.from", text, t, r) for text, t, r in zip(rule.sources, sides.from_templates, sides.from_regions)]
+        binder = listed[0] if at is None else listed[at + 1]
         bound = binder[2].variables
-        for field, text, template in sides:
-            for name in template.referenced:
+        if at is not None and at >= 0 and binder[3] is not None:
+            bound = bound + tuple(v for v in binder[3].variables if v not in bound)
+        for field, text, template, region in listed:
+            for name in template.referenced + (region.variables if region is not None else ()):
                 if name not in bound:
                     names = ", ".join(bound) or "nothing"
                     raise PlanError(field, f"{{{name}}} in '{text}' is not bound ('{binder[1]}' binds {names})")
 
-    def _expand(self, rule, field, to_template, froms, from_templates):
+    def _expand(self, rule, field, sides: _Sides, at: int | None, froms):
         """Bind template variables on the side where they appear plainly."""
-        at = self._binder(to_template, from_templates)
+        to_template = sides.to_template
         if at == -1:
             if self.target is None:
                 raise PlanError(f"{field}.to", f"'{rule.to}': template variables in 'to' need a target to bind against")
             index = self._index(None)
-            pairs = [(b, index.keys[at]) for at, b in index.full_matches(to_template)]
+            pairs = [(b, index.keys[found]) for found, b in index.full_matches(to_template)]
             if not pairs:
                 raise PlanError(f"{field}.to", f"'{rule.to}' matches no target tensor")
             return pairs
         if at is not None:
-            template = from_templates[at]
+            template, region = sides.from_templates[at], sides.from_regions[at]
             source = froms[at][0]
+            free = [v for v in region.variables if v not in template.variables] if region is not None else []
             pairs = []
             index = self._index(source)
             for found, b in index.full_matches(template):
-                try:
-                    pairs.append((b, to_template.format(b)))
-                except PatternError as err:
-                    raise PlanError(f"{field}.to", f"{err} (filling '{rule.to}' for {source}:{index.keys[found]})") from None
+                key = index.keys[found]
+                for bindings in self._over_dimension(b, free, region, self.inventories[source][key].shape):
+                    try:
+                        pairs.append((bindings, to_template.format(bindings)))
+                    except PatternError as err:
+                        raise PlanError(f"{field}.to", f"{err} (filling '{rule.to}' for {source}:{key})") from None
             if not pairs:
                 raise PlanError(f"{field}.from", f"'{rule.sources[at]}' matches no tensor of source '{source}'")
             return pairs
@@ -276,6 +304,32 @@ class RuleExpander:
             return [({}, to_template.format({}))]
         except PatternError as err:
             raise PlanError(f"{field}.to", str(err)) from None
+
+    @staticmethod
+    def _over_dimension(bindings: dict, free: list[str], region: Region | None, shape) -> list[dict]:
+        """``bindings`` extended with each index of the dimensions the ``free`` region variables index."""
+        out = [bindings]
+        for name in free:
+            dim = region.var_dim(name, len(shape))
+            size = shape[dim] if 0 <= dim < len(shape) else 0
+            out = [{**b, name: str(n)} for b in out for n in range(size)]
+        return out
+
+    def _bind_region(self, region: Region, bindings, field: str, text: str) -> Region:
+        try:
+            return region.bind(bindings)
+        except ValueError as err:
+            raise PlanError(field, f"'{text}': {err}") from None
+
+    @staticmethod
+    def _one_write_per_slot(slots: dict, key: str, bound: Region, reads, field: str) -> None:
+        """Two bindings of one rule must not write the same slot (``experts.1`` and ``experts.01``)."""
+        slot = (key, str(bound))
+        origin = _reads_text(reads)
+        if slot in slots:
+            raise PlanError(field, f"{key}{bound} is written twice by this rule: by {slots[slot]} and by {origin} "
+                                   "(two bindings give the same index)")
+        slots[slot] = origin
 
     def _assign(self, key, box, target, reads, output: _RuleOutput, blame, shape):
         field, transforms = output.field, output.transforms
@@ -336,10 +390,15 @@ class RuleExpander:
         key, region = self._split(rest, field)
         return source, key, region
 
-    def _box(self, region: Region, shape, field: str, key: str) -> Box:
+    def _box(self, region: Region, shape, field: str, key: str, written: Region | None = None,
+             bindings: Mapping[str, str] | None = None, reads: Sequence[Read] = ()) -> Box:
         try:
             return region.box(tuple(shape))
         except ValueError as err:
+            if written is not None and written.variables:  # say which binding gave the index
+                values = ", ".join(f"{v}={bindings[v]}" for v in written.variables)
+                origin = f" from {_reads_text(reads)}" if reads else ""
+                raise PlanError(field, f"{key}{written} with {values}{origin}: {err} (shape {shape_text(shape)})") from None
             raise PlanError(field, f"{key}{region}: {err} (shape {shape_text(shape)})") from None
 
     def _read_shape(self, read: Read, field: str) -> tuple[int, ...]:

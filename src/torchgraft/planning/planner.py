@@ -20,6 +20,46 @@ from torchgraft.plans.types import Entry, Piece, Plan, SourceRef, TargetRef, Unu
 from torchgraft.recipe.parse import ExplicitRule, Recipe
 
 
+class _Slots:
+    """The assignments to one key, indexed by the first dimension a region indexes with an
+    integer: two boxes indexed at different integers there cannot overlap. Stacking 128
+    experts into one tensor then checks each slot against one, not against 127."""
+
+    def __init__(self, assigned: list[_Assignment]):
+        self._loose: list[tuple[int, _Assignment]] = []  # whole tensors and slices only
+        self._by_index: dict[int, dict[int, list[tuple[int, _Assignment]]]] = {}  # dim -> index -> assignments
+        self._count = 0
+        for a in assigned:
+            self.add(a)
+
+    @staticmethod
+    def _slot(a: _Assignment) -> tuple[int, int] | None:
+        if a.box is None:
+            return None
+        dim = next((d for d, kept in enumerate(a.box.kept) if not kept), None)
+        return None if dim is None else (dim, a.box.bounds[dim][0])
+
+    def add(self, a: _Assignment) -> None:
+        slot = self._slot(a)
+        item = (self._count, a)
+        self._count += 1
+        if slot is None:
+            self._loose.append(item)
+        else:
+            self._by_index.setdefault(slot[0], {}).setdefault(slot[1], []).append(item)
+
+    def candidates(self, a: _Assignment) -> list[_Assignment]:
+        """Earlier assignments that may overlap ``a``, in the order they were made."""
+        slot = self._slot(a)
+        found = list(self._loose)
+        for dim, indexes in self._by_index.items():
+            if slot is not None and dim == slot[0]:
+                found += indexes.get(slot[1], [])
+            else:
+                found += [item for items in indexes.values() for item in items]
+        return [a for _, a in sorted(found, key=lambda item: item[0])]
+
+
 class _Planner(RuleExpander):
     """Rule expansion (expand.py) plus the checks that need every assignment at once."""
 
@@ -56,18 +96,23 @@ class _Planner(RuleExpander):
     def _by_key(self) -> dict[str, list[_Assignment]]:
         """The assignments to each key, in rule order; two that overlap are an error."""
         by_key: dict[str, list[_Assignment]] = {}
+        slotted: dict[str, _Slots] = {}  # keys written region by region: candidates by index
         for a in self.assignments:
             others = by_key.get(a.key)
             if others is None:
                 by_key[a.key] = [a]
                 continue
-            for other in others:
+            slots = slotted.get(a.key)
+            if slots is None:
+                slots = slotted[a.key] = _Slots(others)
+            for other in slots.candidates(a):
                 if a.box is None or other.box is None or a.box.overlaps(other.box):
                     mine = f"{a.key}{a.piece.region or ''}"
                     theirs = f"{other.key}{other.piece.region or ''}"
                     what = f"'{mine}' overlaps '{theirs}'" if mine != theirs else f"'{mine}'"
                     raise PlanError(a.field, f"{what}, which {other.piece.rule} already assigns")
             others.append(a)
+            slots.add(a)
         return by_key
 
     def _kept(self, infos, by_key) -> set[str]:
