@@ -98,7 +98,9 @@ def test_unstacking_into_a_target_binds_the_index_on_the_target_side(hf, tmp_pat
              "rules": [{"to": "model.layers.{i}.mlp.experts.{e}.gate_proj.weight", "from": "titan:layers.{i}.moe.experts.w1[{e}]"}],
              "policy": {"unused": "ignore", "unassigned": "keep"}}
     plan = torchgraft.plan(split)
-    assert plan.entries[0].pieces[0].reads[0].region == "[0]"
+    entries = {e.key: e for e in plan.entries}
+    assert entries["model.layers.1.mlp.experts.2.gate_proj.weight"].pieces[0].reads[0].region == "[2]"
+    assert entries["model.layers.1.mlp.experts.2.up_proj.weight"].kept
 
 
 def test_slots_no_expert_fills_are_kept(tmp_path):
