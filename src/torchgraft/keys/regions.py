@@ -8,8 +8,9 @@ Errors are ``ValueError`` without a prefix; callers add the recipe field and key
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 Slice = tuple[int | None, int | None]
@@ -50,7 +51,7 @@ class Region:
     def __str__(self) -> str:
         return "[" + ", ".join(_item_text(item) for item in self.items) + "]"
 
-    @property
+    @functools.cached_property
     def variables(self) -> tuple[str, ...]:
         """The names used as indices, in order."""
         return tuple(dict.fromkeys(item.name for item in self.items if isinstance(item, Var)))
@@ -139,6 +140,35 @@ class Box:
         return Box(tuple((0, size) for size in shape), (True,) * len(shape))
 
 
+def slot_maker(region: Region, shape: Sequence[int]) -> Callable[[Sequence[str]], tuple[Box, str] | None] | None:
+    """For a region whose variables each index one dimension (``[{e}]``, ``[:, {e}]``) of a
+    tensor of ``shape``: a function from the variables' values (as bound, decimal text) to
+    the box and its ``describe`` text, without resolving the region again for each of 128
+    experts. It gives None for a value that is not an index of its dimension, and
+    ``slot_maker`` None when the region's other items do not resolve:
+    ``region.bind(...).box(shape)`` then says why."""
+    shape = tuple(shape)
+    names = region.variables
+    try:
+        base = Region(tuple(0 if isinstance(item, Var) else item for item in region.items)).box(shape)
+    except ValueError:
+        return None
+    dims = [region.var_dim(name, len(shape)) for name in names]
+    parts = describe(base, shape)[1:-1].split(", ")
+    bounds, kept = list(base.bounds), base.kept
+
+    def make(values: Sequence[str]) -> tuple[Box, str] | None:
+        for dim, value in zip(dims, values):
+            if not (value.isdecimal() and value.isascii() and len(value) <= _MAX_INDEX_DIGITS) or int(value) >= shape[dim]:
+                return None
+            value = int(value)
+            bounds[dim] = (value, value + 1)
+            parts[dim] = str(value)
+        return Box(tuple(bounds), kept), "[" + ", ".join(parts) + "]"
+
+    return make
+
+
 def split_key_region(text: str) -> tuple[str, Region | None]:
     """``"fc.weight[:, :10]"`` -> ``("fc.weight", Region(...))``; no brackets -> region None.
 
@@ -161,6 +191,15 @@ def uncovered(shape: Sequence[int], boxes: Sequence[Box]) -> list[Box]:
     for box in boxes:
         if len(box.bounds) != len(shape):
             raise ValueError(f"a box of a {len(box.bounds)}-d tensor used on shape {list(shape)}")
+    slots = _slots_of(shape, boxes)
+    if slots is not None:  # stacked experts: one index each along one dim, the rest whole
+        dim, taken = slots
+        rest, start = [], 0
+        for index in [*sorted(taken), shape[dim]]:
+            if start < index:
+                rest.append((*((0, n) for n in shape[:dim]), (start, index), *((0, n) for n in shape[dim + 1:])))
+            start = index + 1
+        return [Box(bounds, (True,) * len(shape)) for bounds in rest]
     remaining = [Box.full(shape).bounds]
     for box in boxes:
         remaining = [piece for rest in remaining for piece in _subtract(rest, box.bounds)]
@@ -240,6 +279,24 @@ def _resolve_slice(item: Slice, dim: int, size: int) -> tuple[int, int]:
 
 
 Bounds = tuple[tuple[int, int], ...]
+
+
+def _slots_of(shape: tuple[int, ...], boxes: Sequence[Box]) -> tuple[int, set[int]] | None:
+    """``(dim, indices)`` if every box is one index along the same dim and whole elsewhere."""
+    if len(boxes) < 2:
+        return None
+    full = tuple((0, n) for n in shape)
+    first = boxes[0].kept
+    if first.count(False) != 1:
+        return None
+    dim = first.index(False)
+    taken: set[int] = set()
+    for box in boxes:
+        bounds = box.bounds
+        if box.kept != first or bounds[:dim] != full[:dim] or bounds[dim + 1:] != full[dim + 1:]:
+            return None
+        taken.add(bounds[dim][0])
+    return dim, taken
 
 
 def _subtract(rest: Bounds, cut: Bounds) -> list[Bounds]:

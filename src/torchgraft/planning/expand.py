@@ -14,7 +14,7 @@ from torchgraft.core.errors import PlanError
 from torchgraft.core.tensors import TensorInfo, is_floating
 from torchgraft.core.text import closest, shape_text
 from torchgraft.keys.patterns import KeyIndex, PatternError, Renamer, Template, select_keys
-from torchgraft.keys.regions import Box, Region, describe, split_key_region
+from torchgraft.keys.regions import Box, Region, describe, slot_maker, split_key_region
 from torchgraft.planning.selection import TargetFilter
 from torchgraft.plans.types import Piece, Read, Skipped
 from torchgraft.recipe.parse import BulkRule, ExplicitRule, Recipe
@@ -207,7 +207,8 @@ class RuleExpander:
         sides = _Sides(rule, to_template, to_region, from_templates, [region for _, _, region in froms])
         at = self._binder(sides)
         self._check_bound(sides, at)
-        slots: dict[tuple[str, str], str] = {}  # (key, bound region) -> what a bound index wrote there
+        slots: dict[tuple[str, Box], tuple] = {}  # (key, slot) -> the reads a bound index wrote there
+        makers: dict = {}  # target shape -> slot_maker of the to region
         for bindings, to_text in self._expand(rule, field, sides, at, froms):
             target = self._target_info(to_text, f"{field}.to", rule.missing, rule.to)
             if target is None and self.target is not None:
@@ -232,15 +233,23 @@ class RuleExpander:
                 reads.append(Read(source, key, info.shape, info.dtype, str(region) if region else None))
             else:
                 src_shape = self._merged_shape(reads, f"{field}.from")
-                box = None
+                box = text = None
                 if to_region is not None:
                     if target is None:
                         raise PlanError(f"{field}.to", f"'{rule.to}': a region needs a target tensor to write into (set target or base)")
-                    bound = self._bind_region(to_region, bindings, f"{field}.to", rule.to)
-                    box = self._box(bound, target.shape, f"{field}.to", to_text, to_region, bindings, reads)
+                    made = None
+                    if to_region.variables:  # stacking: one slot per binding, made fast
+                        if target.shape not in makers:
+                            makers[target.shape] = slot_maker(to_region, target.shape)
+                        maker = makers[target.shape]
+                        made = maker([bindings.get(v, "") for v in to_region.variables]) if maker else None
+                    if made is None:  # the slow way, which says what is wrong
+                        bound = self._bind_region(to_region, bindings, f"{field}.to", rule.to)
+                        made = self._box(bound, target.shape, f"{field}.to", to_text, to_region, bindings, reads), None
+                    box, text = made
                     if to_region.variables:
-                        self._one_write_per_slot(slots, to_text, bound, reads, f"{field}.to")
-                self._assign(to_text, box, target, tuple(reads), output, f"{field}.to", src_shape)
+                        self._one_write_per_slot(slots, to_text, box, reads, f"{field}.to", target.shape)
+                self._assign(to_text, box, target, tuple(reads), output, f"{field}.to", src_shape, text)
 
     def _binder(self, sides: _Sides) -> int | None:
         """The side that binds the variables: -1 for ``to``, else the index of a ``from``;
@@ -322,16 +331,15 @@ class RuleExpander:
             raise PlanError(field, f"'{text}': {err}") from None
 
     @staticmethod
-    def _one_write_per_slot(slots: dict, key: str, bound: Region, reads, field: str) -> None:
+    def _one_write_per_slot(slots: dict, key: str, box: Box, reads, field: str, shape) -> None:
         """Two bindings of one rule must not write the same slot (``experts.1`` and ``experts.01``)."""
-        slot = (key, str(bound))
-        origin = _reads_text(reads)
+        slot = (key, box)
         if slot in slots:
-            raise PlanError(field, f"{key}{bound} is written twice by this rule: by {slots[slot]} and by {origin} "
-                                   "(two bindings give the same index)")
-        slots[slot] = origin
+            raise PlanError(field, f"{key}{describe(box, shape)} is written twice by this rule: by {_reads_text(slots[slot])} "
+                                   f"and by {_reads_text(reads)} (two bindings give the same index)")
+        slots[slot] = reads
 
-    def _assign(self, key, box, target, reads, output: _RuleOutput, blame, shape):
+    def _assign(self, key, box, target, reads, output: _RuleOutput, blame, shape, region_text: str | None = None):
         field, transforms = output.field, output.transforms
         src_shape, dtype = tuple(shape), reads[0].dtype
         for i, transform in enumerate(transforms):
@@ -354,7 +362,7 @@ class RuleExpander:
                     return
                 raise PlanError(blame, problem + " (set policy.mismatch=skip to leave it out)")
             if box is not None:
-                region = describe(box, target.shape)
+                region = region_text or describe(box, target.shape)
         piece = Piece(reads, field, region, output.specs, output.merge)
         self.assignments.append(_Assignment(key, box, piece, blame))
 

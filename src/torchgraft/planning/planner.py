@@ -30,17 +30,16 @@ class _Slots:
         self._by_index: dict[int, dict[int, list[tuple[int, _Assignment]]]] = {}  # dim -> index -> assignments
         self._count = 0
         for a in assigned:
-            self.add(a)
+            self.add(a, self.slot(a))
 
     @staticmethod
-    def _slot(a: _Assignment) -> tuple[int, int] | None:
-        if a.box is None:
+    def slot(a: _Assignment) -> tuple[int, int] | None:
+        if a.box is None or all(a.box.kept):
             return None
-        dim = next((d for d, kept in enumerate(a.box.kept) if not kept), None)
-        return None if dim is None else (dim, a.box.bounds[dim][0])
+        dim = a.box.kept.index(False)
+        return dim, a.box.bounds[dim][0]
 
-    def add(self, a: _Assignment) -> None:
-        slot = self._slot(a)
+    def add(self, a: _Assignment, slot: tuple[int, int] | None) -> None:
         item = (self._count, a)
         self._count += 1
         if slot is None:
@@ -48,9 +47,10 @@ class _Slots:
         else:
             self._by_index.setdefault(slot[0], {}).setdefault(slot[1], []).append(item)
 
-    def candidates(self, a: _Assignment) -> list[_Assignment]:
-        """Earlier assignments that may overlap ``a``, in the order they were made."""
-        slot = self._slot(a)
+    def candidates(self, slot: tuple[int, int] | None) -> list[_Assignment]:
+        """Earlier assignments that may overlap one at ``slot``, in the order they were made."""
+        if slot is not None and not self._loose and len(self._by_index) == 1 and slot[0] in self._by_index:
+            return [a for _, a in self._by_index[slot[0]].get(slot[1], ())]  # stacking: the one slot
         found = list(self._loose)
         for dim, indexes in self._by_index.items():
             if slot is not None and dim == slot[0]:
@@ -105,14 +105,15 @@ class _Planner(RuleExpander):
             slots = slotted.get(a.key)
             if slots is None:
                 slots = slotted[a.key] = _Slots(others)
-            for other in slots.candidates(a):
+            slot = slots.slot(a)
+            for other in slots.candidates(slot):
                 if a.box is None or other.box is None or a.box.overlaps(other.box):
                     mine = f"{a.key}{a.piece.region or ''}"
                     theirs = f"{other.key}{other.piece.region or ''}"
                     what = f"'{mine}' overlaps '{theirs}'" if mine != theirs else f"'{mine}'"
                     raise PlanError(a.field, f"{what}, which {other.piece.rule} already assigns")
             others.append(a)
-            slots.add(a)
+            slots.add(a, slot)
         return by_key
 
     def _kept(self, infos, by_key) -> set[str]:
