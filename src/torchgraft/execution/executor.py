@@ -103,7 +103,9 @@ def _values(piece: Piece, readers: Mapping[str, Reader], initial: Callable[[], t
     for read in piece.reads:
         index = Region.parse(read.region).box(read.shape).index() if read.region else None
         tensors.append(readers[read.source].read(read.key, index))
-    if len(tensors) == 1:
+    if isinstance(piece.merge, dict) and "each" in piece.merge:  # {concat: DIM} | {stack: DIM}
+        value = join(piece.merge, tensors, piece.rule)
+    elif len(tensors) == 1:
         value = tensors[0]
     else:
         weights = [1 / len(tensors)] * len(tensors) if piece.merge == "mean" else piece.merge["weights"]
@@ -114,6 +116,19 @@ def _values(piece: Piece, readers: Mapping[str, Reader], initial: Callable[[], t
     for spec in piece.transforms:
         value = compile_transform(spec, piece.rule).apply(value, initial)
     return value
+
+
+def join(merge: dict, tensors: list, rule: str):
+    """Concatenate or stack the sources' values, each after its own transforms."""
+    import torch
+
+    parts = [tensor for tensor in tensors]
+    for i, specs in enumerate(merge["each"]):
+        for spec in specs:
+            parts[i] = compile_transform(spec, f"{rule}.from[{i}]").apply(parts[i])
+    if "concat" in merge:
+        return torch.cat(parts, dim=merge["concat"])
+    return torch.stack(parts, dim=merge["stack"])
 
 
 def materialize(entry: Entry, readers: Mapping[str, Reader], initial) -> torch.Tensor:

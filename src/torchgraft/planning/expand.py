@@ -50,11 +50,16 @@ class _RuleOutput:
     transforms: tuple[Transform, ...]
     specs: tuple  # the transforms' canonical specs, as plans record them
     merge: object = None
+    each: tuple = ()  # per source, its own transforms (concat and stack merges)
 
     @staticmethod
     def of(rule: BulkRule | ExplicitRule) -> _RuleOutput:
         transforms = compile_transforms(rule.transforms, f"{rule.field}.transform")
-        return _RuleOutput(rule.field, transforms, tuple(t.spec for t in transforms), rule.merge)
+        merge, each = rule.merge, ()
+        if isinstance(merge, Mapping) and "each" in merge:  # the plan records canonical specs
+            each = tuple(compile_transforms(specs, f"{rule.field}.from[{i}].transform") for i, specs in enumerate(merge["each"]))
+            merge = {**merge, "each": [[t.spec for t in ts] for ts in each]}
+        return _RuleOutput(rule.field, transforms, tuple(t.spec for t in transforms), merge, each)
 
 
 _floating = functools.lru_cache(maxsize=None)(is_floating)  # per dtype name, not per tensor
@@ -232,7 +237,10 @@ class RuleExpander:
                     region = bound
                 reads.append(Read(source, key, info.shape, info.dtype, str(region) if region else None))
             else:
-                src_shape = self._merged_shape(reads, f"{field}.from")
+                if isinstance(rule.merge, Mapping) and "each" in rule.merge:
+                    src_shape = self._joined_shape(reads, rule, output)
+                else:
+                    src_shape = self._merged_shape(reads, f"{field}.from")
                 box = text = None
                 if to_region is not None:
                     if target is None:
@@ -369,6 +377,40 @@ class RuleExpander:
     def _read(self, source: str, key: str) -> Read:
         info = self.inventories[source][key]
         return Read(source, key, info.shape, info.dtype)
+
+    def _joined_shape(self, reads: Sequence[Read], rule: ExplicitRule, output: _RuleOutput) -> tuple[int, ...]:
+        """The shape of ``{concat: DIM}`` or ``{stack: DIM}`` of the reads, each after its own
+        transforms: the same dtype, and the same shape but in DIM when concatenating."""
+        how = "concat" if "concat" in rule.merge else "stack"
+        dim = rule.merge[how]
+        shapes = []
+        for i, (read, transforms) in enumerate(zip(reads, output.each)):
+            shape, dtype = self._read_shape(read, f"{rule.field}.from"), read.dtype
+            for j, transform in enumerate(transforms):
+                try:
+                    shape, dtype = tuple(transform.out_shape(tuple(shape))), transform.out_dtype(dtype)
+                except ValueError as err:
+                    raise PlanError(f"{rule.field}.from[{i}].transform[{j}]", f"{_reads_text([read])}: {err}") from None
+            if dtype != reads[0].dtype:
+                raise PlanError(f"{rule.field}.from[{i}]", f"cannot {how} {_reads_text([read])} ({dtype}) with "
+                                                           f"{_reads_text(reads[:1])} ({reads[0].dtype}): the dtypes differ")
+            shapes.append(shape)
+        first = shapes[0]
+        ndim = len(first) + (how == "stack")
+        if not -ndim <= dim < ndim:
+            raise PlanError(f"{rule.field}.merge.{how}", f"dimension {dim} is out of range for {ndim}-d values")
+        at = dim % ndim
+        for i, shape in enumerate(shapes[1:], 1):
+            same = shape == first if how == "stack" else (len(shape) == len(first) and all(
+                a == b for d, (a, b) in enumerate(zip(shape, first)) if d != at))
+            if not same:
+                need = "the same shape" if how == "stack" else f"the same shape except in dim {dim}"
+                raise PlanError(f"{rule.field}.from[{i}]", f"cannot {how} {_reads_text([reads[i]])} {shape_text(shape)} with "
+                                                           f"{_reads_text(reads[:1])} {shape_text(first)} along dim {dim} "
+                                                           f"({how} needs {need})")
+        if how == "stack":
+            return (*first[:at], len(shapes), *first[at:])
+        return (*first[:at], sum(s[at] for s in shapes), *first[at + 1:])
 
     def _merged_shape(self, reads: Sequence[Read], field: str) -> tuple[int, ...]:
         """The shape of the values the reads give; merged reads must agree in shape and dtype."""

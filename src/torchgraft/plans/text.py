@@ -82,7 +82,12 @@ def piece_text(piece: Piece, entry: Entry, keys: Sequence[str] | None = None) ->
     """``[:, :10] ← src:fc.weight[:, :10] | transpose``; ``keys`` replaces the read keys (patterns)."""
     keys = list(keys) if keys is not None else [r.key for r in piece.reads]
     reads = " + ".join(f"{r.source}:{k}{r.region or ''}" for r, k in zip(piece.reads, keys))
-    if len(piece.reads) > 1:
+    if isinstance(piece.merge, dict) and "each" in piece.merge:  # concat(0: a | rope(...), b, c)
+        how = "concat" if "concat" in piece.merge else "stack"
+        texts = [f"{r.source}:{k}{r.region or ''}" + (" | " + ", ".join(describe_transform(t) for t in specs) if specs else "")
+                 for r, k, specs in zip(piece.reads, keys, piece.merge["each"])]
+        reads = f"{how}({piece.merge[how]}: {'; '.join(texts)})"
+    elif len(piece.reads) > 1:
         merge = piece.merge if piece.merge == "mean" else f"weights {piece.merge['weights']}"
         reads = f"{merge}({reads})"
     text = f"{piece.region + ' ' if piece.region else ''}← {reads}"
