@@ -88,7 +88,7 @@ def test_per_source_transforms_need_a_joining_merge(hf):
 
 
 def test_a_plan_with_a_concat_merge_reads_back(hf, tmp_path):
-    from torchgraft.plans.types import from_json
+    from torchgraft.plans.codec import from_json
 
     plan = torchgraft.plan({"sources": {"hf": hf[0]}, "target": None, "rules": [wqkv_rule()]})
     assert from_json(plan.to_json()) == plan
