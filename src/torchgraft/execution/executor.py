@@ -1,10 +1,12 @@
 """Run a plan: stream each output tensor from the sources into the writer, then verify
-the written file against the plan before it is published. Never reads a recipe.
+the written file against the plan, and the sources against their fingerprints again,
+before it is published. Never reads a recipe.
 
-Memory is bounded by the tensors in flight: a tensor copied unchanged from a file
-moves as bytes (the writer's ``copy``), and any other whole-tensor read comes from
-``pread`` into a buffer of its own rather than from a memory map, whose touched pages
-would stay resident until the end of the run.
+Every read goes through the sources' readers, which hold the files the plan was
+checked against open. Memory is bounded by the tensors in flight: a tensor copied
+unchanged from a file moves as bytes (the writer's ``copy`` of the reader's
+``byte_range``), and any other whole-tensor read is a ``pread`` into a buffer of its
+own (see ``Reader.read``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 
 from torchgraft.checkpoints import Reader, atomic_output, open_checkpoint, open_writer
 from torchgraft.checkpoints.atomic import atomic_directory
-from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles, read_range
+from torchgraft.checkpoints.byteranges import ByteRange
 from torchgraft.checkpoints.formats import directory_needed, output_format
 from torchgraft.checkpoints.sharded import ShardedWriter, check_directory
 from torchgraft.checkpoints.writers import SafetensorsWriter
@@ -31,43 +33,12 @@ from torchgraft.core.tensors import TensorInfo, torch_dtype
 from torchgraft.execution.initial import check_initial, initial_values
 from torchgraft.execution.outputs import copy_files, replaceable
 from torchgraft.execution.progress import Progress
-from torchgraft.execution.sources import open_plan_sources
+from torchgraft.execution.sources import check_sources_unchanged, open_plan_sources
 from torchgraft.keys.regions import Region
 from torchgraft.plans.types import Entry, Piece, Plan
 from torchgraft.transforms import compile_transform
 
 log = logging.getLogger(__name__)
-
-
-class _Streaming:
-    """A reader whose whole-tensor reads are preads of the tensor's byte range, when it has one."""
-
-    def __init__(self, reader: Reader, files: SourceFiles):
-        self.reader, self.files = reader, files
-        self._infos: dict[str, TensorInfo] | None = None
-
-    def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
-        if index is None:
-            where = self.reader.byte_range(key)
-            if where is not None:
-                info = self._info(key)
-                return read_range(self.files.fd(where.path), where, info.dtype, info.shape)
-        return self.reader.read(key, index)
-
-    def stored_as(self, entry: Entry) -> ByteRange | None:
-        """The bytes of ``entry`` if this source stores its tensor exactly as the output wants it."""
-        info = self._info(entry.key)
-        if info.dtype != entry.dtype or info.shape != tuple(entry.shape):
-            return None
-        return self.reader.byte_range(entry.key)
-
-    def _info(self, key: str) -> TensorInfo:
-        if self._infos is None:
-            self._infos = {info.key: info for info in self.reader.inventory()}
-        return self._infos[key]
-
-    def __getattr__(self, name: str):
-        return getattr(self.reader, name)
 
 
 def _unchanged(entry: Entry, readers: Mapping[str, Reader]) -> ByteRange | None:
@@ -147,23 +118,33 @@ def materialize(entry: Entry, readers: Mapping[str, Reader], initial) -> torch.T
     return out.contiguous()
 
 
-def _stream(plan: Plan, writer, readers: Mapping[str, Reader], sources: Mapping[str, _Streaming],
-            initial, files: SourceFiles, progress: Progress) -> None:
+def _stored_as(entry: Entry, reader: Reader, infos: Mapping[str, TensorInfo]) -> ByteRange | None:
+    """The bytes of ``entry`` if the base (``reader``, whose tensors are ``infos``)
+    stores its tensor exactly as the output wants it."""
+    info = infos[entry.key]
+    if info.dtype != entry.dtype or info.shape != tuple(entry.shape):
+        return None
+    return reader.byte_range(entry.key)
+
+
+def _stream(plan: Plan, writer, readers: Mapping[str, Reader], initial, progress: Progress) -> None:
     """Every entry into the writer, in plan order: as bytes when it is stored as the
     output wants it, else computed, written and dropped."""
     heap = HeapTrimmer()
+    base = readers[plan.target.base] if plan.target.base is not None else None
+    base_infos = base.by_key() if base is not None else {}
     for entry in plan.entries:
         nbytes = TensorInfo(entry.key, tuple(entry.shape), entry.dtype).nbytes
         unchanged = _unchanged(entry, readers)
-        if unchanged is None and entry.kept and plan.target.base is not None:
-            unchanged = sources[plan.target.base].stored_as(entry)  # patching: the base as it is
+        if unchanged is None and entry.kept and base is not None:
+            unchanged = _stored_as(entry, base, base_infos)  # patching: the base as it is
         if unchanged is not None:
-            writer.copy(entry.key, unchanged, files)
+            writer.copy(entry.key, unchanged)
         elif entry.kept:  # written as it is: no copy next to the initial value
             writer.write(entry.key, initial[entry.key].to(torch_dtype(entry.dtype)))
             heap.freed(nbytes)
         else:
-            writer.write(entry.key, materialize(entry, sources, initial))
+            writer.write(entry.key, materialize(entry, readers, initial))
             heap.freed(nbytes)
         progress.update(nbytes)
 
@@ -212,11 +193,9 @@ def execute(plan: Plan, output: str | Path, *, overwrite: bool = False) -> Path:
     if reason:
         raise OutputError("output.path", reason)
     readers = open_plan_sources(plan)
-    files = SourceFiles()
     try:
         check_initial(plan)
-        sources = {name: _Streaming(reader, files) for name, reader in readers.items()}
-        initial = initial_values(plan, sources)
+        initial = initial_values(plan, readers)
         infos = [TensorInfo(e.key, tuple(e.shape), e.dtype) for e in plan.entries]
         metadata = {"format": "pt", "torchgraft.plan_sha256": plan.sha256, "torchgraft.version": plan.version}
         if fmt == "directory":
@@ -229,13 +208,13 @@ def execute(plan: Plan, output: str | Path, *, overwrite: bool = False) -> Path:
             else:
                 writer = open_writer(tmp, infos, metadata, _first_copy_page_offset(plan, readers))
             with writer, Progress(sum(i.nbytes for i in infos), f"writing {path.name}") as progress:
-                _stream(plan, writer, readers, sources, initial, files, progress)
+                _stream(plan, writer, readers, initial, progress)
             if fmt == "directory":
                 copy_files(plan, tmp)
             _verify(tmp, fmt, plan, metadata)
+            check_sources_unchanged(plan, readers)  # what was read is what was checked
         return path
     finally:
-        files.close()
         for reader in readers.values():
             reader.close()
 
@@ -244,7 +223,9 @@ def state_dict(plan: Plan, initial: Mapping[str, torch.Tensor]) -> dict[str, tor
     """The plan's tensors in memory, kept ones taken from ``initial`` (a live model's state)."""
     readers = open_plan_sources(plan)
     try:
-        return {e.key: materialize(e, readers, initial) for e in plan.entries}
+        tensors = {e.key: materialize(e, readers, initial) for e in plan.entries}
+        check_sources_unchanged(plan, readers)
+        return tensors
     finally:
         for reader in readers.values():
             reader.close()
