@@ -1,7 +1,9 @@
-"""Tensors as byte ranges of their files, moved by the kernel instead of through Python.
+"""Source files held open, and tensors as byte ranges of them, moved by the kernel
+instead of through Python.
 
-A tensor stored whole, contiguous and little-endian -- every tensor of a safetensors
-file, most of a torch zip checkpoint -- is just ``length`` bytes at ``offset``. Copied
+A reader opens each of its files once (``OpenFile``). A tensor stored whole, contiguous
+and little-endian -- every tensor of a safetensors file, most of a torch zip
+checkpoint -- is just ``length`` bytes at ``offset`` of such a file. Copied
 unchanged into a safetensors output it needs no tensor at all: ``copy_range`` asks the
 kernel (``copy_file_range``, then ``sendfile``) and falls back to read/write. When a
 tensor must be computed on, ``read_range`` reads it with ``pread`` into a fresh buffer
