@@ -124,25 +124,20 @@ def refused(plan, out, message: str) -> None:
 
 
 @pytest.mark.parametrize("stage", ["opened", "streaming"])
+@pytest.mark.parametrize("change", ["renamed over", "rewritten in place"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_source_replaced_by_another_file_is_refused(tmp_path, kind, stage, when):
+def test_a_source_replaced_or_rewritten_is_refused(tmp_path, kind, change, stage, when):
     path, changed = build(tmp_path, kind)
     plan = torchgraft.plan(recipe(path))
-    when(stage, lambda: rename_over(tmp_path, kind, changed))
+    if change == "renamed over":
+        when(stage, lambda: rename_over(tmp_path, kind, changed))
+        message = f"sources.src: {changed} was replaced while torchgraft ran (its path names another file now)"
+    else:
+        when(stage, lambda: rewrite_in_place(tmp_path, kind, changed))
+        message = f"sources.src: {path} changed while torchgraft ran (mtime_ns differ)"
     out = tmp_path / "out" / "m.safetensors"
     out.parent.mkdir()
-    refused(plan, out, f"sources.src: {changed} was replaced while torchgraft ran (its path names another file now)")
-
-
-@pytest.mark.parametrize("stage", ["opened", "streaming"])
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_source_rewritten_in_place_is_refused(tmp_path, kind, stage, when):
-    path, changed = build(tmp_path, kind)
-    plan = torchgraft.plan(recipe(path))
-    when(stage, lambda: rewrite_in_place(tmp_path, kind, changed))
-    out = tmp_path / "out" / "m.safetensors"
-    out.parent.mkdir()
-    refused(plan, out, f"sources.src: {path} changed while torchgraft ran (mtime_ns differ)")
+    refused(plan, out, message)
 
 
 @pytest.mark.parametrize("kind", KINDS)

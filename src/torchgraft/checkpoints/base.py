@@ -13,7 +13,7 @@ plan is the file that is then read, even if another file is renamed over its pat
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -120,6 +120,14 @@ class Reader(abc.ABC):
     def _set_inventory(self, infos: Iterable[TensorInfo]) -> None:
         self._infos = list(infos)
         self._by_key = {info.key: info for info in self._infos}
+
+    def _read_or_close(self, read: Callable[[], None]) -> None:
+        """``read()`` the headers; on any failure, release the files opened so far and re-raise."""
+        try:
+            read()
+        except BaseException:
+            self.close()
+            raise
 
     def _info(self, key: str) -> TensorInfo:
         try:

@@ -37,16 +37,14 @@ class HFReader(Reader):
         self._index: OpenFile | None = None
         self._index_metadata: dict[str, str] = {}
         self._shards: dict[str, Reader] = {}
-        try:
-            if found.endswith(".index.json"):
-                self._index = OpenFile(self.path / found)
-                weight_map = self._read_index(self._index)
-            else:
-                weight_map = None
-            self._open_shards(weight_map, single=found)
-        except BaseException:
-            self.close()
-            raise
+        self._read_or_close(lambda: self._read_directory(found))
+
+    def _read_directory(self, found: str) -> None:
+        weight_map = None
+        if found.endswith(".index.json"):
+            self._index = OpenFile(self.path / found)
+            weight_map = self._read_index(self._index)
+        self._open_shards(weight_map, single=found)
 
     def _read_index(self, index: OpenFile) -> dict[str, str]:
         self._index_bytes = _whole(index)

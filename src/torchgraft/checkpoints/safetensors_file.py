@@ -121,11 +121,7 @@ class SafetensorsReader(Reader):
         self._file = OpenFile(self.path)
         self._handle = None
         self._closed = False
-        try:
-            self._read_inventory()
-        except BaseException:
-            self.close()
-            raise
+        self._read_or_close(self._read_inventory)
 
     def _read_inventory(self) -> None:
         try:

@@ -45,11 +45,7 @@ class TorchReader(Reader):
         self._file = OpenFile(self.path)
         self._data: Mapping[str, Any] | None = None
         self._ranges: dict[str, ByteRange | None] | None = None
-        try:
-            self._read_inventory()
-        except BaseException:
-            self.close()
-            raise
+        self._read_or_close(self._read_inventory)
 
     def _read_inventory(self) -> None:
         tensors = self._state_dict(self._load(map_location="meta"))
