@@ -169,3 +169,28 @@ def test_every_read_comes_from_the_file_opened(tmp_path, kind):
     with open_checkpoint(path, field="sources.src") as reader:  # opened again: the new file
         assert torch.equal(reader.read("a"), tensors(1)["a"])
         assert reader.replaced() == []
+
+
+class Three(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        for key, value in tensors(2).items():
+            self.register_parameter(key, torch.nn.Parameter(value))
+
+
+def test_load_into_refuses_a_source_rewritten_while_it_is_read_and_leaves_the_model_alone(tmp_path, monkeypatch):
+    path, changed = build(tmp_path, "safetensors")
+    model = Three()
+    materialize, done = executor.materialize, []
+
+    def materialize_then_change(*args):
+        value = materialize(*args)
+        if not done:
+            done.append(rewrite_in_place(tmp_path, "safetensors", changed))
+        return value
+
+    monkeypatch.setattr(executor, "materialize", materialize_then_change)
+    with pytest.raises(DriftError) as error:
+        torchgraft.load_into(model, recipe(path))
+    assert str(error.value) == f"sources.src: {path} changed while torchgraft ran (mtime_ns differ)"
+    assert all(torch.equal(value, tensors(2)[key]) for key, value in model.state_dict().items())
