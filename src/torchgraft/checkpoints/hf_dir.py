@@ -47,9 +47,8 @@ class HFReader(Reader):
         self._open_shards(weight_map, single=found)
 
     def _read_index(self, index: OpenFile) -> dict[str, str]:
-        self._index_bytes = _whole(index)
         try:
-            data = json.loads(self._index_bytes)
+            data = json.loads(_whole(index))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise self._error(f"{index.path.name} is not valid JSON ({e})") from None
         weight_map = data.get("weight_map") if isinstance(data, dict) else None

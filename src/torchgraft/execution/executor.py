@@ -55,6 +55,15 @@ def _unchanged(entry: Entry, readers: Mapping[str, Reader]) -> ByteRange | None:
     return readers[read.source].byte_range(read.key)
 
 
+def _stored_as(entry: Entry, reader: Reader, infos: Mapping[str, TensorInfo]) -> ByteRange | None:
+    """The bytes of ``entry`` if the base (``reader``, whose tensors are ``infos``)
+    stores its tensor exactly as the output wants it."""
+    info = infos[entry.key]
+    if info.dtype != entry.dtype or info.shape != tuple(entry.shape):
+        return None
+    return reader.byte_range(entry.key)
+
+
 def _first_copy_page_offset(plan: Plan, readers: Mapping[str, Reader]) -> int | None:
     """Where in a page the first tensor copied as bytes starts in its source (None: no
     such tensor): the output's data starts there too, so that copies move whole pages."""
@@ -116,15 +125,6 @@ def materialize(entry: Entry, readers: Mapping[str, Reader], initial) -> torch.T
     if tuple(out.shape) != tuple(entry.shape):
         raise RuntimeError(f"{entry.key}: produced shape {list(out.shape)}, plan says {list(entry.shape)}")
     return out.contiguous()
-
-
-def _stored_as(entry: Entry, reader: Reader, infos: Mapping[str, TensorInfo]) -> ByteRange | None:
-    """The bytes of ``entry`` if the base (``reader``, whose tensors are ``infos``)
-    stores its tensor exactly as the output wants it."""
-    info = infos[entry.key]
-    if info.dtype != entry.dtype or info.shape != tuple(entry.shape):
-        return None
-    return reader.byte_range(entry.key)
 
 
 def _stream(plan: Plan, writer, readers: Mapping[str, Reader], initial, progress: Progress) -> None:
