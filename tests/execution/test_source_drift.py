@@ -1,13 +1,12 @@
 """A source that is not, or no longer, the file the plan was made from is never published.
 
-Readers hold their files open from planning-time checks to the last read; a file renamed
+Readers hold their files open from the check against the plan to the last read; a file renamed
 over a source's path, or rewritten in place, after the sources were opened (or while
 tensors stream) is refused before the output is published, naming the source.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -17,13 +16,13 @@ import torch
 from safetensors.torch import save_file
 
 import torchgraft
+import torchgraft.execution.executor as executor
 from torchgraft.checkpoints import open_checkpoint
 from torchgraft.checkpoints.byteranges import read_range
 from torchgraft.core.errors import DriftError
 from torchgraft.execution.progress import Progress
 from torchgraft.execution.sources import pin_contents
 
-executor = importlib.import_module("torchgraft.execution.executor")
 KINDS = ["safetensors", "torch", "hf"]
 SHARDS = {"model-00001-of-00002.safetensors": ["a", "b"], "model-00002-of-00002.safetensors": ["c"]}
 
