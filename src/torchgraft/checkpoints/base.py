@@ -82,7 +82,10 @@ class Reader(abc.ABC):
         """A hash of the header(s) as they are now in the files held open."""
 
     def _shown(self, file: OpenFile) -> str:
-        return self.shown
+        """``file`` as the user would name it: the checkpoint, or a file in its directory."""
+        if file.path == self.path:
+            return self.shown
+        return f"{self.shown.rstrip('/')}/{file.path.relative_to(self.path).as_posix()}"
 
     # -- data half --------------------------------------------------------------------
 

@@ -57,6 +57,9 @@ class OpenFile:
             done += len(data)
         return b"".join(parts)
 
+    def read_all(self) -> bytes:
+        return self.pread(self.stat().st_size, 0)
+
     def reopened(self) -> str:
         """A path that opens this very file, for libraries that take only a path (the
         mapping of ``safe_open`` and ``torch.load(mmap=True)``)."""

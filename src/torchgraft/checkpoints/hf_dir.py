@@ -48,7 +48,7 @@ class HFReader(Reader):
 
     def _read_index(self, index: OpenFile) -> dict[str, str]:
         try:
-            data = json.loads(_whole(index))
+            data = json.loads(index.read_all())
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise self._error(f"{index.path.name} is not valid JSON ({e})") from None
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
@@ -96,9 +96,6 @@ class HFReader(Reader):
         shards = [file for shard in self._shards.values() for file in shard._files()]
         return ([self._index] if self._index else []) + shards
 
-    def _shown(self, file: OpenFile) -> str:
-        return f"{self.shown.rstrip('/')}/{file.path.relative_to(self.path).as_posix()}"
-
     def metadata(self) -> dict[str, str]:
         if self._index is None:
             return next(iter(self._shards.values())).metadata()
@@ -107,7 +104,7 @@ class HFReader(Reader):
     def _header_sha256(self) -> str:
         digest = hashlib.sha256()
         if self._index is not None:
-            digest.update(_whole(self._index))
+            digest.update(self._index.read_all())
         for shard in self._shards.values():
             digest.update(shard.fingerprint()["header_sha256"].encode())
         return digest.hexdigest()
@@ -125,7 +122,3 @@ class HFReader(Reader):
             shard.close()
         if self._index is not None:
             self._index.close()
-
-
-def _whole(file: OpenFile) -> bytes:
-    return file.pread(file.stat().st_size, 0)
