@@ -302,7 +302,7 @@ def test_check_output_names_every_accepted_form(tmp_path):
     with pytest.raises(OutputError) as e:
         check_output(tmp_path / "m.bin", False)
     assert str(e.value) == (f"output.path: {tmp_path / 'm.bin'}: unsupported extension '.bin' "
-                            "(use .safetensors, .pt or .pth, or no extension for a model directory)")
+                            "(use .safetensors, .pt or .pth, .dcp for a DCP folder, or no extension for a model directory)")
     check_output(tmp_path / "model-dir", False)  # a directory output
     (tmp_path / "model-dir").mkdir()
     with pytest.raises(OutputError, match="already exists"):

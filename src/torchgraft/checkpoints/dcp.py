@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 import pickle
@@ -37,6 +38,7 @@ from torchgraft.checkpoints.byteranges import OpenFile
 from torchgraft.core.tensors import DTYPE_NAMES, TensorInfo
 
 METADATA = ".metadata"
+SIDE_FILE = "torchgraft.json"  # torchgraft's own metadata in a DCP folder it wrote
 MAX_METADATA = 256 << 20  # a 1T-parameter model's metadata is tens of MB
 _DCP = "torch.distributed.checkpoint."
 
@@ -311,6 +313,20 @@ class DCPReader(Reader):
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != chunk.sizes:
             raise self._error(f"'{key}': its chunk in {chunk.file} does not hold a tensor of size {list(chunk.sizes)}")
         return value
+
+    def metadata(self) -> dict[str, str]:
+        """torchgraft's metadata, from ``torchgraft.json`` beside ``.metadata`` (a folder
+        torchgraft wrote), else ``{}``. Read as untrusted JSON: str -> str or nothing."""
+        path = self.path / SIDE_FILE
+        try:
+            if not path.is_file() or path.is_symlink() or path.stat().st_size > (1 << 20):
+                return {}
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return {}
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            return {}
+        return data
 
     def chunks(self, key: str) -> Iterator[Chunk]:
         """Where ``key``'s chunks are stored (for tests and the inspector)."""

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 from torchgraft.checkpoints import Reader, atomic_output, open_checkpoint, open_writer
 from torchgraft.checkpoints.atomic import atomic_directory
 from torchgraft.checkpoints.byteranges import ByteRange
+from torchgraft.checkpoints.dcp_writer import DCP_FILES, write_dcp
 from torchgraft.checkpoints.formats import directory_needed, output_format
 from torchgraft.checkpoints.sharded import ShardedWriter, check_directory
 from torchgraft.checkpoints.writers import SafetensorsWriter
@@ -140,13 +141,35 @@ def _stream(plan: Plan, writer, readers: Mapping[str, Reader], initial, progress
             unchanged = _stored_as(entry, base, base_infos)  # patching: the base as it is
         if unchanged is not None:
             writer.copy(entry.key, unchanged)
-        elif entry.kept:  # written as it is: no copy next to the initial value
-            writer.write(entry.key, initial[entry.key].to(torch_dtype(entry.dtype)))
-            heap.freed(nbytes)
         else:
-            writer.write(entry.key, materialize(entry, readers, initial))
+            writer.write(entry.key, _value(entry, readers, initial))
             heap.freed(nbytes)
         progress.update(nbytes)
+
+
+def _value(entry: Entry, readers: Mapping[str, Reader], initial) -> torch.Tensor:
+    """One output tensor's values; a kept one is its initial value as it is (no copy)."""
+    if entry.kept:
+        return initial[entry.key].to(torch_dtype(entry.dtype))
+    return materialize(entry, readers, initial)
+
+
+def _write_dcp(plan: Plan, tmp: Path, infos: list[TensorInfo], readers: Mapping[str, Reader], initial,
+               metadata: Mapping[str, str], progress: Progress) -> None:
+    """A DCP folder through torch.distributed.checkpoint's writer, which asks for each
+    tensor in turn (no byte copies: DCP stores each tensor as a torch.save blob)."""
+    by_key = {e.key: e for e in plan.entries}
+    heap = HeapTrimmer()
+
+    def value(key: str) -> torch.Tensor:
+        entry = by_key[key]
+        tensor = _value(entry, readers, initial)
+        nbytes = TensorInfo(key, tuple(entry.shape), entry.dtype).nbytes
+        heap.freed(nbytes)
+        progress.update(nbytes)
+        return tensor
+
+    write_dcp(tmp, infos, value, metadata)
 
 
 def _verify(path: Path, fmt: str, plan: Plan, metadata: Mapping[str, str]) -> None:
@@ -174,7 +197,7 @@ def check_output(path: Path, overwrite: bool) -> None:
     """Refuse early, before reading any tensor, what the writer would refuse at the end."""
     if output_format(path) is None:
         raise OutputError("output.path", f"{path}: unsupported extension '{path.suffix}' (use .safetensors, .pt "
-                                         "or .pth, or no extension for a model directory)")
+                                         "or .pth, .dcp for a DCP folder, or no extension for a model directory)")
     if os.path.lexists(path) and not overwrite:
         raise OutputError("output.path", f"{path}: already exists (set output.overwrite=true to replace it)")
 
@@ -184,7 +207,8 @@ def execute(plan: Plan, output: str | Path, *, overwrite: bool = False) -> Path:
 
     ``.safetensors`` streams: memory is the tensors in flight. ``.pt``/``.pth`` is one
     pickle: the whole output is held in memory until it is saved. A path without an
-    extension is a Hugging Face model directory, in shards if the plan has a shard size.
+    extension is a Hugging Face model directory, in shards if the plan has a shard size;
+    ``.dcp`` is a torch.distributed.checkpoint folder, one tensor in memory at a time.
     """
     path = Path(output)
     check_output(path, overwrite)
@@ -200,15 +224,21 @@ def execute(plan: Plan, output: str | Path, *, overwrite: bool = False) -> Path:
         metadata = {"format": "pt", "torchgraft.plan_sha256": plan.sha256, "torchgraft.version": plan.version}
         if fmt == "directory":
             publish = atomic_directory(path, overwrite=overwrite, replaceable=replaceable(plan.layout))
+        elif fmt == "dcp":
+            publish = atomic_directory(path, overwrite=overwrite, replaceable=DCP_FILES)
         else:
             publish = atomic_output(path, overwrite=overwrite)
         with publish as tmp:
-            if fmt == "directory":
-                writer = ShardedWriter(tmp, infos, metadata, plan.layout.shard_size)
+            if fmt == "dcp":
+                with Progress(sum(i.nbytes for i in infos), f"writing {path.name}") as progress:
+                    _write_dcp(plan, tmp, infos, readers, initial, metadata, progress)
             else:
-                writer = open_writer(tmp, infos, metadata, _first_copy_page_offset(plan, readers))
-            with writer, Progress(sum(i.nbytes for i in infos), f"writing {path.name}") as progress:
-                _stream(plan, writer, readers, initial, progress)
+                if fmt == "directory":
+                    writer = ShardedWriter(tmp, infos, metadata, plan.layout.shard_size)
+                else:
+                    writer = open_writer(tmp, infos, metadata, _first_copy_page_offset(plan, readers))
+                with writer, Progress(sum(i.nbytes for i in infos), f"writing {path.name}") as progress:
+                    _stream(plan, writer, readers, initial, progress)
             if fmt == "directory":
                 copy_files(plan, tmp)
             _verify(tmp, fmt, plan, metadata)
