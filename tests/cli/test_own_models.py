@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 import torchgraft
+from conftest import run_cli
 from torchgraft.cli import graft as graft_cli
 from torchgraft.cli import inspect as inspect_cli
 from torchgraft.core.errors import TargetError
-
-from conftest import run_cli
 
 MYMODELS = """
 import torch.nn as nn

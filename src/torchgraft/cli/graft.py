@@ -34,7 +34,7 @@ from torchgraft.planning.planner import make_plan
 from torchgraft.plans import review
 from torchgraft.plans.files import refuse_sweep_overwrite, write_plan
 from torchgraft.plans.files import register_resolver as register_job_name
-from torchgraft.plans.text import group_keys, render
+from torchgraft.plans.text import render, unused_warning
 from torchgraft.recipe import source as recipe_source
 from torchgraft.recipe.parse import parse_recipe
 from torchgraft.recipe.resolve import recipe_record, register_resolver, resolve
@@ -78,10 +78,9 @@ def run(cfg: DictConfig) -> sweep.Outcome:
         text = render(plan)
         sys.stdout.write(text)
         sys.stdout.flush()
-        if plan.unused and recipe.policy.unused == "warn":
-            names = group_keys(f"{u.source}:{u.key}" for u in plan.unused)
-            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-            log.warning("warning: %d source tensors are read by no rule: %s (policy.unused=ignore silences this)", len(plan.unused), shown)
+        warning = unused_warning(plan)
+        if warning:
+            log.warning("%s", warning)
         note = init_advice(plan)
         if note:
             log.info("%s", note)

@@ -94,6 +94,10 @@ class RuleExpander:
         self.readers = readers
         self.inventories = {name: r.by_key() for name, r in readers.items()}
         self._indexes: dict[str | None, KeyIndex] = {}  # by source, None for the target (see _index)
+        # (source, key) left out on purpose: by a bulk rule's exclude, types or kind, or
+        # (planner) named like a target tensor in keep. Unused, but not warned about.
+        self.excluded: set[tuple[str, str]] = set()
+        self.kept_keys: set[str] = set()
         self.target = {t.key: t for t in target} if target is not None else None
         self.extracted: dict[str, TensorInfo] = {}  # the output's tensors when there is no target
         self.assignments: list[_Assignment] = []
@@ -160,6 +164,7 @@ class RuleExpander:
             if only is not None:  # a filter selects among target tensors: others are not this rule's
                 target = self.target.get(new_key)
                 if target is None or not only.accepts(target):
+                    self.excluded.add((source, key))  # the rule's types/kind leave it out
                     continue
             elif self.target is None:  # extraction: the rule defines the output tensor
                 target = None
@@ -190,6 +195,7 @@ class RuleExpander:
         if rule.exclude:
             excluded = set(select_keys(selected, rule.exclude))
             selected = [k for k in selected if k not in excluded]
+            self.excluded.update((source, k) for k in excluded)
         return selected
 
     def _target_filter(self, rule: BulkRule) -> TargetFilter | None:

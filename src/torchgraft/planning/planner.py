@@ -129,6 +129,7 @@ class _Planner(RuleExpander):
                 i = next(i for i, p in enumerate(self.recipe.keep) if KeyPattern(p).matches(key))
                 raise PlanError(f"keep[{i}]", f"'{key}' is kept, but {whole[0].piece.rule} assigns it")
             kept.add(key)
+        self.kept_keys = kept  # a source tensor of a kept key's name stays behind on purpose
         return kept
 
     def _check_unassigned(self, infos, by_key, kept) -> None:
@@ -155,11 +156,13 @@ class _Planner(RuleExpander):
             for info in inventory.values()
             if info.key not in read[source]
         ]
-        if unused and self.recipe.policy.unused == "error":
+        self.excluded.update((u.source, u.key) for u in unused if u.key in self.kept_keys)
+        unwanted = [u for u in unused if (u.source, u.key) not in self.excluded]  # left out on purpose
+        if unwanted and self.recipe.policy.unused == "error":
             from torchgraft.plans.text import group_keys
 
-            listed = ", ".join(group_keys([f"{u.source}:{u.key}" for u in unused]))
-            raise PlanError("policy.unused", f"{len(unused)} source tensor{'s' if len(unused) != 1 else ''} read by no rule: {listed}")
+            listed = ", ".join(group_keys([f"{u.source}:{u.key}" for u in unwanted]))
+            raise PlanError("policy.unused", f"{len(unwanted)} source tensor{'s' if len(unwanted) != 1 else ''} read by no rule: {listed}")
         return unused
 
     def check_base(self, entries: list[Entry]) -> None:
@@ -218,6 +221,7 @@ def _make_plan(recipe: Recipe, resolved: dict, *, target: list[TensorInfo] | Non
         plan = Plan(
             entries=tuple(entries),
             unused=tuple(unused),
+            excluded=frozenset(planner.excluded & {(u.source, u.key) for u in unused}),
             skipped=tuple(planner.skipped),
             sources=sources,
             target=TargetRef(recipe.target, recipe.target_seed, inventory_sha256(inventory), recipe.base,

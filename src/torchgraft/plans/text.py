@@ -28,6 +28,18 @@ R = TypeVar("R")
 _MAX_COLUMN = 56  # wider keys overflow their column instead of pushing every line right
 
 
+def unused_warning(plan: Plan) -> str | None:
+    """The warning for source tensors no rule reads, under ``policy.unused: warn``.
+    Tensors left out on purpose (``Plan.excluded``) are listed in the plan, not here."""
+    policy = (plan.recipe.get("policy") or {}).get("unused", "warn")
+    unused = [u for u in plan.unused if (u.source, u.key) not in plan.excluded]
+    if policy != "warn" or not unused:
+        return None
+    names = group_keys(f"{u.source}:{u.key}" for u in unused)
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return f"warning: {len(unused)} source tensors are read by no rule: {shown} (policy.unused=ignore silences this)"
+
+
 def group_keys(keys: Iterable[str]) -> list[str]:
     """``fc1.weight, fc1.bias`` -> ``fc1.{weight,bias}``: siblings share one item (first-seen order)."""
     groups: dict[str, list[str]] = {}
