@@ -34,7 +34,7 @@ from torchgraft.planning.planner import make_plan
 from torchgraft.plans import review
 from torchgraft.plans.files import refuse_sweep_overwrite, write_plan
 from torchgraft.plans.files import register_resolver as register_job_name
-from torchgraft.plans.text import render, unused_warning
+from torchgraft.plans.text import render, target_nbytes, unused_warning
 from torchgraft.recipe import source as recipe_source
 from torchgraft.recipe.parse import parse_recipe
 from torchgraft.recipe.resolve import recipe_record, register_resolver, resolve
@@ -91,8 +91,14 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     start = time.perf_counter()
     execute(plan, output, overwrite=recipe.output.overwrite)
     written = output_bytes(output)
-    log.info("wrote %s (%d tensors, %s) in %.2f s; verified against the plan", output, len(plan.entries), human_bytes(written), time.perf_counter() - start)
+    log.info("wrote %s (%s) in %.2f s; verified against the plan", output, written_text(plan, written), time.perf_counter() - start)
     return sweep.Outcome.of(plan, "run", output)
+
+
+def written_text(plan, file_bytes: int) -> str:
+    """``10 tensors, 240.6 KiB of tensor data, 245.3 KiB on disk``: the plan counts tensor
+    bytes; a file adds its header (and a directory its index and copied files)."""
+    return f"{len(plan.entries)} tensors, {human_bytes(target_nbytes(plan))} of tensor data, {human_bytes(file_bytes)} on disk"
 
 
 _APPLY_FIELDS = ("apply", "dry_run", "debug", "output.path", "output.overwrite")
@@ -127,8 +133,8 @@ def _apply(cfg: DictConfig, run_dir: Path) -> sweep.Outcome:
     text = render(plan)
     sys.stdout.write(text)
     write_plan(plan, run_dir / "plan", text)
-    log.info("applied %s: wrote %s (%d tensors, %s) in %.2f s; verified against the plan", path, output, len(plan.entries),
-             human_bytes(output_bytes(output)), time.perf_counter() - start)
+    log.info("applied %s: wrote %s (%s) in %.2f s; verified against the plan", path, output, written_text(plan, output_bytes(output)),
+             time.perf_counter() - start)
     return sweep.Outcome.of(plan, "apply", output)
 
 

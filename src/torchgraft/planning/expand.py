@@ -149,7 +149,8 @@ class RuleExpander:
         """The tensors ``rule`` takes from ``source``: new key -> (source key, field to blame, target tensor)."""
         field = rule.field
         selected = self._selected(rule, source)
-        renamed, not_renamed = f"{field}.rename", f"{field}.select"  # the fields to blame
+        # the fields to blame: only ones the recipe wrote (no select: the rule itself)
+        renamed, not_renamed = f"{field}.rename", f"{field}.select" if rule.select else field
         produced: dict[str, str] = {}
         taken: dict[str, tuple[str, str, TensorInfo | None]] = {}
         for key in selected:
@@ -374,7 +375,11 @@ class RuleExpander:
                 if self.recipe.policy.mismatch == "skip":
                     self.skipped.append(Skipped(key, field, problem))
                     return
-                raise PlanError(blame, problem + " (set policy.mismatch=skip to leave it out)")
+                if blame.endswith(".to"):  # an explicit rule: it names this one tensor
+                    fix = f"remove the rule and add '{key}' to keep to keep its initial value"
+                else:
+                    fix = f"add '{reads[0].key}' to {field}.exclude and '{key}' to keep to keep its initial value"
+                raise PlanError(blame, f"{problem} ({fix}, or set policy.mismatch=skip to leave out every mismatch)")
             if box is not None:
                 region = region_text or describe(box, target.shape)
         piece = Piece(reads, field, region, output.specs, output.merge)

@@ -157,12 +157,11 @@ class _Planner(RuleExpander):
             if info.key not in read[source]
         ]
         self.excluded.update((u.source, u.key) for u in unused if u.key in self.kept_keys)
-        unwanted = [u for u in unused if (u.source, u.key) not in self.excluded]  # left out on purpose
-        if unwanted and self.recipe.policy.unused == "error":
+        if unused and self.recipe.policy.unused == "error":  # strict: left out on purpose or not
             from torchgraft.plans.text import group_keys
 
-            listed = ", ".join(group_keys([f"{u.source}:{u.key}" for u in unwanted]))
-            raise PlanError("policy.unused", f"{len(unwanted)} source tensor{'s' if len(unwanted) != 1 else ''} read by no rule: {listed}")
+            listed = ", ".join(group_keys([f"{u.source}:{u.key}" for u in unused]))
+            raise PlanError("policy.unused", f"{len(unused)} source tensor{'s' if len(unused) != 1 else ''} read by no rule: {listed}")
         return unused
 
     def check_base(self, entries: list[Entry]) -> None:

@@ -341,6 +341,11 @@ def summary(plan: Plan) -> str:
     return text + f"; {len(plan.unused)} source tensors unused ({human_bytes(unused_nbytes(plan))})"
 
 
+def target_nbytes(plan: Plan) -> int:
+    """The bytes of the target tensors' data, as the summary line counts them (not file bytes)."""
+    return _tally(plan)[1]["all"]
+
+
 def _tally(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:
     """Entries and their bytes: all, assigned, kept, and partly assigned (form by form:
     all of that is the same for the entries of one form)."""
