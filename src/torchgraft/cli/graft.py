@@ -32,7 +32,7 @@ from torchgraft.execution.outputs import output_bytes
 from torchgraft.execution.sources import pin_contents
 from torchgraft.planning.planner import make_plan
 from torchgraft.plans import review
-from torchgraft.plans.files import refuse_sweep_overwrite, write_plan
+from torchgraft.plans.files import read_plan, refuse_sweep_overwrite, write_plan
 from torchgraft.plans.files import register_resolver as register_job_name
 from torchgraft.plans.text import render, target_nbytes, unused_warning
 from torchgraft.recipe import source as recipe_source
@@ -55,7 +55,7 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     verify = options.verify_sources
     name = HydraConfig.get().runtime.choices.get("recipe") or "recipe"
     if options.check:
-        result = check(options.check, name, lambda: make_plan(recipe, recipe_record(data)), verify)
+        result = check(options.check, name, lambda: make_plan(recipe, recipe_record(data, run_dir)), verify)
         sys.stdout.write(result.text)
         sys.stdout.flush()
         if not result.same:
@@ -72,7 +72,7 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     # collector would only walk the plan's objects (millions for 100k tensors, none
     # of them cyclic garbage), again and again as they pile up.
     with paused_gc():
-        plan = make_plan(recipe, recipe_record(data))
+        plan = make_plan(recipe, recipe_record(data, run_dir))
         if verify == "hash":
             plan = pin_contents(plan)
         text = render(plan)
@@ -118,11 +118,21 @@ def refuse_overrides(overrides: list[str], check: bool) -> None:
         )
 
 
+def apply_output(path: str, overrides: list[str], cfg: DictConfig, run_dir: Path) -> Path:
+    """Where ``apply`` writes: ``output.path=`` on the command line, else the plan's own
+    (a recipe's literal ``output.path`` is part of its plan), else the run directory."""
+    if any(o.lstrip("+~").split("=", 1)[0] == "output.path" for o in overrides) and cfg.output.get("path"):
+        return Path(str(cfg.output.path))
+    planned = (read_plan(path, "apply").recipe.get("output") or {}).get("path")
+    return Path(planned) if planned else run_dir / "model.safetensors"
+
+
 def _apply(cfg: DictConfig, run_dir: Path) -> sweep.Outcome:
     """``apply=PLAN``: the plan is the recipe; only output.path/overwrite and dry_run apply."""
     path = str(cfg.apply)
-    refuse_overrides(list(HydraConfig.get().overrides.task), bool(cfg.get("check")))
-    output = Path(str(cfg.output.path)) if cfg.output.get("path") else run_dir / "model.safetensors"
+    overrides = list(HydraConfig.get().overrides.task)
+    refuse_overrides(overrides, bool(cfg.get("check")))
+    output = apply_output(path, overrides, cfg, run_dir)
     if cfg.get("dry_run"):
         plan = apply(path, output, dry_run=True)
         sys.stdout.write(render(plan))

@@ -276,7 +276,11 @@ def source_lines(plan: Plan) -> list[str]:
 
 
 def header(plan: Plan) -> list[str]:
-    return [f"# torchgraft plan {plan.sha256[:12]}  (torchgraft {plan.version})", f"target  {target_text(plan)}", *source_lines(plan)]
+    lines = [f"# torchgraft plan {plan.sha256[:12]}  (torchgraft {plan.version})", f"target  {target_text(plan)}", *source_lines(plan)]
+    written = (plan.recipe.get("output") or {}).get("path")
+    if written:  # a literal output.path is part of the plan (the run directory's is not)
+        lines.append(f"output  {shown_path(written)}")
+    return lines
 
 
 def entry_row(group: Group[Entry]) -> tuple[str, str, str, str, str]:
