@@ -60,6 +60,7 @@ def project(tmp_path, monkeypatch):
 
 def graft_main(monkeypatch, *argv: str) -> int:
     monkeypatch.setattr(sys, "argv", ["graft", *argv])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # main() sets it for Hydra; a user's would mean tracebacks
     try:
         graft_cli.main()
     except SystemExit as exit_:

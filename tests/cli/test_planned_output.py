@@ -14,6 +14,7 @@ from torchgraft.recipe.source import bundled_recipes
 
 def graft_main(monkeypatch, *argv: str) -> int:
     monkeypatch.setattr(sys, "argv", ["graft", *argv])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # main() sets it for Hydra; a user's would mean tracebacks
     try:
         graft_cli.main()
     except SystemExit as exit_:

@@ -59,7 +59,7 @@ def run(cfg: DictConfig) -> sweep.Outcome:
         sys.stdout.write(result.text)
         sys.stdout.flush()
         if not result.same:
-            raise review.out_of_date(options.check, name)
+            raise review.out_of_date(options.check, name, replan_overrides(HydraConfig.get().overrides.task))
         return sweep.Outcome("check")
     dry_run = options.dry_run
     also = [Path(options.plan_dir) / f"{name}.plan"] if options.plan_dir else []
@@ -93,6 +93,12 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     written = output_bytes(output)
     log.info("wrote %s (%s) in %.2f s; verified against the plan", output, written_text(plan, written), time.perf_counter() - start)
     return sweep.Outcome.of(plan, "run", output)
+
+
+def replan_overrides(task: list[str]) -> list[str]:
+    """The overrides of a ``check=`` run that the re-planning dry run needs too (all but
+    the run switches it sets itself)."""
+    return [o for o in task if o.lstrip("+~").split("=", 1)[0] not in ("check", "dry_run", "plan_dir", "recipe")]
 
 
 def written_text(plan, file_bytes: int) -> str:

@@ -9,6 +9,7 @@ class still builds the tensors the plan was made for. Any difference is a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torchgraft.core.errors import DriftError
@@ -80,7 +81,8 @@ def compare(path: str, recipe: str, committed: Plan, fresh: Plan) -> CheckResult
     return CheckResult(False, result.text(path, f"recipe={recipe} now", committed, fresh))
 
 
-def out_of_date(path: str, recipe: str) -> DriftError:
+def out_of_date(path: str, recipe: str, overrides: Sequence[str] = ()) -> DriftError:
     return DriftError(
-        "check", f"{path} is out of date (differences above); if they are intended, re-plan and commit: {replan_command(path, recipe)}"
+        "check", f"{path} is out of date (differences above); if they are intended, re-plan and commit: "
+                 f"{replan_command(path, recipe, overrides)}"
     )
