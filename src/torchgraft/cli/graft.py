@@ -54,8 +54,9 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     recipe = parse_recipe(data)
     verify = options.verify_sources
     name = HydraConfig.get().runtime.choices.get("recipe") or "recipe"
+    record = recipe_record(data, run_dir, pin_output=not _overrides_output(HydraConfig.get().overrides.task))
     if options.check:
-        result = check(options.check, name, lambda: make_plan(recipe, recipe_record(data, run_dir)), verify)
+        result = check(options.check, name, lambda: make_plan(recipe, record), verify)
         sys.stdout.write(result.text)
         sys.stdout.flush()
         if not result.same:
@@ -72,7 +73,7 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     # collector would only walk the plan's objects (millions for 100k tensors, none
     # of them cyclic garbage), again and again as they pile up.
     with paused_gc():
-        plan = make_plan(recipe, recipe_record(data, run_dir))
+        plan = make_plan(recipe, record)
         if verify == "hash":
             plan = pin_contents(plan)
         text = render(plan)
@@ -124,10 +125,15 @@ def refuse_overrides(overrides: list[str], check: bool) -> None:
         )
 
 
+def _overrides_output(overrides: list[str]) -> bool:
+    """``output.path=`` on the command line: where this run writes, not part of its plan."""
+    return any(o.lstrip("+~").split("=", 1)[0] == "output.path" for o in overrides)
+
+
 def apply_output(path: str, overrides: list[str], cfg: DictConfig, run_dir: Path) -> Path:
     """Where ``apply`` writes: ``output.path=`` on the command line, else the plan's own
     (a recipe's literal ``output.path`` is part of its plan), else the run directory."""
-    if any(o.lstrip("+~").split("=", 1)[0] == "output.path" for o in overrides) and cfg.output.get("path"):
+    if _overrides_output(overrides) and cfg.output.get("path"):
         return Path(str(cfg.output.path))
     planned = (read_plan(path, "apply").recipe.get("output") or {}).get("path")
     return Path(planned) if planned else run_dir / "model.safetensors"

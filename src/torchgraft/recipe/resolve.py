@@ -59,10 +59,12 @@ def resolve(cfg: Mapping[str, Any] | DictConfig) -> dict:
     return data
 
 
-def recipe_record(data: Mapping[str, Any], run_dir: str | os.PathLike | None = None) -> dict:
-    """What a plan pins of its recipe: every transfer field, not run switches. A literal
-    ``output.path`` is pinned (a reviewed plan says where it writes); one in the run
-    directory (``${hydra:runtime.output_dir}/...``, the default) is not: it differs every run.
+def recipe_record(data: Mapping[str, Any], run_dir: str | os.PathLike | None = None, *, pin_output: bool = True) -> dict:
+    """What a plan pins of its recipe: every transfer field, not run switches. A recipe's
+    literal ``output.path`` is pinned (a reviewed plan says where it writes); one in the
+    run directory (``${hydra:runtime.output_dir}/...``, the default) is not, as it differs
+    every run, nor one given for this run only (``pin_output=False``: ``output.path=`` on
+    the command line).
 
     Nor ``vars``: the plan records the values they gave where they were used, so a
     variable nothing uses does not change the plan."""
@@ -70,7 +72,7 @@ def recipe_record(data: Mapping[str, Any], run_dir: str | os.PathLike | None = N
     output = dict(record.get("output") or {})
     path = output.pop("path", None)
     output.pop("overwrite", None)
-    if path is not None and not (run_dir is not None and _inside(str(path), run_dir)):
+    if pin_output and path is not None and not (run_dir is not None and _inside(str(path), run_dir)):
         output["path"] = str(path)
     record["output"] = output
     return record
