@@ -3,19 +3,8 @@
 from __future__ import annotations
 
 import shlex
-import sys
 
-from torchgraft.cli import graft as graft_cli
-
-
-def graft_main(monkeypatch, *argv: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["graft", *argv])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # main() sets it for Hydra; a user's would mean tracebacks
-    try:
-        graft_cli.main()
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
+from conftest import graft_main
 
 
 def test_following_the_hint_makes_the_check_pass(tmp_path, monkeypatch, capsys):

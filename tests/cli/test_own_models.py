@@ -10,8 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import torchgraft
-from conftest import run_cli
-from torchgraft.cli import graft as graft_cli
+from conftest import graft_main, run_cli
 from torchgraft.cli import inspect as inspect_cli
 from torchgraft.core.errors import TargetError
 
@@ -58,14 +57,6 @@ def project(tmp_path, monkeypatch):
     sys.modules.pop("mymodels", None)
 
 
-def graft_main(monkeypatch, *argv: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["graft", *argv])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # main() sets it for Hydra; a user's would mean tracebacks
-    try:
-        graft_cli.main()
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
 
 
 def test_a_recipe_targeting_a_class_in_the_current_directory_plans_and_executes(project, monkeypatch, capsys):

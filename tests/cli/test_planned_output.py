@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from torchgraft.cli import graft as graft_cli
+from conftest import graft_main
 from torchgraft.examples.checkpoints import example_path
 from torchgraft.recipe.source import bundled_recipes
-
-
-def graft_main(monkeypatch, *argv: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["graft", *argv])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # main() sets it for Hydra; a user's would mean tracebacks
-    try:
-        graft_cli.main()
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
 
 
 @pytest.fixture

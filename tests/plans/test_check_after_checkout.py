@@ -5,21 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 
-from torchgraft.cli import graft as graft_cli
+from conftest import graft_main
 from torchgraft.examples.checkpoints import example_path
 from torchgraft.recipe.source import bundled_recipes
-
-
-def graft_main(monkeypatch, *argv: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["graft", *argv])
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    try:
-        graft_cli.main()
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
 
 
 def test_an_mtime_only_change_passes_check_with_a_note_and_fails_apply(tmp_path, monkeypatch, capsys):
