@@ -59,17 +59,17 @@ def _check_arguments(target: Any, spec: Mapping[str, Any]) -> None:
         signature.bind(**kwargs)
     except TypeError as err:
         raise TargetError("target", f"{spec['_target_']}: {err}") from None
-    _check_types(cls, spec, kwargs)
+    _check_types(target, spec, kwargs)
 
 
 _SIMPLE = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
 
 
-def _check_types(cls: type, spec: Mapping[str, Any], kwargs: Mapping[str, Any]) -> None:
+def _check_types(target: Any, spec: Mapping[str, Any], kwargs: Mapping[str, Any]) -> None:
     """An argument whose annotation is a plain int/float/str/bool must be one, so that
     ``num_classes: three`` names the argument instead of failing deep inside torch."""
     try:
-        hints = inspect.signature(cls, eval_str=True).parameters
+        hints = inspect.signature(target, eval_str=True).parameters
     except Exception:  # annotations that do not evaluate: nothing to check against
         return
     for key, value in kwargs.items():

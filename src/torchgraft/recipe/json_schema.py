@@ -95,6 +95,7 @@ def recipe_schema() -> dict:
         "output": {"anyOf": [{"type": "null"}, output]},
         "target_seed": _or_interpolation({"type": "integer"}),
         "target_init": _enum(INIT_MODES, "full, or per_module (memory-bounded)"),
+        "vars": {"type": ["object", "null"], "description": "your own values, for ${vars.NAME} and template arithmetic"},
         "dry_run": _or_interpolation({"type": ["boolean", "null"]}),
         "debug": _or_interpolation({"type": ["boolean", "null"]}),
         "apply": {"type": ["string", "null"]},
