@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from torchgraft.keys.patterns import MAX_LISTED, MAX_VALUES, PatternError, brace_values
@@ -187,81 +187,16 @@ def fold_keyed(items: Sequence[T], keys: Sequence[tuple[str, ...]], rests: Seque
     """``fold`` with each item's keys and rest given (a plan has them at hand)."""
     # members are (position, item, integers of its keys as text, its keys)
     buckets: dict[tuple, list[tuple[int, T, tuple[str, ...], tuple[str, ...]]]] = {}
-    splitter = _Splitter()
     for i, (item, item_keys, rest) in enumerate(zip(items, keys, rests)):
-        templates, values = splitter.split(item_keys, rest)
+        split = [_split_digits(key) for key in item_keys]
+        templates = tuple(template for template, _ in split)
+        values = tuple(value for _, digits in split for value in digits)
         buckets.setdefault((templates, rest), []).append((i, item, values, item_keys))
     groups: list[Group[T]] = []
     for (templates, _), members in buckets.items():
         groups.extend(_fold_bucket(templates, members, least))
     groups.sort(key=lambda g: g.first)
     return groups
-
-
-class _Splitter:
-    """``_split_digits`` of every key of many items, most of them alike.
-
-    The first templates met for each kind of item are kept as anchored regexes: a key
-    that fully matches one splits the same way (its text around the integers is the
-    template's, which holds no integer segment), and a match takes a third of the time
-    of finding the integers of an unknown key. Keys matching none are split in full.
-    A kind whose items rarely match what came before is soon split in full only.
-    """
-
-    KEEP = 16  # templates kept per kind of item: at most this many matches tried first
-
-    def __init__(self) -> None:
-        self._kinds: dict[Hashable, _Known] = {}
-
-    def split(self, keys: tuple[str, ...], kind: Hashable) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]:
-        """The template of each of ``keys``, and the integers of them all (as text)."""
-        known = self._kinds.get(kind) or self._kinds.setdefault(kind, _Known())
-        # a failed match costs a third of a split: more than two per match, and matching does not pay
-        if known.failed <= 2 * known.matched + self.KEEP * self.KEEP:  # (past the first templates met)
-            for i, (patterns, templates) in enumerate(known.templates):
-                values = _match(patterns, keys)
-                if values is not None:
-                    known.matched += 1
-                    # tried last next time: items of a kind tend to come in turns (q, k, v, q, k, v)
-                    known.templates.append(known.templates.pop(i))
-                    return templates, values
-                known.failed += 1
-        split_templates, split_values = [], []
-        for key in keys:
-            template, digits = _split_digits(key)
-            split_templates.append(template)
-            split_values += digits
-        templates, values = tuple(split_templates), tuple(split_values)
-        if values and len(known.templates) < self.KEEP:
-            known.templates.append((tuple(_template_pattern(template) for template in templates), templates))
-        return templates, values
-
-
-@dataclass
-class _Known:
-    """The templates of one kind of item, as regexes; and how often they matched."""
-
-    templates: list[tuple[tuple[re.Pattern, ...], tuple[tuple[str, ...], ...]]] = field(default_factory=list)
-    matched: int = 0
-    failed: int = 0
-
-
-def _template_pattern(template: tuple[str, ...]) -> re.Pattern:
-    """The regex of the keys a template stands for: its text, an integer between each two parts."""
-    return re.compile(_INTEGER.join(map(re.escape, template)))
-
-
-def _match(patterns: tuple[re.Pattern, ...], keys: tuple[str, ...]) -> tuple[str, ...] | None:
-    """The integers of ``keys`` if each fully matches its pattern, else None."""
-    if len(patterns) != len(keys):
-        return None
-    values: tuple[str, ...] = ()
-    for pattern, key in zip(patterns, keys):
-        match = pattern.fullmatch(key)
-        if match is None:
-            return None
-        values += match.groups()
-    return values
 
 
 def _fold_bucket(templates, members, least: int) -> list[Group]:

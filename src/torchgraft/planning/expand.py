@@ -4,7 +4,6 @@ sources paired and transforms' shapes checked. Reads headers only."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -62,9 +61,6 @@ class _RuleOutput:
         return _RuleOutput(rule.field, transforms, tuple(t.spec for t in transforms), merge, each)
 
 
-_floating = functools.lru_cache(maxsize=None)(is_floating)  # per dtype name, not per tensor
-
-
 def _reads_text(reads: Sequence[Read]) -> str:
     return " + ".join(f"{r.source}:{r.key}{r.region or ''}" for r in reads)
 
@@ -72,7 +68,7 @@ def _reads_text(reads: Sequence[Read]) -> str:
 def _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms) -> str | None:
     """Why values of ``shape`` and ``dtype`` cannot go to ``key`` (its region ``box``), or None."""
     expected = box.shape if box is not None else target.shape
-    if shape == tuple(expected) and _floating(dtype) == _floating(target.dtype):
+    if shape == tuple(expected) and is_floating(dtype) == is_floating(target.dtype):
         return None
     source_text = _reads_text(reads)
     where = f"{key}{describe(box, target.shape) if box is not None else ''}"
