@@ -573,7 +573,12 @@ def _segment_regex(seg: Segment, group: Callable[[str], str], bound: set[str]) -
 def _glob_regex(seg: Segment) -> str:
     """One segment of literals and stars: ``a*b*c`` is ``a``, then ``b`` found leftmost
     and kept, then the rest of the segment ending in ``c``."""
-    literals = "".join(part if part != _STAR else "\0" for part in seg).split("\0")
+    literals = [""]
+    for part in seg:
+        if part == _STAR:
+            literals.append("")
+        else:
+            literals[-1] += part
     first, *middle, last = [re.escape(text) for text in literals]  # there is a star: two or more
     out = [first]
     out += [r"(?>[^.\n]*?" + text + ")" for text in middle if text]
