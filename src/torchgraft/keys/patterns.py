@@ -422,8 +422,8 @@ def _parse_brace(text: str) -> _Brace:
         items = [item.strip() for item in inner.split(",")]
         if all(_ITEM.fullmatch(item) for item in items):
             _check_size(text, len(items), MAX_LISTED, "a list")
-            values = tuple(dict.fromkeys(items))
-            return _Brace(text, choices=values, regex=_alternatives(values))
+            values = tuple(items)  # repeats kept: a folded source key's brace follows another value for value
+            return _Brace(text, choices=values, regex=_alternatives(tuple(dict.fromkeys(values))))
     raise PatternError(f"'{_short(text)}'" + _SYNTAX)
 
 
