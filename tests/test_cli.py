@@ -130,3 +130,35 @@ def test_graft_inspect_lists_a_checkpoint_and_a_class(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "├── conv1  Conv2d  456" in result.stdout
     assert "fc3  Linear  425" in result.stdout
+
+
+def test_a_run_switch_that_is_not_true_or_false_is_refused(graft, tmp_path):
+    result = graft("dry_run=nope")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["error: dry_run: must be true or false (got 'nope')"]
+    assert not list(tmp_path.rglob("*.safetensors")) and not list(tmp_path.rglob("plan.json"))
+    result = graft("apply=reviewed.plan.json", "dry_run=nope")  # apply reads the same typed switches
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["error: dry_run: must be true or false (got 'nope')"]
+
+
+def test_debug_shows_the_traceback_of_a_user_error(graft):
+    result = graft("+rules.0.selct=conv1", "debug=true")
+    assert result.returncode == 1
+    assert result.stderr.startswith("Traceback (most recent call last):")
+    assert result.stderr.splitlines()[-1] == "error: rules[0].selct: unknown field (did you mean 'select'?)"
+
+
+def test_a_bug_exits_2_with_its_traceback_and_says_so(graft, monkeypatch):
+    import torchgraft.cli.graft as cli
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(cli, "make_plan", broken)
+    result = graft("dry_run=true")
+    assert result.returncode == 2
+    assert "Traceback (most recent call last):" in result.stderr and "ZeroDivisionError: boom" in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "internal error: this is a bug in torchgraft; please report it with the traceback above"
+    )

@@ -24,7 +24,7 @@ from torchgraft.plans.diff import diff_plans
 from torchgraft.plans.files import job_name, read_plan
 from torchgraft.plans.review import check_target
 from torchgraft.plans.types import Read
-from torchgraft.recipe.run_options import verify_mode
+from torchgraft.recipe.run_options import parse_run_options, verify_mode
 from torchgraft.recipe.source import bundled_recipes
 
 
@@ -170,15 +170,15 @@ def test_hash_mode_pins_every_byte(conv_plan):
 
 
 def test_apply_refuses_overrides_it_would_ignore():
-    refuse_overrides(["apply=p.plan.json", "output.path=x.pt", "output.overwrite=true", "dry_run=true", "hydra.verbose=true"], False)
+    refuse_overrides(["apply=p.plan.json", "output.path=x.pt", "output.overwrite=true", "dry_run=true", "hydra.verbose=true"])
     with pytest.raises(RecipeError) as info:
-        refuse_overrides(["apply=p.plan.json", "recipe=ft", "output.dtype=bfloat16"], False)
+        refuse_overrides(["apply=p.plan.json", "recipe=ft", "output.dtype=bfloat16"])
     assert str(info.value) == (
         "apply: a reviewed plan runs as it is; recipe=ft output.dtype=bfloat16 would not change it (only output.path, "
         "output.overwrite and dry_run apply; to change the transfer, make and review a new plan)"
     )
     with pytest.raises(RecipeError) as info:
-        refuse_overrides(["apply=p.plan.json", "check=p.plan.json"], True)
+        parse_run_options({"apply": "p.plan.json", "check": "p.plan.json"})
     assert str(info.value) == "check: cannot be combined with apply (check compares a recipe with a plan; apply runs a plan)"
 
 

@@ -1,8 +1,7 @@
 """``graft``: the Hydra app. Thin on purpose: compose -> plan -> render -> execute.
 
-Error reporting is owned here: a user error (``GraftError``, a bad override, an
-unknown recipe) prints one line and exits 1; anything else is a bug and exits 2 with
-its traceback. Tracebacks for user errors only with HYDRA_FULL_ERROR=1 or debug=true.
+Jobs raise; ``main`` reports, once for the whole call, through ``exits`` (the one
+mapping from an exception to a message and an exit code).
 """
 
 from __future__ import annotations
@@ -11,19 +10,19 @@ import logging
 import os
 import sys
 import time
-import traceback
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
 from torchgraft.api import apply, check
-from torchgraft.cli import sweep
-from torchgraft.core.errors import GraftError, RecipeError
+from torchgraft.cli import exits, sweep
+from torchgraft.core.errors import RecipeError
 from torchgraft.core.heap import paused_gc
 from torchgraft.core.text import human_bytes
 from torchgraft.execution.executor import check_output, execute
@@ -38,19 +37,17 @@ from torchgraft.plans.text import group_keys, render
 from torchgraft.recipe import source as recipe_source
 from torchgraft.recipe.parse import parse_recipe
 from torchgraft.recipe.resolve import recipe_record, register_resolver, resolve
-from torchgraft.recipe.run_options import parse_run_options
+from torchgraft.recipe.run_options import RUN_FIELDS, RunOptions, flag, parse_run_options
 
 log = logging.getLogger("torchgraft")
 
 
-def run(cfg: DictConfig) -> sweep.Outcome:
+def run(cfg: DictConfig, options: RunOptions, run_dir: Path) -> sweep.Outcome:
     """One job: plan the composed recipe, print it, and execute it unless dry_run.
     ``apply=PLAN`` runs a reviewed plan instead; ``check=PLAN`` compares with a committed one."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.get("apply"):
-        return _apply(cfg, run_dir)
+    if options.apply:
+        return _apply(cfg, options, run_dir)
     data = resolve(cfg)
-    options = parse_run_options(data)
     recipe = parse_recipe(data)
     verify = options.verify_sources
     name = HydraConfig.get().runtime.choices.get("recipe") or "recipe"
@@ -99,11 +96,10 @@ def run(cfg: DictConfig) -> sweep.Outcome:
 _APPLY_FIELDS = ("apply", "dry_run", "debug", "output.path", "output.overwrite")
 
 
-def refuse_overrides(overrides: list[str], check: bool) -> None:
+def refuse_overrides(overrides: list[str]) -> None:
     """``apply`` takes everything from the plan: an override that would change the transfer
-    (a recipe, a field) is refused rather than silently ignored."""
-    if check:
-        raise RecipeError("check", "cannot be combined with apply (check compares a recipe with a plan; apply runs a plan)")
+    (a recipe, a field) is refused rather than silently ignored. (``check`` with ``apply``
+    is refused by ``parse_run_options``.)"""
     ignored = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _APPLY_FIELDS and not o.lstrip("+~").startswith("hydra.")]
     if ignored:
         raise RecipeError(
@@ -113,18 +109,18 @@ def refuse_overrides(overrides: list[str], check: bool) -> None:
         )
 
 
-def _apply(cfg: DictConfig, run_dir: Path) -> sweep.Outcome:
+def _apply(cfg: DictConfig, options: RunOptions, run_dir: Path) -> sweep.Outcome:
     """``apply=PLAN``: the plan is the recipe; only output.path/overwrite and dry_run apply."""
-    path = str(cfg.apply)
-    refuse_overrides(list(HydraConfig.get().overrides.task), bool(cfg.get("check")))
+    path = str(options.apply)
+    refuse_overrides(list(HydraConfig.get().overrides.task))
     output = Path(str(cfg.output.path)) if cfg.output.get("path") else run_dir / "model.safetensors"
-    if cfg.get("dry_run"):
+    if options.dry_run:
         plan = apply(path, output, dry_run=True)
         sys.stdout.write(render(plan))
         log.info("dry run: %s is unedited and its sources and target are unchanged; nothing written", path)
         return sweep.Outcome.of(plan, "apply")
     start = time.perf_counter()
-    plan = apply(path, output, overwrite=bool(cfg.output.get("overwrite")))
+    plan = apply(path, output, overwrite=flag(cfg.output.get("overwrite"), "output.overwrite"))
     text = render(plan)
     sys.stdout.write(text)
     write_plan(plan, run_dir / "plan", text)
@@ -133,58 +129,93 @@ def _apply(cfg: DictConfig, run_dir: Path) -> sweep.Outcome:
     return sweep.Outcome.of(plan, "apply", output)
 
 
-_user_wants_traceback = False
+@dataclass
+class _Call:
+    """What the jobs of one ``graft`` call tell ``main``, which reports for all of them."""
+
+    multirun: bool = False
+    jobs: int = 0
+    debug: bool = False  # the last job's debug switch
+    run_dir: Path | None = None
+    sweep_dir: Path | None = None
+    errors: list[Exception] = field(default_factory=list)  # of the jobs, in order
+
+    def worst_error(self) -> Exception | None:
+        """The error ``main`` reports: the first bug, else the first user error."""
+        return max(self.errors, key=exits.exit_code, default=None)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://torchgraft.conf", config_name="config")
-def _job(cfg: DictConfig) -> sweep.Outcome:
+def read_options(cfg: DictConfig) -> RunOptions:
+    """The run switches, typed (``dry_run=nope`` is refused), without resolving the recipe."""
+    return parse_run_options({name: cfg.get(name) for name in RUN_FIELDS})
+
+
+def _job(cfg: DictConfig, call: _Call) -> sweep.Outcome | None:
+    """One Hydra job: run it and record its status (sweeps). A failure is handed to
+    ``main`` in ``call``, not raised: Hydra would add its own report, and stop a sweep."""
+    hydra_cfg = HydraConfig.get()
+    call.jobs += 1
+    call.multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if call.multirun:
+        call.sweep_dir = Path(hydra_cfg.sweep.dir)
+    else:
+        call.run_dir = run_dir
+    mode = None
     try:
-        outcome = run(cfg)
-    except GraftError as err:
-        sweep.write_status(cfg, None, err)
-        print(f"error: {err}", file=sys.stderr)
-        if cfg.get("debug"):
-            traceback.print_exc()
-        if HydraConfig.get().mode == RunMode.RUN and not _user_wants_traceback:
-            sys.exit(1)  # one line; raising would make Hydra add its own report
-        err.reported = True  # type: ignore[attr-defined]
-        raise  # multirun: Hydra runs the other jobs, then re-raises the first failure
+        options = read_options(cfg)
+        call.debug, mode = options.debug, options.mode
+        outcome = run(cfg, options, run_dir)
     except Exception as err:
-        sweep.write_status(cfg, None, err)
-        raise
-    sweep.write_status(cfg, outcome, None)
+        sweep.write_status(mode, None, err)
+        call.errors.append(err)
+        return None
+    sweep.write_status(mode, outcome, None)
     return outcome
 
 
-def main() -> None:
-    """Console entry point of ``graft``."""
+@contextmanager
+def _hydra_app_args(argv: list[str]):
+    """Hydra reads ``sys.argv``, and reports errors itself unless HYDRA_FULL_ERROR=1:
+    set both for the call, so every error reaches ``main``, and restore them after."""
+    saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = ["graft", *argv]
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point of ``graft``: runs the Hydra app on ``argv`` and exits with
+    0 (ok), 1 (a user error) or 2 (a bug), as mapped by ``exits``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     register_resolver()
     register_job_name()
     recipe_source.register()
-    global _user_wants_traceback
-    _user_wants_traceback = user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach this function instead of Hydra's printer
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    call = _Call()
+    app = hydra.main(version_base="1.3", config_path="pkg://torchgraft.conf", config_name="config")(
+        lambda cfg: _job(cfg, call)
+    )
+    error: Exception | None = None
     try:
-        try:
-            _job()
-        finally:
-            if sweep.last_summary is not None:  # a sweep ran in this process: show its table
-                print(sweep.last_summary.read_text(encoding="utf-8"), file=sys.stderr, end="")
-    except GraftError as err:
-        if not getattr(err, "reported", False):
-            print(f"error: {err}", file=sys.stderr)
-        if user_wants_traceback:
-            raise
-        sys.exit(1)
-    except (HydraException, OmegaConfBaseException) as err:
-        if user_wants_traceback:
-            raise
-        print(f"error: {str(err).strip()}", file=sys.stderr)
-        sys.exit(1)
-    except Exception:
-        traceback.print_exc()
-        print("internal error: this is a bug in torchgraft; please report it with the traceback above", file=sys.stderr)
-        sys.exit(2)
+        with _hydra_app_args(argv):
+            app()
+    except Exception as err:  # composing the config failed: no job ran
+        error = err
+    error = error or call.worst_error()
+    if call.sweep_dir is not None:  # a sweep ran: show its table
+        summary = sweep.summary_path(call.sweep_dir)
+        if summary.exists():
+            print(summary.read_text(encoding="utf-8"), file=sys.stderr, end="")
+    code = exits.OK if error is None else exits.report(error, show_traceback=full_error or call.debug)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

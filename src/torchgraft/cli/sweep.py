@@ -3,7 +3,7 @@ it failed.
 
 Hydra calls ``on_multirun_end`` only when every job succeeded, so the table cannot
 wait for the end: each job writes ``status.json`` in its own run directory (ok or
-failed, from the job wrapper in cli.py), and after each job the ``SweepSummary``
+failed, from the job wrapper in cli/graft.py), and after each job the ``SweepSummary``
 callback rewrites ``summary.txt`` and ``summary.json`` in the sweep directory from
 all status files present. After the last job, they list every job.
 """
@@ -21,15 +21,13 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from torchgraft.core.errors import GraftError
+from torchgraft.cli.exits import one_line
 from torchgraft.core.text import human_bytes
 from torchgraft.execution.outputs import output_bytes
 from torchgraft.plans.types import Plan
 
 STATUS = "status.json"
 SUMMARY = "summary"  # summary.txt and summary.json, in the sweep directory
-
-last_summary: Path | None = None  # the summary this process wrote last (graft prints it after the sweep)
 
 
 @dataclass(frozen=True)
@@ -54,30 +52,19 @@ def _size(path: Path) -> int | None:
     return output_bytes(path) if path.exists() else None
 
 
-def mode_of(cfg: Any) -> str:
-    for mode in ("apply", "check"):
-        if cfg.get(mode):
-            return mode
-    return "dry_run" if cfg.get("dry_run") else "run"
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error) if isinstance(error, GraftError) else f"internal error: {type(error).__name__}: {error}"
-    return (text.strip().splitlines() or [""])[0]
-
-
-def write_status(cfg: Any, outcome: Outcome | None, error: BaseException | None) -> None:
-    """Record this job's result in its run directory (sweeps only)."""
+def write_status(mode: str | None, outcome: Outcome | None, error: BaseException | None) -> None:
+    """Record this job's result in its run directory (sweeps only). ``mode`` is None when
+    the job failed before its run switches were read."""
     hydra = HydraConfig.get()
     if hydra.mode != RunMode.MULTIRUN:
         return
     record = {
         "job": int(hydra.job.num),
-        "recipe": None if cfg.get("apply") else hydra.runtime.choices.get("recipe"),  # apply: the plan is the recipe
+        "recipe": None if mode == "apply" else hydra.runtime.choices.get("recipe"),  # apply: the plan is the recipe
         "overrides": [o for o in hydra.overrides.task if not o.startswith("recipe=")],
         "status": "ok" if error is None else "failed",
         "error": None if error is None else one_line(error),
-        **asdict(outcome if outcome is not None else Outcome(mode_of(cfg))),
+        **asdict(outcome if outcome is not None else Outcome(mode or "-")),
     }
     _write(Path(hydra.runtime.output_dir) / STATUS, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
@@ -129,14 +116,17 @@ def summary_text(sweep_dir: Path, jobs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_path(sweep_dir: Path) -> Path:
+    """Where the table over a sweep's jobs is (``graft`` prints it after the sweep)."""
+    return sweep_dir / f"{SUMMARY}.txt"
+
+
 def summarize(sweep_dir: Path) -> Path:
     """(Re)write ``summary.txt`` and ``summary.json`` in ``sweep_dir``; returns the text's path."""
-    global last_summary
     jobs = collect(sweep_dir)
     _write(sweep_dir / f"{SUMMARY}.json", json.dumps({"jobs": jobs}, indent=1, sort_keys=True) + "\n")
-    _write(sweep_dir / f"{SUMMARY}.txt", summary_text(sweep_dir, jobs))
-    last_summary = sweep_dir / f"{SUMMARY}.txt"
-    return last_summary
+    _write(summary_path(sweep_dir), summary_text(sweep_dir, jobs))
+    return summary_path(sweep_dir)
 
 
 class SweepSummary(Callback):
