@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from torchgraft.core.errors import RecipeError
-from torchgraft.recipe.parse import BulkRule, ExplicitRule, OutputSpec, Policy, Recipe, SourceSpec, parse_recipe
+from torchgraft.recipe.parse import BulkRule, CopyFiles, ExplicitRule, OutputSpec, Policy, Recipe, SourceSpec, parse_recipe
 
 TARGET = {"_target_": "torchgraft.examples.ConvNet", "num_classes": 10}
 
@@ -20,6 +20,11 @@ def cfg(**fields):
 
 def rules(*rules):
     return cfg(rules=[{"from": "pretrained"}, *rules])
+
+
+def with_hf(**fields):
+    """``cfg`` with an HF directory source ``hf`` too (the source of ``output.copy_files``)."""
+    return cfg(**{"sources": {"pretrained": "cnn.safetensors", "hf": "models/bert"}, **fields})
 
 
 BAD = [
@@ -157,6 +162,27 @@ BAD = [
     (cfg(output={"shard_size": 1.5}), "output.shard_size: expected a size such as 5GB or 500MiB (got 1.5)"),
     (cfg(output={"shard_size": 0}), "output.shard_size: must be positive (got 0)"),
     (cfg(output={"shard_size": "0GB"}), "output.shard_size: must be positive (got '0GB')"),
+    # execution at scale: target_init, output.copy_files
+    (with_hf(target_init="lazy"), "target_init: must be one of full, per_module (got 'lazy')"),
+    (with_hf(target_init=True), "target_init: expected a string, got bool"),
+    (with_hf(target_init="per_module", target=None), "target_init: per_module needs a target model class (target is null)"),
+    (with_hf(target_init="per_module", base="pretrained"),
+     "target_init: per_module makes initial values from the target class, but this recipe takes them from base "
+     "'pretrained'"),
+    (with_hf(target_int="full"), "target_int: unknown field (did you mean 'target_init'?)"),
+    (with_hf(output={"copy_files": 3}), "output.copy_files: expected a source name or a mapping, got int"),
+    (with_hf(output={"copy_files": "hff"}), "output.copy_files: unknown source 'hff' (did you mean 'hf'?)"),
+    (with_hf(output={"copy_files": {"files": ["config.json"]}}), "output.copy_files.from: missing value"),
+    (with_hf(output={"copy_files": {"from": "x"}}), "output.copy_files.from: unknown source 'x' (known: hf, pretrained)"),
+    (with_hf(output={"copy_files": {"from": "hf", "file": ["a"]}}),
+     "output.copy_files.file: unknown field (did you mean 'files'?)"),
+    (with_hf(output={"copy_files": {"from": "hf", "files": {"a": 1}}}),
+     "output.copy_files.files: expected a string or a list, got dict"),
+    (with_hf(output={"copy_files": {"from": "hf", "files": ["config.json", "sub/vocab.txt"]}}),
+     "output.copy_files.files[1]: expected a file name or glob in the source's top folder (got 'sub/vocab.txt')"),
+    (with_hf(output={"copy_files": {"from": "hf", "files": [".."]}}),
+     "output.copy_files.files[0]: expected a file name or glob in the source's top folder (got '..')"),
+    (with_hf(output={"copy_file": "hf"}), "output.copy_file: unknown field (did you mean 'copy_files'?)"),
 ]
 
 
@@ -286,3 +312,21 @@ def test_base_patching_without_target():
     recipe = parse_recipe({"sources": {"ckpt": "a.safetensors"}, "target": None, "base": "ckpt",
                            "rules": [{"to": "head.weight", "from": "ckpt:head.weight"}]})
     assert recipe.target is None and recipe.base == "ckpt"
+
+
+def test_execution_field_defaults():
+    recipe = parse_recipe(with_hf())
+    assert recipe.target_init == "full"
+    assert recipe.output == OutputSpec() and recipe.output.copy_files is None
+    assert parse_recipe(with_hf(target_init=None, output={"copy_files": None})).target_init == "full"
+
+
+def test_execution_field_good_values():
+    recipe = parse_recipe(with_hf(target_init="per_module", output={"path": "out/model", "shard_size": "5GB",
+                                                                "copy_files": "hf"}))
+    assert recipe.target_init == "per_module"
+    assert recipe.output == OutputSpec("out/model", None, False, 5_000_000_000, CopyFiles("hf"))
+    long = parse_recipe(with_hf(output={"copy_files": {"from": "hf", "files": ["config.json", "tokenizer*"]}}))
+    assert long.output.copy_files == CopyFiles("hf", ("config.json", "tokenizer*"))
+    assert parse_recipe(with_hf(output={"copy_files": {"from": "hf", "files": "config.json"}})
+                        ).output.copy_files.files == ("config.json",)

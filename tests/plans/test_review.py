@@ -8,11 +8,11 @@ import json
 from dataclasses import replace
 
 import pytest
+from test_plan_text_folding import synthetic_plan
 from torch import nn
 
 import torchgraft
 import torchgraft.examples
-from test_render_grouping import synthetic_plan
 from torchgraft.cli.diff import main as graft_diff
 from torchgraft.cli.graft import refuse_overrides
 from torchgraft.core.errors import DriftError, PlanError, RecipeError
