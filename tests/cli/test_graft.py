@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+import torchgraft
 from torchgraft.examples import ConvNet
 from torchgraft.examples.checkpoints import example_path
 
@@ -162,3 +164,66 @@ def test_a_bug_exits_2_with_its_traceback_and_says_so(graft, monkeypatch):
     assert result.stderr.splitlines()[-1] == (
         "internal error: this is a bug in torchgraft; please report it with the traceback above"
     )
+
+
+def run_dirs(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.glob("outputs/*/*") if p.name != "latest")
+
+
+def test_a_failed_run_and_a_check_leave_no_run_directory(graft, tmp_path):
+    result = graft("+rules.0.selct=conv1")
+    assert result.returncode == 1
+    assert not (tmp_path / "outputs").exists()
+    made = graft("dry_run=true", "plan_dir=plans")
+    assert made.returncode == 0, made.stderr
+    before = run_dirs(tmp_path)
+    checked = graft("check=plans/conv_only.plan.json")
+    assert checked.returncode == 0, checked.stderr
+    assert run_dirs(tmp_path) == before
+    assert graft("+rules.0.selct=conv1", "debug=true").returncode == 1  # debug keeps it, to look into
+    (kept,) = set(run_dirs(tmp_path)) - set(before)
+    assert (tmp_path / kept / "graft.log").exists()
+
+
+def test_runs_in_the_same_second_get_a_directory_each_and_latest_points_at_the_newest(graft, tmp_path):
+    same = "hydra.run.dir=${fresh_dir:outputs/conv_only/2026-01-02_03-04-05}"
+    for _ in range(2):
+        result = graft(same, "dry_run=true")
+        assert result.returncode == 0, result.stderr
+    assert run_dirs(tmp_path) == ["outputs/conv_only/2026-01-02_03-04-05", "outputs/conv_only/2026-01-02_03-04-05_2"]
+    latest = tmp_path / "outputs" / "conv_only" / "latest"
+    assert os.readlink(latest) == "2026-01-02_03-04-05_2" and (latest / "plan.json").exists()
+    assert graft("dry_run=true").returncode == 0  # the default name: today's date, made unique the same way
+    assert os.readlink(latest) == run_dirs(tmp_path)[-1].split("/")[-1]
+
+
+def test_version_names_torchgraft_then_hydra(graft):
+    import hydra
+
+    result = graft("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"torchgraft {torchgraft.__version__} (Hydra {hydra.__version__})\n"
+
+
+def test_help_lists_switches_fields_exit_codes_and_the_other_commands(graft):
+    from torchgraft.recipe.parse import RECIPE_FIELDS
+    from torchgraft.recipe.run_options import RUN_FIELDS
+
+    result = graft("--help")
+    assert result.returncode == 0
+    text = result.stdout
+    assert all(f"\n  {name}=" in text for name in RUN_FIELDS), text
+    fields = next(line for line in text.splitlines() if line.startswith("Recipe fields (top level): "))
+    assert sorted(fields.split(": ", 1)[1].split(", ")) == sorted(RECIPE_FIELDS)
+    assert "Exit codes: 0 done; 1 your input needs a fix" in text and "2 a bug in torchgraft" in text
+    assert "\n  graft-inspect PATH_OR_CLASS" in text and "\n  graft-diff OLD.plan.json NEW.plan.json" in text
+
+
+def test_python_m_torchgraft_is_graft(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "torchgraft", "dry_run=true"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
+    assert result.returncode == 0, result.stderr
+    assert "conv1.weight" in result.stdout and (tmp_path / "outputs" / "conv_only" / "latest" / "plan.json").exists()

@@ -199,13 +199,12 @@ def test_read_regions_count_only_their_bytes():
 
 
 def test_graft_diff_as_a_command(tmp_path):
-    """The graft-diff console script is ``torchgraft.cli.diff:main``; run its module as a command."""
-    import subprocess
-    import sys
+    """The installed graft-diff console script (a subprocess smoke test)."""
+    from conftest import run_cli
 
     write(tmp_path / "a.json", synthetic_plan(3))
     write(tmp_path / "b.json", synthetic_plan(4))
-    different = subprocess.run([sys.executable, "-m", "torchgraft.cli.diff", "a.json", "b.json"], cwd=tmp_path, capture_output=True, text=True)
+    different = run_cli("graft-diff", "a.json", "b.json", cwd=tmp_path)
     assert different.returncode == 1 and different.stdout.startswith("--- a.json  (plan ")
 
 

@@ -21,10 +21,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from torchgraft.api import apply, check
-from torchgraft.cli import exits, sweep
+from torchgraft.cli import exits, rundir, sweep
 from torchgraft.core.errors import RecipeError
 from torchgraft.core.heap import paused_gc
 from torchgraft.core.text import human_bytes
+from torchgraft.core.version import __version__
 from torchgraft.execution.executor import check_output, execute
 from torchgraft.execution.initial import advice as init_advice
 from torchgraft.execution.outputs import output_bytes
@@ -136,6 +137,8 @@ class _Call:
     multirun: bool = False
     jobs: int = 0
     debug: bool = False  # the last job's debug switch
+    mode: str | None = None  # the last job's: run | dry_run | apply | check
+    argv: list[str] = field(default_factory=list)  # the command line (a sweep's summary shows it as typed)
     run_dir: Path | None = None
     sweep_dir: Path | None = None
     errors: list[Exception] = field(default_factory=list)  # of the jobs, in order
@@ -164,13 +167,14 @@ def _job(cfg: DictConfig, call: _Call) -> sweep.Outcome | None:
     mode = None
     try:
         options = read_options(cfg)
-        call.debug, mode = options.debug, options.mode
+        mode = call.mode = options.mode
+        call.debug = options.debug
         outcome = run(cfg, options, run_dir)
     except Exception as err:
-        sweep.write_status(mode, None, err)
+        sweep.write_status(mode, None, err, call.argv)
         call.errors.append(err)
         return None
-    sweep.write_status(mode, outcome, None)
+    sweep.write_status(mode, outcome, None, call.argv)
     return outcome
 
 
@@ -195,26 +199,41 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point of ``graft``: runs the Hydra app on ``argv`` and exits with
     0 (ok), 1 (a user error) or 2 (a bug), as mapped by ``exits``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in argv:
+        print(f"torchgraft {__version__} (Hydra {hydra.__version__})")
+        sys.exit(exits.OK)
     register_resolver()
     register_job_name()
+    rundir.register_resolver()
     recipe_source.register()
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    call = _Call()
+    call = _Call(argv=argv)
     app = hydra.main(version_base="1.3", config_path="pkg://torchgraft.conf", config_name="config")(
         lambda cfg: _job(cfg, call)
     )
+    multirun = "-m" in argv or "--multirun" in argv
     error: Exception | None = None
     try:
+        if multirun:
+            sweep.refuse_shared_output(argv)
         with _hydra_app_args(argv):
             app()
-    except Exception as err:  # composing the config failed: no job ran
+        if multirun and call.jobs == 0:
+            raise sweep.no_jobs(argv)
+    except Exception as err:  # composing the config failed, or the sweep is refused: no job ran
         error = err
     error = error or call.worst_error()
     if call.sweep_dir is not None:  # a sweep ran: show its table
         summary = sweep.summary_path(call.sweep_dir)
         if summary.exists():
             print(summary.read_text(encoding="utf-8"), file=sys.stderr, end="")
+        rundir.point_latest(call.sweep_dir)
     code = exits.OK if error is None else exits.report(error, show_traceback=full_error or call.debug)
+    if call.run_dir is not None and not call.multirun:
+        if (code == exits.USER_ERROR or call.mode == "check") and not call.debug:
+            rundir.discard(call.run_dir)
+        elif code == exits.OK:
+            rundir.point_latest(call.run_dir)
     sys.exit(code)
 
 

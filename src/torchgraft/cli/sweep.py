@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from torchgraft.cli.exits import one_line
+from torchgraft.core.errors import RecipeError
 from torchgraft.core.text import human_bytes
 from torchgraft.execution.outputs import output_bytes
 from torchgraft.plans.types import Plan
@@ -52,16 +54,79 @@ def _size(path: Path) -> int | None:
     return output_bytes(path) if path.exists() else None
 
 
-def write_status(mode: str | None, outcome: Outcome | None, error: BaseException | None) -> None:
+def as_typed(override: str, argv: list[str]) -> str:
+    """A job's override as the user typed it in ``argv``: Hydra hands it over rewritten
+    (``dry_run=True``, ``$``, ``{``, ``:`` escaped). One value of a sweep list, unescaped."""
+    key = override.split("=", 1)[0]
+    for typed in _sweep_overrides(argv):
+        if typed.input_line and typed.input_line.split("=", 1)[0] == key and not typed.is_sweep_override():
+            return typed.input_line
+    return re.sub(r"\\(.)", r"\1", override)
+
+
+def _sweep_overrides(argv: list[str]) -> list[Any]:
+    """The parsed overrides of ``graft -m ...`` (none if they do not parse: Hydra reports that)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in argv if not a.startswith("-")]
+    try:
+        return OverridesParser.create().parse_overrides(args)
+    except Exception:
+        return []
+
+
+def _is_one_of_many(override: Any) -> bool:
+    if not override.is_sweep_override():
+        return False
+    try:
+        return len(list(override.sweep_string_iterator())) > 1
+    except Exception:  # glob(...): expanded by Hydra against the recipes
+        return True
+
+
+def refuse_shared_output(argv: list[str]) -> None:
+    """A fixed ``output.path=FILE`` in a sweep of several jobs would have each job replace
+    (or refuse) the one before: refused before the first job runs, with the fix."""
+    overrides = _sweep_overrides(argv)
+    by_key = {o.key_or_group: o for o in overrides}
+    path, dry = by_key.get("output.path"), by_key.get("dry_run")
+    if path is None or path.is_sweep_override() or not any(_is_one_of_many(o) for o in overrides):
+        return
+    if dry is not None and not dry.is_sweep_override() and dry.value() is True:
+        return  # a dry run writes no checkpoint
+    value = str(path.value())
+    if "${" in value:
+        return  # an interpolation (${hydra:job.num} ...) can differ per job
+    where = Path(value)
+    fix = str(where.parent / "${hydra:job.num}" / where.name) if str(where.parent) != "." else "${hydra:job.num}/" + where.name
+    raise RecipeError(
+        "output.path",
+        f"every job of this sweep would write {value}; jobs need an output.path each, e.g. output.path='{fix}'",
+    )
+
+
+def no_jobs(argv: list[str]) -> RecipeError:
+    """The error for a sweep whose lists and globs expand to no job at all."""
+    globs = [a for a in argv if "glob(" in a]
+    if globs:
+        return RecipeError(
+            "sweep",
+            f"0 jobs to run: {' '.join(globs)} matched nothing (glob(...) matches the names of recipes, "
+            "recipe='glob(*)', not files: list the values instead, e.g. sources.pretrained=a.pt,b.pt)",
+        )
+    return RecipeError("sweep", "0 jobs to run (the sweep's lists expand to no job)")
+
+
+def write_status(mode: str | None, outcome: Outcome | None, error: BaseException | None, argv: list[str]) -> None:
     """Record this job's result in its run directory (sweeps only). ``mode`` is None when
-    the job failed before its run switches were read."""
+    the job failed before its run switches were read; ``argv``: the sweep's command line."""
     hydra = HydraConfig.get()
     if hydra.mode != RunMode.MULTIRUN:
         return
     record = {
         "job": int(hydra.job.num),
         "recipe": None if mode == "apply" else hydra.runtime.choices.get("recipe"),  # apply: the plan is the recipe
-        "overrides": [o for o in hydra.overrides.task if not o.startswith("recipe=")],
+        "overrides": [as_typed(o, argv) for o in hydra.overrides.task if not o.startswith("recipe=")],
         "status": "ok" if error is None else "failed",
         "error": None if error is None else one_line(error),
         **asdict(outcome if outcome is not None else Outcome(mode or "-")),
