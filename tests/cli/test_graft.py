@@ -227,3 +227,15 @@ def test_python_m_torchgraft_is_graft(tmp_path):
                             text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
     assert result.returncode == 0, result.stderr
     assert "conv1.weight" in result.stdout and (tmp_path / "outputs" / "conv_only" / "latest" / "plan.json").exists()
+
+
+def test_the_config_is_composed_once_per_run(graft, tmp_path, monkeypatch):
+    from hydra._internal.hydra import Hydra
+
+    composed = []
+    compose = Hydra.compose_config
+    monkeypatch.setattr(Hydra, "compose_config", lambda self, *a, **k: composed.append(1) or compose(self, *a, **k))
+    assert graft("dry_run=true").returncode == 0
+    assert len(composed) == 1  # Hydra alone composes twice: once only to learn the run mode
+    assert graft("hydra.mode=MULTIRUN", "dry_run=true").returncode == 0  # the mode as an override still counts
+    assert list(tmp_path.glob("outputs/multirun/*/0_conv_only/plan.json"))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
+from hydra._internal.hydra import Hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -178,6 +179,29 @@ def _job(cfg: DictConfig, call: _Call) -> sweep.Outcome | None:
     return outcome
 
 
+def _mode_from_overrides(self: Hydra, config_name: str | None, overrides: list[str]) -> RunMode | None:
+    """Hydra's ``get_mode`` composes the whole config only to read ``hydra.mode``, which
+    torchgraft's config never sets: only an override can. Read that instead (one
+    composition per run instead of two; see ``compose_once``)."""
+    for override in reversed(overrides):
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") == "hydra.mode" and value.upper() in RunMode.__members__:
+            return RunMode[value.upper()]
+    return None
+
+
+@contextmanager
+def compose_once():
+    """For one call: the run mode from the overrides, not from a first composition of the
+    config (a 1-tensor dry run: see the closing note of issue 13 item 4 for the numbers)."""
+    saved = Hydra.get_mode
+    Hydra.get_mode = _mode_from_overrides
+    try:
+        yield
+    finally:
+        Hydra.get_mode = saved
+
+
 @contextmanager
 def _hydra_app_args(argv: list[str]):
     """Hydra reads ``sys.argv``, and reports errors itself unless HYDRA_FULL_ERROR=1:
@@ -216,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if multirun:
             sweep.refuse_shared_output(argv)
-        with _hydra_app_args(argv):
+        with _hydra_app_args(argv), compose_once():
             app()
         if multirun and call.jobs == 0:
             raise sweep.no_jobs(argv)
