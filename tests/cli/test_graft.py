@@ -23,7 +23,7 @@ def only(paths):
 def test_bare_graft_runs_the_default_recipe_end_to_end(graft, tmp_path):
     result = graft()
     assert result.returncode == 0, result.stderr
-    model = only(tmp_path.glob("outputs/conv_only/*/model.safetensors"))
+    model = only(tmp_path.glob("outputs/conv_only/[0-9]*/model.safetensors"))
     got = load_file(model)
     assert torch.equal(got["conv1.weight"], load_file(example_path("convnet"))["conv1.weight"])
     assert "conv1.weight" in result.stdout and "← pretrained:conv1.weight" in result.stdout
@@ -34,7 +34,7 @@ def test_bare_graft_runs_the_default_recipe_end_to_end(graft, tmp_path):
 def test_dry_run_writes_the_plan_and_no_checkpoint(graft, tmp_path):
     result = graft("recipe=partial_columns", "dry_run=true")
     assert result.returncode == 0, result.stderr
-    run_dir = only(tmp_path.glob("outputs/partial_columns/*"))
+    run_dir = only(tmp_path.glob("outputs/partial_columns/[0-9]*"))
     assert not list(run_dir.glob("*.safetensors")) and not list(tmp_path.rglob("*.safetensors"))
     plan = json.loads((run_dir / "plan.json").read_text())
     fc = next(e for e in plan["entries"] if e["key"] == "fc.weight")

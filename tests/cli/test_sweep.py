@@ -91,7 +91,7 @@ def test_glob_in_a_project_sweeps_its_own_recipes_and_the_summary_shows_override
         )
     result = graft("-m", "recipe=glob(*)", "dry_run=true", "policy.unused=ignore", "plan_dir=plans/${hydra:job.num}")
     assert result.returncode == 0, result.stderr
-    (sweep_dir,) = tmp_path.glob("outputs/multirun/*[0-9]")
+    (sweep_dir,) = tmp_path.glob("outputs/multirun/*")
     jobs = json.loads((sweep_dir / "summary.json").read_text())["jobs"]
     assert [j["recipe"] for j in jobs] == ["mine", "yours"]
     assert jobs[0]["overrides"] == ["dry_run=true", "policy.unused=ignore", "plan_dir=plans/${hydra:job.num}"]

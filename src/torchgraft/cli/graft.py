@@ -251,7 +251,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         summary = sweep.summary_path(call.sweep_dir)
         if summary.exists():
             print(summary.read_text(encoding="utf-8"), file=sys.stderr, end="")
-        rundir.point_latest(call.sweep_dir)
     code = exits.OK if error is None else exits.report(error, show_traceback=full_error or call.debug)
     if call.run_dir is not None and not call.multirun:
         if (code == exits.USER_ERROR or call.mode == "check") and not call.debug:
