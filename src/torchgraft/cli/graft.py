@@ -136,7 +136,6 @@ class _Call:
     """What the jobs of one ``graft`` call tell ``main``, which reports for all of them."""
 
     multirun: bool = False
-    jobs: int = 0
     debug: bool = False  # the last job's debug switch
     mode: str | None = None  # the last job's: run | dry_run | apply | check
     argv: list[str] = field(default_factory=list)  # the command line (a sweep's summary shows it as typed)
@@ -156,9 +155,8 @@ def read_options(cfg: DictConfig) -> RunOptions:
 
 def _job(cfg: DictConfig, call: _Call) -> sweep.Outcome | None:
     """One Hydra job: run it and record its status (sweeps). A failure is handed to
-    ``main`` in ``call``, not raised: Hydra would add its own report, and stop a sweep."""
+    ``main`` in ``call``; raised too in a sweep, whose jobs may run in other processes."""
     hydra_cfg = HydraConfig.get()
-    call.jobs += 1
     call.multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if call.multirun:
@@ -174,6 +172,8 @@ def _job(cfg: DictConfig, call: _Call) -> sweep.Outcome | None:
     except Exception as err:
         sweep.write_status(mode, None, err, call.argv)
         call.errors.append(err)
+        if call.multirun:
+            raise  # a launcher may run jobs in other processes: Hydra hands their failure to main
         return None
     sweep.write_status(mode, outcome, None, call.argv)
     return outcome
@@ -235,19 +235,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     app = hydra.main(version_base="1.3", config_path="pkg://torchgraft.conf", config_name="config")(
         lambda cfg: _job(cfg, call)
     )
-    multirun = "-m" in argv or "--multirun" in argv
+    multirun = "-m" in argv or "--multirun" in argv or "hydra.mode=MULTIRUN" in argv
     error: Exception | None = None
     try:
         if multirun:
             sweep.refuse_shared_output(argv)
         with _hydra_app_args(argv), compose_once():
             app()
-        if multirun and call.jobs == 0:
-            raise sweep.no_jobs(argv)
     except Exception as err:  # composing the config failed, or the sweep is refused: no job ran
         error = err
-    error = error or call.worst_error()
-    if call.sweep_dir is not None:  # a sweep ran: show its table
+    error = call.worst_error() or error
+    local = not any(a.startswith(("hydra/launcher=", "+hydra/launcher=")) for a in argv)
+    if multirun and error is None and local and call.sweep_dir is None:
+        error = sweep.no_jobs(argv)  # (a launcher running jobs elsewhere leaves call.sweep_dir unset)
+    if call.sweep_dir is not None and error is not None:  # the table, which SweepSummary prints after a sweep without failures
         summary = sweep.summary_path(call.sweep_dir)
         if summary.exists():
             print(summary.read_text(encoding="utf-8"), file=sys.stderr, end="")

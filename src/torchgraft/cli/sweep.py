@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -203,4 +204,7 @@ class SweepSummary(Callback):
             summarize(Path(hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        summarize(Path(config.hydra.sweep.dir))
+        """Called (in graft's process, whichever launcher ran the jobs) only when no job failed;
+        after a failure, graft prints the table itself."""
+        table = summarize(Path(config.hydra.sweep.dir))
+        print(table.read_text(encoding="utf-8"), file=sys.stderr, end="")
