@@ -96,3 +96,12 @@ def test_glob_in_a_project_sweeps_its_own_recipes_and_the_summary_shows_override
     assert [j["recipe"] for j in jobs] == ["mine", "yours"]
     assert jobs[0]["overrides"] == ["dry_run=true", "policy.unused=ignore", "plan_dir=plans/${hydra:job.num}"]
     assert graft("recipe=partial_columns", "dry_run=true").returncode == 0  # the bundled ones still load by name
+
+
+def test_a_user_error_survives_the_trip_from_a_launcher_process():
+    import pickle
+
+    from torchgraft.core.errors import RecipeError
+
+    back = pickle.loads(pickle.dumps(RecipeError("dry_run", "must be true or false (got 'nope')")))
+    assert type(back) is RecipeError and (back.field, str(back)) == ("dry_run", "dry_run: must be true or false (got 'nope')")
