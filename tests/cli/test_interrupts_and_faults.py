@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import errno
 import signal
-import sys
+import tempfile
 import warnings
 
 import pytest
 
-from torchgraft.cli import diff, graft
+from torchgraft.cli import diff, exits, graft
+from torchgraft.core.errors import GraftError
 
 
 def run_main(monkeypatch, capsys, job) -> tuple[int, list[str]]:
-    monkeypatch.setattr(graft, "_job", job)
-    monkeypatch.setattr(sys, "argv", ["graft"])
+    monkeypatch.setattr(graft, "run", lambda cfg, options, run_dir: job())
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as info:
-        graft.main()
+        graft.main([f"hydra.run.dir={tempfile.mkdtemp()}/run"])
     return info.value.code, capsys.readouterr().err.splitlines()
 
 
 @pytest.mark.parametrize("raised, code, line", [
     (KeyboardInterrupt(), 130, "error: interrupted (SIGINT); no output was written"),
-    (graft.Interrupted(signal.SIGTERM), 143, "error: interrupted (SIGTERM); no output was written"),
-    (graft.Interrupted(signal.SIGHUP), 129, "error: interrupted (SIGHUP); no output was written"),
+    (exits.Interrupted(signal.SIGTERM), 143, "error: interrupted (SIGTERM); no output was written"),
+    (exits.Interrupted(signal.SIGHUP), 129, "error: interrupted (SIGHUP); no output was written"),
     (OSError(errno.ENOSPC, "No space left on device", "/data/out.safetensors"), 1,
      "error: /data/out.safetensors: No space left on device (ENOSPC)"),
     (OSError(errno.EIO, "Input/output error", "/data/src.safetensors"), 1,
@@ -51,7 +51,7 @@ def test_sigterm_and_sighup_raise_where_the_run_is_so_cleanup_runs(monkeypatch, 
 def test_a_library_warning_is_one_line(monkeypatch, capsys):
     def job():
         warnings.warn("TypedStorage is deprecated.\nIt will be removed", UserWarning, stacklevel=1)
-        raise graft.GraftError("sources.s", "bad")
+        raise GraftError("sources.s", "bad")
 
     saved = warnings.showwarning
     try:

@@ -51,13 +51,13 @@ def copy_files(plan: Plan, directory: Path) -> None:
         except OSError as e:
             raise OutputError(field, f"{path}: cannot copy ({e.strerror or e})") from None
         with os.fdopen(fd, "rb") as src:
-            if sha256_files([src]) != (item.size, item.sha256):
+            if sha256_files([src.fileno()]) != (item.size, item.sha256):
                 raise DriftError(field, f"{path} changed since the plan was made (size or sha256 differ)")
             src.seek(0)
             try:
                 out = os.open(directory / item.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _mode(fd))
                 with os.fdopen(out, "wb") as dst:
-                    copied = sha256_files([src], copy_to=dst)
+                    copied = sha256_files([src.fileno()], copy_to=dst)
             except OSError as e:
                 raise OutputError(field, f"{path}: cannot copy ({e.strerror or e})") from None
         if copied != (item.size, item.sha256):

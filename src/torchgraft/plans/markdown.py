@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from torchgraft.core.text import human_bytes, printable
+from torchgraft.plans.flowchart import flowchart
 from torchgraft.plans.text import nbytes, shown_path, source_stats, summary, table, target_text, unused_lines
 from torchgraft.plans.types import Plan
 
@@ -41,6 +42,7 @@ def render_markdown(plan: Plan) -> str:
     lines = [
         f"### torchgraft plan `{plan.sha256[:12]}`",
         "",
+        *flowchart(plan),
         f"**Target** {_cell(target)}{', ' + printable(initial) if initial else ''} · torchgraft {plan.version}",
         "",
     ]
