@@ -1,7 +1,10 @@
 """Reader for ``torch.save`` pickles (.pt .pth .bin .ckpt), with ``weights_only=True`` only.
 
-The inventory is a ``map_location="meta"`` load: the pickle is walked, no tensor data
-is read. The data is one ``mmap=True`` load, done on the first ``read`` and kept, so
+The inventory of a zip checkpoint comes from ``torch_pickle``, without torch: its
+tensors are byte ranges of the file, so copying them imports nothing. What that module
+does not describe (a legacy file, a compressed member, a tensor subclass...) falls back
+to a ``map_location="meta"`` load, as does reading a non-contiguous view or a region:
+the data is one ``mmap=True`` load, done on the first such ``read`` and kept, so
 reading a tensor touches only its pages.
 """
 
@@ -9,22 +12,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import pickle
 import re
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
+from torchgraft.checkpoints import torch_pickle
 from torchgraft.checkpoints.base import Reader, as_index
 from torchgraft.checkpoints.byteranges import ByteRange
+from torchgraft.checkpoints.torch_pickle import ZIP_MAGIC, StoredTensor
 from torchgraft.core.tensors import TensorInfo, dtype_name
-
-ZIP_MAGIC = b"PK\x03\x04"
+log = logging.getLogger(__name__)
 # Where users' trainers put the state dict, most likely first (Lightning, DDP, timm...).
 HINT_ENTRIES = ("state_dict", "model", "module")
 MAX_LISTED = 10
@@ -37,11 +42,36 @@ class TorchReader(Reader):
 
     def __init__(self, path: Path, *, field: str, shown: str | None = None,
                  key: str | None = None):
-        import torch
-
         super().__init__(path, field=field, shown=shown)
         self.key = key
-        tensors = self._state_dict(self._load(map_location="meta"))
+        self._data: Mapping[str, Any] | None = None
+        self._ranges: dict[str, ByteRange | None] | None = None
+        try:
+            described = torch_pickle.load(self.path)
+        except torch_pickle.Refused as e:
+            raise self._error(_refusal(e.culprit)) from None
+        except torch_pickle.Undescribed as e:
+            log.debug("%s: read with torch (%s)", self.shown, e)
+            described = None
+        if described is not None:
+            tensors = self._state_dict(described.top, _is_stored)
+            infos = [TensorInfo(name, value.shape, value.dtype) for name, value in tensors.items()
+                     if isinstance(name, str) and isinstance(value, StoredTensor)]
+            self._ranges = {}
+            for info in infos:
+                span = described.byte_span(tensors[info.key])
+                self._ranges[info.key] = None if span is None else ByteRange(self.path, *span)
+        else:
+            tensors = self._state_dict(self._load(map_location="meta"), _is_torch_tensor)
+            infos = self._torch_infos(tensors)
+            # Meta tensors hold no data; they say where each tensor's bytes are (byte_range).
+            self._meta = {info.key: tensors[info.key] for info in infos}
+        self._set_inventory(infos)
+        self._metadata = _torchgraft_metadata(tensors)
+
+    def _torch_infos(self, tensors: Mapping) -> list[TensorInfo]:
+        import torch
+
         infos = []
         for name, value in tensors.items():
             if not (isinstance(name, str) and isinstance(value, torch.Tensor)):
@@ -55,12 +85,7 @@ class TorchReader(Reader):
                 raise self._error(f"tensor '{name}' has dtype {value.dtype}, "
                                   "which torchgraft does not support") from None
             infos.append(TensorInfo(name, tuple(value.shape), dtype))
-        self._set_inventory(infos)
-        self._metadata = _torchgraft_metadata(tensors)
-        self._data: Mapping[str, Any] | None = None
-        # Meta tensors hold no data; they say where each tensor's bytes are (byte_range).
-        self._meta = {info.key: tensors[info.key] for info in infos}
-        self._ranges: dict[str, ByteRange | None] | None = None
+        return infos
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
@@ -77,9 +102,9 @@ class TorchReader(Reader):
         self._info(key)
         index = as_index(index)
         if self._data is None:
-            self._data = self._state_dict(self._load_data())
+            self._data = self._state_dict(self._load_data(), _is_torch_tensor)
         tensor = self._data.get(key)
-        if not isinstance(tensor, torch.Tensor):
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != self._info(key).shape:
             raise self._error(f"no tensor '{key}' (did the file change since it was opened?)")
         if index is not None:
             tensor = tensor[index]
@@ -127,12 +152,12 @@ class TorchReader(Reader):
 
     # -- finding the state dict -------------------------------------------------------
 
-    def _state_dict(self, top: Any) -> Mapping:
+    def _state_dict(self, top: Any, is_tensor: Callable[[Any], bool]) -> Mapping:
         obj = self._follow(top, self.key) if self.key else top
-        if _is_state_dict(obj):
+        if _is_state_dict(obj, is_tensor):
             return obj
         if isinstance(obj, Mapping):
-            under = _find_state_dict(obj)
+            under = _find_state_dict(obj, is_tensor)
             if under is not None:
                 where = f"{self.key}.{under}" if self.key else under
                 raise self._error(f"the tensors are under '{where}': set key: {where}")
@@ -195,29 +220,35 @@ def _byte_ranges(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, B
     return ranges
 
 
-def _is_state_dict(obj: Any) -> bool:
-    """A flat mapping: some tensors (or nothing at all), and no nested tensor mapping."""
+def _is_stored(value: Any) -> bool:
+    return isinstance(value, StoredTensor)
+
+
+def _is_torch_tensor(value: Any) -> bool:
     import torch
 
+    return isinstance(value, torch.Tensor)
+
+
+def _is_state_dict(obj: Any, is_tensor: Callable[[Any], bool]) -> bool:
+    """A flat mapping: some tensors (or nothing at all), and no nested tensor mapping."""
     if not isinstance(obj, Mapping):
         return False
     values = list(obj.values())
-    if any(isinstance(v, Mapping) and _has_tensors(v) for v in values):
+    if any(isinstance(v, Mapping) and _has_tensors(v, is_tensor) for v in values):
         return False
-    return not values or any(isinstance(v, torch.Tensor) for v in values)
+    return not values or any(is_tensor(v) for v in values)
 
 
-def _has_tensors(obj: Any, depth: int = 4) -> bool:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
+def _has_tensors(obj: Any, is_tensor: Callable[[Any], bool], depth: int = 4) -> bool:
+    if is_tensor(obj):
         return True
     if isinstance(obj, Mapping) and depth > 0:
-        return any(_has_tensors(v, depth - 1) for v in obj.values())
+        return any(_has_tensors(v, is_tensor, depth - 1) for v in obj.values())
     return False
 
 
-def _find_state_dict(obj: Mapping, depth: int = 3) -> str | None:
+def _find_state_dict(obj: Mapping, is_tensor: Callable[[Any], bool], depth: int = 3) -> str | None:
     """The dotted path of the most likely state dict nested in ``obj``, if any."""
     found = []
 
@@ -225,7 +256,7 @@ def _find_state_dict(obj: Mapping, depth: int = 3) -> str | None:
         for name in sorted(k for k in node if isinstance(k, str)):
             value = node[name]
             if isinstance(value, Mapping) and value:
-                if _is_state_dict(value):
+                if _is_state_dict(value, is_tensor):
                     found.append(prefix + name)
                 elif left > 0:
                     walk(value, f"{prefix}{name}.", left - 1)
@@ -255,6 +286,16 @@ def _torchgraft_metadata(state_dict: Mapping) -> dict[str, str]:
     if not isinstance(entry, Mapping):
         return {}
     return {str(k): str(v) for k, v in entry.items()}
+
+
+def _refusal(culprit: str | None) -> str:
+    """What torch.load(weights_only=True) names (builtins without their module), else a phrase."""
+    if culprit is None:
+        culprit = "an unsupported object"
+    elif culprit.startswith("builtins."):
+        culprit = culprit.removeprefix("builtins.")
+    return (f"refused to unpickle {culprit}: torch.load(weights_only=True) allows only tensors and "
+            "plain containers, and torchgraft never runs code from a checkpoint")
 
 
 def _a(noun: str) -> str:
