@@ -90,3 +90,20 @@ def test_a_transform_still_imports_torch_when_it_runs(tmp_path):
     assert result.returncode == 1
     assert "ImportError: torch imported on a path that must not need it" in result.stderr
     assert not out.exists()
+
+
+def test_a_torch_zip_source_is_copied_without_torch(tmp_path):
+    """pytorch_model.bin -> model.safetensors: torch_pickle reads data.pkl, the tensors are byte ranges."""
+    _, state = _source(tmp_path)
+    state["model.layers.0.w"] = torch.nn.Parameter(state["model.layers.0.w"])  # saved as _rebuild_parameter
+    src = tmp_path / "pytorch_model.bin"
+    torch.save(state, src)
+    out = tmp_path / "out" / "model.safetensors"
+    out.parent.mkdir()
+    result = subprocess.run([sys.executable, "-c", API, json.dumps(_recipe(src)), str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    got = load_file(out)
+    assert sorted(got) == ["blocks.0.b", "blocks.0.w", "blocks.2.b", "blocks.2.w", "model.embed.weight"]
+    assert torch.equal(got["blocks.0.w"], state["model.layers.0.w"])
+    assert torch.equal(got["model.embed.weight"], state["model.embed.weight"])

@@ -29,6 +29,7 @@ from torchgraft.checkpoints.base import Reader, as_index
 from torchgraft.checkpoints.byteranges import ByteRange
 from torchgraft.checkpoints.torch_pickle import ZIP_MAGIC, StoredTensor
 from torchgraft.core.tensors import TensorInfo, dtype_name
+
 log = logging.getLogger(__name__)
 # Where users' trainers put the state dict, most likely first (Lightning, DDP, timm...).
 HINT_ENTRIES = ("state_dict", "model", "module")
@@ -122,10 +123,10 @@ class TorchReader(Reader):
     # -- loading ----------------------------------------------------------------------
 
     def _load_data(self) -> Any:
-        with open(self.path, "rb") as f:
-            zipped = f.read(4) == ZIP_MAGIC
-        # mmap needs the zip format torch.save writes since 1.6; legacy files load whole.
-        return self._load(map_location="cpu", mmap=zipped)
+        # mmap needs the zip format torch.save writes since 1.6; legacy files load whole. It
+        # maps each member's bytes as they are in the file: a compressed member would read
+        # as garbage (seen with torch 2.13), so such a file loads whole too.
+        return self._load(map_location="cpu", mmap=_all_stored(self.path))
 
     def _load(self, **kwargs: Any) -> Any:
         import torch
@@ -182,6 +183,19 @@ class TorchReader(Reader):
             obj = obj[part]
             walked.append(part)
         return obj
+
+
+def _all_stored(path: Path) -> bool:
+    """A zip file whose members are all stored uncompressed."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != ZIP_MAGIC:
+                return False
+            f.seek(0)
+            with zipfile.ZipFile(f) as archive:
+                return all(item.compress_type == zipfile.ZIP_STORED for item in archive.infolist())
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError):
+        return False  # torch.load names the problem
 
 
 def _byte_ranges(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, ByteRange | None]:

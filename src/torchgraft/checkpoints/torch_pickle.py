@@ -132,6 +132,8 @@ def load(path: Path) -> Checkpoint:
                 pickled = members.get(f"{prefix}/data.pkl")
                 if pickled is None:
                     raise Undescribed("no data.pkl (a TorchScript archive?)")
+                if pickled.compress_type != zipfile.ZIP_STORED or order.compress_type != zipfile.ZIP_STORED:
+                    raise Undescribed("data.pkl or byteorder is compressed")  # never inflate a hostile member here
                 top, storages = _Unpickler(archive.read(pickled)).load()
                 starts = {key: _data_start(f, members.get(f"{prefix}/data/{key}"), storage)
                           for key, storage in storages.items()}
@@ -165,9 +167,6 @@ def _data_start(f, item: zipfile.ZipInfo | None, storage: Storage) -> int:
 
 
 # -- the interpreter ----------------------------------------------------------------------
-
-_MARK = object()  # on the stack: where a MARK was
-
 
 class _Global:
     """A global this module describes: never a callable, only a name."""
