@@ -82,7 +82,7 @@ def test_cli_dry_run_without_torch(tmp_path):
 
 
 def test_a_transform_still_imports_torch_when_it_runs(tmp_path):
-    """The block is real: a cast needs torch, and the same script then fails."""
+    """The block is real: a cast of a bfloat16 tensor to float16 needs torch, and the same script then fails."""
     src, _ = _source(tmp_path)
     recipe = _recipe(src) | {"output": {"dtype": "float16"}}
     out = tmp_path / "model.safetensors"
@@ -107,3 +107,25 @@ def test_a_torch_zip_source_is_copied_without_torch(tmp_path):
     assert sorted(got) == ["blocks.0.b", "blocks.0.w", "blocks.2.b", "blocks.2.w", "model.embed.weight"]
     assert torch.equal(got["blocks.0.w"], state["model.layers.0.w"])
     assert torch.equal(got["model.embed.weight"], state["model.embed.weight"])
+
+
+def test_a_float32_cast_runs_without_torch(tmp_path):
+    """output.dtype bfloat16 / float16 of float32 tensors: rounded in numpy (execution.casts), as torch rounds."""
+    generator = torch.Generator().manual_seed(1)
+    state = {f"model.layers.{i}.{p}": torch.randn(8, 4, generator=generator) * 1e4 for i in range(3) for p in ("w", "b")}
+    state["model.layers.0.w"][0, :4] = torch.tensor([float("nan"), float("inf"), 1e-40, 65520.0])
+    state["model.embed.weight"] = torch.randn(5, 4, generator=generator).to(torch.bfloat16)  # already bf16: copied
+    src = tmp_path / "src.pt"
+    torch.save(state, src)
+    for dtype in ("bfloat16", "float16"):
+        out = tmp_path / dtype / "model.safetensors"
+        out.parent.mkdir()
+        recipe = _recipe(src) | {"output": {"dtype": dtype}}
+        if dtype == "float16":
+            recipe["rules"] = recipe["rules"][:1]  # bf16 -> f16 would need torch
+        result = subprocess.run([sys.executable, "-c", API, json.dumps(recipe), str(out)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        got = load_file(out)
+        for key in ("0.w", "0.b", "2.w"):
+            want = state[f"model.layers.{key[0]}.{key[2]}"].to(getattr(torch, dtype))
+            assert torch.equal(got[f"blocks.{key}"].view(torch.int16), want.view(torch.int16)), (dtype, key)

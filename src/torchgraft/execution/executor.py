@@ -28,6 +28,7 @@ from torchgraft.core.errors import OutputError
 from torchgraft.core.heap import HeapTrimmer
 from torchgraft.core.target import build_model
 from torchgraft.core.tensors import TensorInfo, torch_dtype
+from torchgraft.execution.casts import CASTS, read_cast
 from torchgraft.execution.initial import check_initial, initial_values
 from torchgraft.execution.outputs import copy_files, replaceable
 from torchgraft.execution.progress import Progress
@@ -82,6 +83,21 @@ def _unchanged(entry: Entry, readers: Mapping[str, Reader]) -> ByteRange | None:
     if read.dtype != entry.dtype or tuple(read.shape) != tuple(entry.shape):
         return None
     return readers[read.source].byte_range(read.key)
+
+
+def _cast_only(entry: Entry, readers: Mapping[str, Reader]) -> tuple[ByteRange, str] | None:
+    """The stored bytes and dtype of the one whole source tensor that ``entry`` only casts,
+    when numpy can do that cast as torch does (``casts.CASTS``): no torch needed."""
+    if len(entry.pieces) != 1 or entry.uncovered:
+        return None
+    piece = entry.pieces[0]
+    read = piece.reads[0]
+    if piece != Piece((read,), piece.rule) or read.region is not None or tuple(read.shape) != tuple(entry.shape):
+        return None
+    if (read.dtype, entry.dtype) not in CASTS:
+        return None
+    where = readers[read.source].byte_range(read.key)
+    return None if where is None else (where, read.dtype)
 
 
 def _first_copy_page_offset(plan: Plan, readers: Mapping[str, Reader]) -> int | None:
@@ -142,8 +158,13 @@ def _stream(plan: Plan, writer, readers: Mapping[str, Reader], sources: Mapping[
         unchanged = _unchanged(entry, readers)
         if unchanged is None and entry.kept and plan.target.base is not None:
             unchanged = sources[plan.target.base].stored_as(entry)  # patching: the base as it is
+        cast = None if unchanged is not None or entry.kept else _cast_only(entry, readers)
         if unchanged is not None:
             writer.copy(entry.key, unchanged, files)
+        elif cast is not None:
+            where, dtype = cast
+            writer.write_bytes(entry.key, read_cast(files.fd(where.path), where, dtype, entry.dtype))
+            heap.freed(nbytes)
         elif entry.kept:  # written as it is: no copy next to the initial value
             writer.write(entry.key, initial[entry.key].to(torch_dtype(entry.dtype)))
             heap.freed(nbytes)
