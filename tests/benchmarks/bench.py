@@ -236,11 +236,12 @@ class Bench:
             if proc.returncode != 0:
                 err.seek(0)
                 sys.exit(f"failed ({proc.returncode}): {' '.join(argv)}\n{err.read().decode()[-3000:]}")
+        self.cpu = usage.ru_utime + usage.ru_stime  # steadier than wall time on a busy machine
         return wall, usage.ru_maxrss * 1024 / MiB
 
     def measure(self, case: str, label: str, argv: list[str], outputs: list[Path], *, cwd: Path | None = None,
                 note: str = "") -> tuple[float, float]:
-        walls, peaks = [], []
+        walls, peaks, cpus = [], [], []
         for _ in range(self.runs):
             for out in outputs:
                 remove(out)
@@ -248,9 +249,11 @@ class Bench:
             wall, peak = self.run(argv, cwd=cwd)
             walls.append(wall)
             peaks.append(peak)
+            cpus.append(self.cpu)
         for out in outputs:
             remove(out)
         os.sync()
+        note = f"cpu {statistics.median(cpus):.2f} s" + (f"; {note}" if note else "")
         row = (case, label, statistics.median(walls), statistics.median(peaks), note)
         self.rows.append(row)
         print(f"  {label:<44} {row[2]:7.2f} s  {row[3]:8.0f} MiB  {note}", flush=True)
@@ -479,14 +482,14 @@ def report(results: dict) -> None:
         if "read" in r:
             print(f"  source bytes read: {r['read']:.2%} ({verdict(r['read'] < 0.01)}: < 1%)")
     print("\n== table (median of runs) ==")
-    print("| case | command | wall s | peak RSS MiB | x cp | seed / this |")
-    print("|---|---|---:|---:|---:|---:|")
-    for case, label, wall, rss, _ in ROWS:
+    print("| case | command | wall s | peak RSS MiB | x cp | seed / this | note |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for case, label, wall, rss, note in ROWS:
         res = results.get(case, {}) if case in ("full", "select", "cast", "convert") else {}
         cp, seed = res.get("cp", (None,))[0], res.get("seed", (None,))[0]
         x_cp = f"{wall / cp:.2f}" if cp else ""
         x_seed = f"{seed / wall:.2f}" if seed else ""
-        print(f"| {case} | {label} | {wall:.2f} | {rss:.0f} | {x_cp} | {x_seed} |")
+        print(f"| {case} | {label} | {wall:.2f} | {rss:.0f} | {x_cp} | {x_seed} | {note} |")
 
 
 ROWS: list = []

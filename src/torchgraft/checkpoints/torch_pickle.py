@@ -285,7 +285,7 @@ class _Unpickler:
                         raise Refused(f"SETITEM on {type(target).__name__}")
                     for i in range(0, len(items), 2):
                         key = items[i]
-                        if not isinstance(key, (str, int, float, bool, type(None), tuple)):
+                        if type(key) not in (str, int):  # all a state dict uses; a nested tuple could hash deep
                             raise Undescribed(f"a {type(key).__name__} as a key")
                         target[key] = items[i + 1]
                 elif op in (b"a", b"e"):  # APPEND, APPENDS
@@ -324,6 +324,8 @@ class _Unpickler:
             raise Undescribed("data.pkl: stack underflow") from None
         except UnicodeDecodeError:
             raise Undescribed("data.pkl: a string that is not UTF-8") from None
+        except TypeError as e:  # e.g. a tuple of the wrong length unpacked: torch.load decides
+            raise Undescribed(f"data.pkl: {e}") from None
 
     def get(self, index: int) -> Any:
         if index not in self.memo:
