@@ -21,7 +21,9 @@ Cases
   cast    the ~2 GB checkpoint cast to bfloat16
   rss     the same copy and cast at 1 GB and 4 GB: peak RSS must not grow
   dry     100k-tensor checkpoint (60 layers x 256 experts), 50 rules: dry run only
-          (``--keys 1000000``: as many experts per layer as make about that many tensors)
+          (``--keys N``: as many experts per layer as make about N tensors; one file's
+          header passes the 100 MB safetensors limit near 900k tensors, so a 1M case
+          needs a sharded source, which this script does not build yet)
   mean    mean of 3 x 512 MiB (64 float32 tensors each) against a safetensors script
           (load_file x3 -> in-place mean -> save_file), API and CLI
   convert the ~2 GB pytorch_model.bin (torch.save zip) -> model.safetensors through the
