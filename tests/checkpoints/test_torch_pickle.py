@@ -24,11 +24,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from torchgraft.checkpoints import open_checkpoint, torch_pickle
+from torchgraft.checkpoints.byteranges import OpenFile
 from torchgraft.checkpoints.torch_file import TorchReader
 from torchgraft.core.errors import SourceError
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
           torch.int16, torch.int8, torch.uint8, torch.bool, torch.uint16, torch.float8_e4m3fn, torch.complex64]
+
+
+def _describe(path: Path) -> torch_pickle.Checkpoint:
+    file = OpenFile(path)
+    try:
+        return torch_pickle.load(file)
+    finally:
+        file.close()
 
 
 def _bytes(t: torch.Tensor) -> bytes:
@@ -72,7 +81,7 @@ def test_descriptions_agree_with_torch_on_every_key_shape_dtype_and_byte(tmp_pat
     torch.save(state, path)
     meta = torch.load(path, map_location="meta", weights_only=True)
     real = torch.load(path, weights_only=True)
-    described = torch_pickle.load(path)
+    described = _describe(path)
     assert list(described.top) == list(meta)
     raw = path.read_bytes()
     for key, want in meta.items():
@@ -173,7 +182,7 @@ def test_what_torch_refuses_is_never_described_and_nothing_runs(tmp_path, name):
     with pytest.raises(Exception):  # noqa: B017 -- whatever torch raises: it refuses
         torch.load(path, weights_only=True)
     with pytest.raises((torch_pickle.Refused, torch_pickle.Undescribed)):
-        torch_pickle.load(path)
+        _describe(path)
     with pytest.raises(SourceError) as e:
         open_checkpoint(path, field="src")
     assert "\n" not in e.value.message
@@ -220,7 +229,7 @@ def _state() -> dict[str, torch.Tensor]:
 def _read_by_torch(path: Path, reason: str, torch_loads: list) -> None:
     """torch_pickle does not describe ``path`` (``reason``); the reader's inventory is a meta load."""
     with pytest.raises(torch_pickle.Undescribed, match=reason):
-        torch_pickle.load(path)
+        _describe(path)
     with open_checkpoint(path, field="src") as reader:
         assert torch_loads == ["meta"]
         assert reader.byte_range("a") is None
@@ -268,5 +277,5 @@ def test_a_big_endian_file_is_read_by_torch(tmp_path):
             dst.writestr(name, b"big" if name.endswith("/byteorder") else data)
     path.write_bytes(buffer.getvalue())
     with pytest.raises(torch_pickle.Undescribed, match="little-endian"):
-        torch_pickle.load(path)
+        _describe(path)
     assert os.path.getsize(path) > 0

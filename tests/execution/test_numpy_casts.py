@@ -47,5 +47,5 @@ def test_every_special_value_and_a_chunked_read(tmp_path, monkeypatch, dtype):
     path = tmp_path / "raw"
     path.write_bytes(b"head" + bits.tobytes())
     with open(path, "rb") as f:
-        got = read_cast(f.fileno(), ByteRange(path, 4, bits.nbytes), "float32", dtype)
+        got = read_cast(ByteRange(path, f.fileno(), 4, bits.nbytes), "float32", dtype)
     assert got.view(np.uint16).tolist() == torch_bits(bits, getattr(torch, dtype)).tolist()

@@ -1,11 +1,12 @@
 """Reader for ``torch.save`` pickles (.pt .pth .bin .ckpt), with ``weights_only=True`` only.
 
-The inventory of a zip checkpoint comes from ``torch_pickle``, without torch: its
-tensors are byte ranges of the file, so copying them imports nothing. What that module
-does not describe (a legacy file, a compressed member, a tensor subclass...) falls back
-to a ``map_location="meta"`` load, as does reading a non-contiguous view or a region:
-the data is one ``mmap=True`` load, done on the first such ``read`` and kept, so
-reading a tensor touches only its pages.
+The file is opened once, here; every read below goes through that descriptor. The
+inventory of a zip checkpoint comes from ``torch_pickle``, without torch: its tensors
+are byte ranges of the file, so copying them imports nothing, and reading a whole one
+is a ``pread`` of its bytes. What that module does not describe (a legacy file, a
+compressed member, a tensor subclass...) falls back to a ``map_location="meta"`` load,
+as does reading a non-contiguous view or a region: the data is one ``mmap=True`` load,
+done on the first such ``read`` and kept, so reading a tensor touches only its pages.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ if TYPE_CHECKING:
 
 from torchgraft.checkpoints import torch_pickle
 from torchgraft.checkpoints.base import Reader, as_index
-from torchgraft.checkpoints.byteranges import ByteRange
+from torchgraft.checkpoints.byteranges import ByteRange, OpenFile, read_range
 from torchgraft.checkpoints.torch_pickle import ZIP_MAGIC, StoredTensor
+from torchgraft.core.errors import SourceError
 from torchgraft.core.tensors import TensorInfo, dtype_name
 
 log = logging.getLogger(__name__)
@@ -45,30 +47,40 @@ class TorchReader(Reader):
                  key: str | None = None):
         super().__init__(path, field=field, shown=shown)
         self.key = key
+        self._file = OpenFile(self.path)
         self._data: Mapping[str, Any] | None = None
         self._ranges: dict[str, ByteRange | None] | None = None
-        try:
-            described = torch_pickle.load(self.path)
-        except torch_pickle.Refused as e:
-            raise self._error(_refusal(e.culprit)) from None
-        except torch_pickle.Undescribed as e:
-            log.debug("%s: read with torch (%s)", self.shown, e)
-            described = None
-        if described is not None:
-            tensors = self._state_dict(described.top, _is_stored)
-            infos = [TensorInfo(name, value.shape, value.dtype) for name, value in tensors.items()
-                     if isinstance(name, str) and isinstance(value, StoredTensor)]
-            self._ranges = {}
-            for info in infos:
-                span = described.byte_span(tensors[info.key])
-                self._ranges[info.key] = None if span is None else ByteRange(self.path, *span)
-        else:
-            tensors = self._state_dict(self._load(map_location="meta"), _is_torch_tensor)
-            infos = self._torch_infos(tensors)
+        self._read_or_close(self._read_inventory)
+
+    def _read_inventory(self) -> None:
+        tensors, infos, self._ranges = self._walk()
+        if self._ranges is None:
             # Meta tensors hold no data; they say where each tensor's bytes are (byte_range).
             self._meta = {info.key: tensors[info.key] for info in infos}
         self._set_inventory(infos)
         self._metadata = _torchgraft_metadata(tensors)
+        self._listed = (_changes(self._file.stat()), _listing_sha256(infos))
+
+    def _walk(self) -> tuple[Mapping, list[TensorInfo], dict[str, ByteRange | None] | None]:
+        """The state dict, its tensors and their byte ranges, read from the file held
+        open by ``torch_pickle``; what it does not describe, by a meta load (whose
+        tensors are the state dict's, and no ranges yet)."""
+        try:
+            described = torch_pickle.load(self._file)
+        except torch_pickle.Refused as e:
+            raise self._error(_refusal(e.culprit)) from None
+        except torch_pickle.Undescribed as e:
+            log.debug("%s: read with torch (%s)", self.shown, e)
+            tensors = self._state_dict(self._load(map_location="meta"), _is_torch_tensor)
+            return tensors, self._torch_infos(tensors), None
+        tensors = self._state_dict(described.top, _is_stored)
+        infos = [TensorInfo(name, value.shape, value.dtype) for name, value in tensors.items()
+                 if isinstance(name, str) and isinstance(value, StoredTensor)]
+        ranges: dict[str, ByteRange | None] = {}
+        for info in infos:
+            span = described.byte_span(tensors[info.key])
+            ranges[info.key] = None if span is None else ByteRange(self._file.path, self._file.fd, *span)
+        return tensors, infos, ranges
 
     def _torch_infos(self, tensors: Mapping) -> list[TensorInfo]:
         import torch
@@ -91,17 +103,29 @@ class TorchReader(Reader):
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
 
+    def _files(self) -> list[OpenFile]:
+        return [self._file]
+
     def _header_sha256(self) -> str:
-        # A pickle has no header to hash; the inventory is what planning depends on.
-        listing = [[i.key, list(i.shape), i.dtype] for i in self._infos]
-        text = json.dumps(listing, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(text.encode()).hexdigest()
+        # A pickle has no header to hash; the inventory is what planning depends on. It
+        # is walked again only if the file was written to since it was opened.
+        changes, digest = self._listed
+        if _changes(self._file.stat()) == changes:
+            return digest
+        try:
+            return _listing_sha256(self._walk()[1])
+        except SourceError:
+            return ""  # no longer a readable checkpoint: differs from any hash
 
     def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
         import torch
 
-        self._info(key)
+        info = self._info(key)
         index = as_index(index)
+        if index is None:
+            where = self.byte_range(key)
+            if where is not None:
+                return read_range(where, info.dtype, info.shape)
         if self._data is None:
             self._data = self._state_dict(self._load_data(), _is_torch_tensor)
         tensor = self._data.get(key)
@@ -114,11 +138,12 @@ class TorchReader(Reader):
     def byte_range(self, key: str) -> ByteRange | None:
         self._info(key)
         if self._ranges is None:
-            self._ranges = _byte_ranges(self.path, self._meta)
+            self._ranges = _byte_ranges(self._file, self._meta)
         return self._ranges.get(key)
 
     def close(self) -> None:
         self._data = None  # drops the mapping once the caller's tensors are gone
+        super().close()
 
     # -- loading ----------------------------------------------------------------------
 
@@ -126,13 +151,15 @@ class TorchReader(Reader):
         # mmap needs the zip format torch.save writes since 1.6; legacy files load whole. It
         # maps each member's bytes as they are in the file: a compressed member would read
         # as garbage (seen with torch 2.13), so such a file loads whole too.
-        return self._load(map_location="cpu", mmap=_all_stored(self.path))
+        return self._load(map_location="cpu", mmap=_all_stored(self._file))
 
     def _load(self, **kwargs: Any) -> Any:
+        """``torch.load`` of the file held open (through a path that opens that very
+        file: ``mmap=True`` takes only a path)."""
         import torch
 
         try:
-            return torch.load(self.path, weights_only=True, **kwargs)
+            return torch.load(self._file.reopened(), weights_only=True, **kwargs)
         except pickle.UnpicklingError as e:
             if "Weights only load failed" not in str(e):
                 raise self._error(f"not a readable torch checkpoint ({_first_line(e)})") from None
@@ -185,20 +212,30 @@ class TorchReader(Reader):
         return obj
 
 
-def _all_stored(path: Path) -> bool:
+def _all_stored(file: OpenFile) -> bool:
     """A zip file whose members are all stored uncompressed."""
     try:
-        with open(path, "rb") as f:
-            if f.read(4) != ZIP_MAGIC:
-                return False
-            f.seek(0)
-            with zipfile.ZipFile(f) as archive:
-                return all(item.compress_type == zipfile.ZIP_STORED for item in archive.infolist())
+        if file.pread(4, 0) != ZIP_MAGIC:
+            return False
+        with open(file.fd, "rb", closefd=False) as f, zipfile.ZipFile(f) as archive:
+            return all(item.compress_type == zipfile.ZIP_STORED for item in archive.infolist())
     except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError):
         return False  # torch.load names the problem
 
 
-def _byte_ranges(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, ByteRange | None]:
+def _changes(st) -> tuple[int, int, int]:
+    """What moves when a file is written to: its size, mtime and ctime (which, unlike
+    the mtime, cannot be set back)."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _listing_sha256(infos: list[TensorInfo]) -> str:
+    listing = [[i.key, list(i.shape), i.dtype] for i in infos]
+    text = json.dumps(listing, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _byte_ranges(file: OpenFile, tensors: Mapping[str, torch.Tensor]) -> dict[str, ByteRange | None]:
     """Byte ranges of the contiguous tensors of a zip checkpoint (torch.save since 1.6).
 
     A ``map_location="meta"`` load records each storage's file offset in
@@ -207,7 +244,7 @@ def _byte_ranges(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, B
     torch lays out differently some day gets no ranges, never wrong ones.
     """
     try:
-        with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
+        with open(file.fd, "rb", closefd=False) as f, zipfile.ZipFile(f) as archive:
             records = {}
             for item in archive.infolist():
                 name = item.filename
@@ -230,7 +267,7 @@ def _byte_ranges(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, B
                 or skip + own > min(records[start], storage.nbytes())):
             ranges[key] = None
         else:
-            ranges[key] = ByteRange(path, start + skip, own)
+            ranges[key] = ByteRange(file.path, file.fd, start + skip, own)
     return ranges
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torchgraft.checkpoints.byteranges import OpenFile
 from torchgraft.core.tensors import DTYPE_NAMES, itemsize
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -115,9 +116,10 @@ class Checkpoint:
         return start + tensor.offset * itemsize(tensor.dtype), tensor.nbytes
 
 
-def load(path: Path) -> Checkpoint:
-    """Describe the torch zip checkpoint at ``path``. Raises ``Refused`` or ``Undescribed``."""
-    with open(path, "rb") as f:
+def load(file: OpenFile) -> Checkpoint:
+    """Describe the torch zip checkpoint held open as ``file`` (read through its descriptor
+    only, never its path). Raises ``Refused`` or ``Undescribed``."""
+    with open(file.fd, "rb", closefd=False) as f:
         if f.read(4) != ZIP_MAGIC:
             raise Undescribed("not a zip file (the legacy torch.save format)")
         f.seek(0)
@@ -139,7 +141,7 @@ def load(path: Path) -> Checkpoint:
                           for key, storage in storages.items()}
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, struct.error, ValueError, OSError) as e:
             raise Undescribed(f"not a readable zip file ({e})") from None
-    return Checkpoint(Path(path), top, starts)
+    return Checkpoint(file.path, top, starts)
 
 
 def _archive_prefix(items: list[zipfile.ZipInfo]) -> str:

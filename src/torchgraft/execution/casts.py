@@ -49,8 +49,9 @@ def cast_float32(bits: np.ndarray, dtype: str) -> np.ndarray:
     raise ValueError(f"no numpy cast from float32 to {dtype}")
 
 
-def read_cast(fd: int, where: ByteRange, src: str, dst: str) -> np.ndarray:
-    """The tensor stored at ``where`` (``src`` items), cast to ``dst``: its bytes, as uint8."""
+def read_cast(where: ByteRange, src: str, dst: str) -> np.ndarray:
+    """The tensor stored at ``where`` (``src`` items, read through the descriptor the
+    range carries), cast to ``dst``: its bytes, as uint8."""
     if (src, dst) not in CASTS:
         raise ValueError(f"no numpy cast from {src} to {dst}")
     count = where.length // 4
@@ -59,7 +60,7 @@ def read_cast(fd: int, where: ByteRange, src: str, dst: str) -> np.ndarray:
     view = memoryview(buffer).cast("B")
     for start in range(0, count, CHUNK):
         n = min(CHUNK, count - start)
-        _pread_into(fd, view[:n * 4], where.offset + start * 4, where)
+        _pread_into(where.fd, view[:n * 4], where.offset + start * 4, where)
         out[start:start + n] = cast_float32(buffer[:n], dst)
     return out.view(np.uint8)
 

@@ -33,7 +33,7 @@ from torchgraft.core.text import did_you_mean
 from torchgraft.recipe.run_options import RUN_FIELDS
 
 # Run-time switches composed into the same config; they are not part of the recipe.
-RECIPE_FIELDS = ("sources", "target", "rules", "keep", "base", "policy", "output", "target_seed", "target_init")
+RECIPE_FIELDS = ("sources", "target", "rules", "keep", "base", "policy", "output", "target_seed", "target_init", "vars")
 
 # The first value of each choice is its default.
 SOURCE_FORMATS = ("auto", "safetensors", "torch", "hf", "dcp")
@@ -150,6 +150,9 @@ def parse_recipe(cfg: Mapping) -> Recipe:
     if not isinstance(cfg, Mapping):
         raise RecipeError(None, f"expected a mapping at the top of the recipe, got {type_name(cfg)}")
     reject_unknown(cfg, RECIPE_FIELDS + RUN_FIELDS, None)
+    # `vars` holds the user's own numbers for `${vars.NAME}`; resolved before this, it
+    # means nothing to the planner, so it only has to be a mapping.
+    expect_mapping(cfg.get("vars"), "vars")
     sources = _parse_sources(cfg.get("sources"))
     if not sources and (cfg.get("rules") or cfg.get("base") is not None):
         raise RecipeError("sources", "no sources (name at least one checkpoint)")
@@ -231,7 +234,7 @@ def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | Expli
         raise RecipeError(f"{field}.{key}", "unknown field" + did_you_mean(key, known + ("to",)))
     if explicit:
         to = expect_str(raw["to"], f"{field}.to")
-        refs = strings(raw.get("from"), f"{field}.from")
+        refs, each = _explicit_sources(raw.get("from"), f"{field}.from")
         if not refs:
             raise RecipeError(f"{field}.from", "missing value")
         for path, ref in refs:
@@ -239,9 +242,15 @@ def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | Expli
             if not colon or not key or not _SOURCE_NAME.fullmatch(name):
                 raise RecipeError(path, f"expected 'source:key' (got {ref!r})")
             _check_source(name, path, sources)
+        merge = _parse_merge(raw.get("merge"), f"{field}.merge", len(refs))
+        if any(each) and not (isinstance(merge, Mapping) and _JOINS & set(merge)):
+            at = next(i for i, t in enumerate(each) if t)
+            raise RecipeError(f"{field}.from[{at}].transform", "per-source transforms need merge: {concat: DIM} or {stack: DIM}")
+        if isinstance(merge, Mapping) and _JOINS & set(merge):
+            merge = {**merge, "each": [list(t) for t in each]}
         return ExplicitRule(
             index, to, tuple(ref for _, ref in refs),
-            merge=_parse_merge(raw.get("merge"), f"{field}.merge", len(refs)),
+            merge=merge,
             missing=choice(raw.get("missing"), f"{field}.missing", MISSING_MODES),
             transforms=_parse_transforms(raw.get("transform"), f"{field}.transform"))
     names = strings(raw.get("from"), f"{field}.from")
@@ -260,10 +269,13 @@ def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | Expli
         if not _CLASS_PATH.fullmatch(text):
             raise RecipeError(path, f"expected a module class such as torch.nn.Conv2d (got {text!r})")
         types.append(text)
+    merge = _parse_merge(raw.get("merge"), f"{field}.merge", len(names))
+    if isinstance(merge, Mapping) and _JOINS & set(merge):
+        raise RecipeError(f"{field}.merge", "concat and stack join the tensors of an explicit rule (with 'to')")
     return BulkRule(
         index, tuple(name for _, name in names), select=select, exclude=exclude, rename=rename,
         types=tuple(types), kind=choice(raw.get("kind"), f"{field}.kind", KINDS),
-        merge=_parse_merge(raw.get("merge"), f"{field}.merge", len(names)),
+        merge=merge,
         missing=choice(raw.get("missing"), f"{field}.missing", MISSING_MODES),
         transforms=_parse_transforms(raw.get("transform"), f"{field}.transform"))
 
@@ -280,6 +292,26 @@ def _parse_rename(value: object, field: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+_JOINS = {"concat", "stack"}  # merges that join the sources' values along a dimension
+
+
+def _explicit_sources(value: object, field: str) -> tuple[list[tuple[str, str]], list[tuple]]:
+    """An explicit rule's ``from``: ``source:key`` strings, or ``{key: source:key, transform: [...]}``
+    mappings whose transforms apply to that source alone (before a concat or stack merge)."""
+    if value is not None and not isinstance(value, (str, Mapping)) and not is_list(value):
+        raise wrong_type(value, field, "a string or a list")
+    refs, each = [], []
+    for path, item in one_or_many(value, field):
+        if isinstance(item, Mapping):
+            reject_unknown(item, ("key", "transform"), path)
+            refs.append((f"{path}.key", expect_str(item.get("key"), f"{path}.key")))
+            each.append(_parse_transforms(item.get("transform"), f"{path}.transform"))
+        else:
+            refs.append((path, expect_str(item, path)))
+            each.append(())
+    return refs, each
+
+
 def _parse_merge(value: object, field: str, count: int) -> object:
     if value is None:
         if count > 1:
@@ -293,7 +325,12 @@ def _parse_merge(value: object, field: str, count: int) -> object:
         return value
     if not isinstance(value, Mapping):
         raise wrong_type(value, field, "a string or a mapping")
-    reject_unknown(value, ("weights",), field)
+    if len(value) == 1 and next(iter(value)) in _JOINS:  # {concat: DIM} | {stack: DIM}
+        ((how, dim),) = value.items()
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise wrong_type(dim, f"{field}.{how}", "a dimension (an integer)")
+        return {how: dim}
+    reject_unknown(value, ("weights",) + tuple(sorted(_JOINS)), field)
     weights = value.get("weights")
     if weights is None:
         raise RecipeError(f"{field}.weights", "missing value")
