@@ -4,7 +4,6 @@ sources paired and transforms' shapes checked. Reads headers only."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -13,7 +12,7 @@ from torchgraft.checkpoints import Reader
 from torchgraft.core.errors import PlanError
 from torchgraft.core.tensors import TensorInfo, is_floating
 from torchgraft.core.text import closest, shape_text
-from torchgraft.keys.patterns import KeyIndex, PatternError, Renamer, Template, select_keys
+from torchgraft.keys.patterns import KeyIndex, PatternError, Renamer, Template
 from torchgraft.keys.regions import Box, Region, describe, slot_maker, split_key_region
 from torchgraft.planning.selection import TargetFilter
 from torchgraft.plans.types import Piece, Read, Skipped
@@ -62,9 +61,6 @@ class _RuleOutput:
         return _RuleOutput(rule.field, transforms, tuple(t.spec for t in transforms), merge, each)
 
 
-_floating = functools.lru_cache(maxsize=None)(is_floating)  # per dtype name, not per tensor
-
-
 def _reads_text(reads: Sequence[Read]) -> str:
     return " + ".join(f"{r.source}:{r.key}{r.region or ''}" for r in reads)
 
@@ -72,7 +68,7 @@ def _reads_text(reads: Sequence[Read]) -> str:
 def _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms) -> str | None:
     """Why values of ``shape`` and ``dtype`` cannot go to ``key`` (its region ``box``), or None."""
     expected = box.shape if box is not None else target.shape
-    if shape == tuple(expected) and _floating(dtype) == _floating(target.dtype):
+    if shape == tuple(expected) and is_floating(dtype) == is_floating(target.dtype):
         return None
     source_text = _reads_text(reads)
     where = f"{key}{describe(box, target.shape) if box is not None else ''}"
@@ -85,6 +81,14 @@ def _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms) -> s
     return f"{source_text} is {dtype} but {where} is {target.dtype}"
 
 
+def pattern_matches(index: KeyIndex, patterns: Sequence[str], field: str) -> list[list[int]]:
+    """``index.matches(patterns)``; a malformed pattern is a user error naming ``field[i]``."""
+    try:
+        return index.matches(patterns)
+    except PatternError as err:
+        raise PlanError(f"{field}[{err.position}]", str(err)) from None
+
+
 class RuleExpander:
     """Expands each rule against the inventories into assignments (one per target tensor or
     region), checking shapes, dtypes and keys as it goes. The planner checks the whole."""
@@ -94,6 +98,10 @@ class RuleExpander:
         self.readers = readers
         self.inventories = {name: r.by_key() for name, r in readers.items()}
         self._indexes: dict[str | None, KeyIndex] = {}  # by source, None for the target (see _index)
+        # (source, key) left out on purpose: by a bulk rule's exclude, types or kind, or
+        # (planner) named like a target tensor in keep. Unused, but not warned about.
+        self.excluded: set[tuple[str, str]] = set()
+        self.kept_keys: set[str] = set()
         self.target = {t.key: t for t in target} if target is not None else None
         self.extracted: dict[str, TensorInfo] = {}  # the output's tensors when there is no target
         self.assignments: list[_Assignment] = []
@@ -145,7 +153,8 @@ class RuleExpander:
         """The tensors ``rule`` takes from ``source``: new key -> (source key, field to blame, target tensor)."""
         field = rule.field
         selected = self._selected(rule, source)
-        renamed, not_renamed = f"{field}.rename", f"{field}.select"  # the fields to blame
+        # the fields to blame: only ones the recipe wrote (no select: the rule itself)
+        renamed, not_renamed = f"{field}.rename", f"{field}.select" if rule.select else field
         produced: dict[str, str] = {}
         taken: dict[str, tuple[str, str, TensorInfo | None]] = {}
         for key in selected:
@@ -160,6 +169,7 @@ class RuleExpander:
             if only is not None:  # a filter selects among target tensors: others are not this rule's
                 target = self.target.get(new_key)
                 if target is None or not only.accepts(target):
+                    self.excluded.add((source, key))  # the rule's types/kind leave it out
                     continue
             elif self.target is None:  # extraction: the rule defines the output tensor
                 target = None
@@ -182,14 +192,16 @@ class RuleExpander:
         index = self._index(source)
         selected = index.keys
         if rule.select:
-            found = index.matches(rule.select)
+            found = pattern_matches(index, rule.select, f"{rule.field}.select")
             for i, positions in enumerate(found):
                 if not positions:
                     raise PlanError(f"{rule.field}.select[{i}]", f"'{rule.select[i]}' matches no tensor of source '{source}'")
             selected = index.keys_at(found)
         if rule.exclude:
-            excluded = set(select_keys(selected, rule.exclude))
+            among = KeyIndex(selected)
+            excluded = set(among.keys_at(pattern_matches(among, rule.exclude, f"{rule.field}.exclude")))
             selected = [k for k in selected if k not in excluded]
+            self.excluded.update((source, k) for k in excluded)
         return selected
 
     def _target_filter(self, rule: BulkRule) -> TargetFilter | None:
@@ -368,7 +380,11 @@ class RuleExpander:
                 if self.recipe.policy.mismatch == "skip":
                     self.skipped.append(Skipped(key, field, problem))
                     return
-                raise PlanError(blame, problem + " (set policy.mismatch=skip to leave it out)")
+                if blame.endswith(".to"):  # an explicit rule: it names this one tensor
+                    fix = f"remove the rule and add '{key}' to keep to keep its initial value"
+                else:
+                    fix = f"add '{reads[0].key}' to {field}.exclude and '{key}' to keep to keep its initial value"
+                raise PlanError(blame, f"{problem} ({fix}, or set policy.mismatch=skip to leave out every mismatch)")
             if box is not None:
                 region = region_text or describe(box, target.shape)
         piece = Piece(reads, field, region, output.specs, output.merge)

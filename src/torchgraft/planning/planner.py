@@ -13,7 +13,7 @@ from torchgraft.core.text import shape_text
 from torchgraft.core.version import __version__
 from torchgraft.keys.patterns import KeyIndex, KeyPattern, PatternError
 from torchgraft.keys.regions import describe, uncovered
-from torchgraft.planning.expand import RuleExpander, _Assignment
+from torchgraft.planning.expand import RuleExpander, _Assignment, pattern_matches
 from torchgraft.planning.layout import resolve_layout
 from torchgraft.plans.fingerprints import inventory_sha256
 from torchgraft.plans.types import Entry, Piece, Plan, SourceRef, TargetRef, Unused
@@ -118,7 +118,7 @@ class _Planner(RuleExpander):
 
     def _kept(self, infos, by_key) -> set[str]:
         index = KeyIndex(list(infos))
-        found = index.matches(self.recipe.keep)
+        found = pattern_matches(index, self.recipe.keep, "keep")
         kept: set[str] = set()
         for i, positions in enumerate(found):
             if not positions:
@@ -129,6 +129,7 @@ class _Planner(RuleExpander):
                 i = next(i for i, p in enumerate(self.recipe.keep) if KeyPattern(p).matches(key))
                 raise PlanError(f"keep[{i}]", f"'{key}' is kept, but {whole[0].piece.rule} assigns it")
             kept.add(key)
+        self.kept_keys = kept  # a source tensor of a kept key's name stays behind on purpose
         return kept
 
     def _check_unassigned(self, infos, by_key, kept) -> None:
@@ -155,7 +156,8 @@ class _Planner(RuleExpander):
             for info in inventory.values()
             if info.key not in read[source]
         ]
-        if unused and self.recipe.policy.unused == "error":
+        self.excluded.update((u.source, u.key) for u in unused if u.key in self.kept_keys)
+        if unused and self.recipe.policy.unused == "error":  # strict: left out on purpose or not
             from torchgraft.plans.text import group_keys
 
             listed = ", ".join(group_keys([f"{u.source}:{u.key}" for u in unused]))
@@ -218,6 +220,7 @@ def _make_plan(recipe: Recipe, resolved: dict, *, target: list[TensorInfo] | Non
         plan = Plan(
             entries=tuple(entries),
             unused=tuple(unused),
+            excluded=frozenset(planner.excluded & {(u.source, u.key) for u in unused}),
             skipped=tuple(planner.skipped),
             sources=sources,
             target=TargetRef(recipe.target, recipe.target_seed, inventory_sha256(inventory), recipe.base,

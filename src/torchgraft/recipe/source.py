@@ -28,6 +28,18 @@ def bundled_recipes() -> Path:
     return Path(str(resources.files("torchgraft") / "recipes"))
 
 
+def find_recipe(recipe: str | os.PathLike) -> Path:
+    """A YAML path as it is; a bare name (``conv_only``) as ``recipe=NAME`` finds it:
+    ``./recipes/NAME.yaml``, else the bundled recipe of that name."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") or path.exists() or len(path.parts) != 1:
+        return path
+    for root in (Path(os.getcwd()) / "recipes", bundled_recipes()):
+        if (root / f"{path}.yaml").is_file():
+            return root / f"{path}.yaml"
+    return path
+
+
 class RecipeSource(ConfigSource):
     @staticmethod
     def scheme() -> str:
@@ -67,7 +79,14 @@ class RecipeSource(ConfigSource):
         path = self._resolve(self._normalize_file_name(config_path))
         return path is not None and path.is_file()
 
+    def _hidden(self) -> bool:
+        """The bundled examples are not listed in a project with its own ``recipes/``, so
+        ``recipe='glob(*)'`` sweeps the project's recipes only; by name they still load."""
+        return self.path.split("://", 1)[-1] == "bundled" and (Path(os.getcwd()) / "recipes").is_dir()
+
     def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
+        if self._hidden():
+            return []
         if config_path.strip("/") == "":
             return [GROUP] if self._root().is_dir() and results_filter in (None, ObjectType.GROUP) else []
         path = self._resolve(config_path)
