@@ -31,6 +31,7 @@ from torchgraft.core.errors import OutputError
 from torchgraft.core.heap import HeapTrimmer
 from torchgraft.core.target import build_model
 from torchgraft.core.tensors import TensorInfo, torch_dtype
+from torchgraft.execution.casts import CASTS, read_cast
 from torchgraft.execution.initial import check_initial, initial_values
 from torchgraft.execution.outputs import copy_files, replaceable
 from torchgraft.execution.progress import Progress
@@ -54,6 +55,21 @@ def _unchanged(entry: Entry, readers: Mapping[str, Reader]) -> ByteRange | None:
     if read.dtype != entry.dtype or tuple(read.shape) != tuple(entry.shape):
         return None
     return readers[read.source].byte_range(read.key)
+
+
+def _cast_only(entry: Entry, readers: Mapping[str, Reader]) -> tuple[ByteRange, str] | None:
+    """The stored bytes and dtype of the one whole source tensor that ``entry`` only casts,
+    when numpy can do that cast as torch does (``casts.CASTS``): no torch needed."""
+    if len(entry.pieces) != 1 or entry.uncovered:
+        return None
+    piece = entry.pieces[0]
+    read = piece.reads[0]
+    if piece != Piece((read,), piece.rule) or read.region is not None or tuple(read.shape) != tuple(entry.shape):
+        return None
+    if (read.dtype, entry.dtype) not in CASTS:
+        return None
+    where = readers[read.source].byte_range(read.key)
+    return None if where is None else (where, read.dtype)
 
 
 def _stored_as(entry: Entry, reader: Reader, infos: Mapping[str, TensorInfo]) -> ByteRange | None:
@@ -139,8 +155,13 @@ def _stream(plan: Plan, writer, readers: Mapping[str, Reader], initial, progress
         unchanged = _unchanged(entry, readers)
         if unchanged is None and entry.kept and base is not None:
             unchanged = _stored_as(entry, base, base_infos)  # patching: the base as it is
+        cast = None if unchanged is not None or entry.kept else _cast_only(entry, readers)
         if unchanged is not None:
             writer.copy(entry.key, unchanged)
+        elif cast is not None:
+            where, dtype = cast
+            writer.write_bytes(entry.key, read_cast(where, dtype, entry.dtype))
+            heap.freed(nbytes)
         else:
             writer.write(entry.key, _value(entry, readers, initial))
             heap.freed(nbytes)
