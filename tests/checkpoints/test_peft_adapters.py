@@ -148,3 +148,18 @@ def test_adapter_shapes_are_checked_at_plan_time(tmp_path):
         plan(recipe)
     assert str(caught.value) == ("rules[0].adapter: ad:base_model.model.fc.lora_B.weight @ lora_A gives [5,4], "
                                  "but base:fc.weight has shape [3,4]")
+
+
+def test_a_listed_adapters_scale_multiplies_its_update(tmp_path):
+    folder = fake_adapter(tmp_path / "ad", {"peft_type": "LORA", "r": 2, "lora_alpha": 4})
+    g = torch.Generator().manual_seed(0)
+    a, b, w = torch.randn(2, 4, generator=g), torch.randn(3, 2, generator=g), torch.randn(3, 4, generator=g)
+    save_file({"base_model.model.fc.lora_A.weight": a, "base_model.model.fc.lora_B.weight": b},
+              str(tmp_path / "ad" / "adapter_model.safetensors"))
+    save_file({"fc.weight": w, "fc.bias": torch.zeros(3)}, str(tmp_path / "base.safetensors"))
+    recipe = {"sources": {"base": str(tmp_path / "base.safetensors"), "ad": folder}, "target": None,
+              "rules": [{"from": "base", "adapter": [{"name": "ad", "scale": 0.5}]}]}
+    execute(plan(recipe), tmp_path / "out.safetensors")
+    out = load_file(str(tmp_path / "out.safetensors"))
+    torch.testing.assert_close(out["fc.weight"], w + 0.5 * (4 / 2) * (b @ a), rtol=0, atol=1e-6)
+    assert torch.equal(out["fc.bias"], torch.zeros(3))

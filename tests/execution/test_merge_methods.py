@@ -3,6 +3,7 @@ mergekit's definitions), and mergekit-pytorch's output where mergekit is install
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -236,3 +237,21 @@ def test_method_equals_mergekit(models, tmp_path, case):
     assert sorted(theirs) == sorted(ours)
     for key in theirs:
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6, msg=f"{case} {key}")
+
+
+def test_a_plan_files_merge_spec_that_fits_no_method_is_refused(models, tmp_path):
+    from torchgraft.core.errors import PlanError
+    from torchgraft.plans.types import from_dict
+
+    paths, _ = models
+    _, the_plan = merged(paths, tmp_path, ["a", "b"], {"method": "ties", "base": "base"}, "ok")
+    for change, message in ((("density", 7), "ties parameter density=7 is not valid"),
+                            (("method", "karcher"), "unknown merge method 'karcher'"),
+                            (("weights", [1.0]), "merge weights [1.0] do not fit 2 sources")):
+        data = copy.deepcopy(the_plan.to_dict())
+        piece = data["entries"][0]["pieces"][0]
+        piece["merge"][change[0]] = change[1]
+        with pytest.raises(PlanError) as caught:
+            execute(from_dict(data), tmp_path / "bad.safetensors")
+        assert str(caught.value) == f"plan: {data['entries'][0]['key']} (rules[0]): {message}"
+        assert not (tmp_path / "bad.safetensors").exists()

@@ -52,7 +52,7 @@ class _Adapter:
             entry = self.factors.setdefault(module + ".weight", {"module": module})
             entry[factor] = key
             entry["embedding"] = "yes" if embedding else ""
-        for target, entry in self.factors.items():
+        for entry in self.factors.values():
             for factor in ("A", "B"):
                 if factor not in entry:
                     other = entry["B" if factor == "A" else "A"]

@@ -4,6 +4,7 @@ their default are left out (plan.json has them all)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 from torchgraft.core.merge_methods import LORA, METHODS
@@ -11,6 +12,13 @@ from torchgraft.core.merge_methods import LORA, METHODS
 
 def merge_text(merge: object, reads: Sequence[str], keys: Sequence[str]) -> str:
     """``reads``: each read as ``source:key[region]``; ``keys``: the keys alone, in the same order."""
+    try:
+        return _text(merge, reads, keys)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError):  # a plan file's spec that fits no method
+        return f"merge {json.dumps(merge, sort_keys=True)}({' + '.join(reads)})"
+
+
+def _text(merge: object, reads: Sequence[str], keys: Sequence[str]) -> str:
     if merge == "mean":
         return f"mean({' + '.join(reads)})"
     if not isinstance(merge, Mapping) or "method" not in merge:
