@@ -113,7 +113,7 @@ def main() -> None:
     root = args.dir
     root.mkdir(parents=True, exist_ok=True)
     paths = {name: root / f"{name}.safetensors" for name in NAMES}
-    for seed, (name, path) in enumerate(paths.items()):
+    for seed, path in enumerate(paths.values()):
         if not path.exists():
             run([PYTHON, "-c", GENERATE, str(path), str(seed), str(args.tensors), str(args.rows), str(args.cols)])
     size = paths["base"].stat().st_size / 1e6
