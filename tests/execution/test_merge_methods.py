@@ -241,7 +241,7 @@ def test_method_equals_mergekit(models, tmp_path, case):
 
 def test_a_plan_files_merge_spec_that_fits_no_method_is_refused(models, tmp_path):
     from torchgraft.core.errors import PlanError
-    from torchgraft.plans.types import from_dict
+    from torchgraft.plans.codec import from_dict
 
     paths, _ = models
     _, the_plan = merged(paths, tmp_path, ["a", "b"], {"method": "ties", "base": "base"}, "ok")
