@@ -222,6 +222,10 @@ class RuleExpander:
             over = gradient_variable(rule.merge) or next(iter(pairs[0][0]), None)
             if over is not None and over not in pairs[0][0]:
                 raise PlanError(f"{field}.merge", f"over: {over} is not a variable of this rule")
+            if over is not None:
+                odd = next((b[over] for b, _ in pairs if not str(b[over]).isdigit()), None)
+                if odd is not None:
+                    raise PlanError(f"{field}.merge", f"a gradient over {over} needs layer numbers, but {over} binds {odd!r}")
             numbers = [int(b[over]) if over is not None else LayerPositions.number_in(to) for b, to in pairs]
             positions = LayerPositions(numbers)
         for bindings, to_text in pairs:
