@@ -540,15 +540,3 @@ def test_safetensors_layout_is_checked_as_safe_open_would(tmp_path, entries, dat
     with pytest.raises(SafetensorError):  # the library refuses each of these too
         safe_open(str(path), framework="numpy")
 
-
-def test_a_safetensors_file_replaced_before_its_first_read_is_refused(tmp_path):
-    """The torch handle opens at the first read; a file replaced since the header was
-    read is refused rather than read as if it were the one planned."""
-    path = write_safetensors(tmp_path / "m.safetensors", sample_tensors())
-    with open_checkpoint(path, field=FIELD) as reader:
-        key = reader.inventory()[0].key
-        replacement = tmp_path / "new.safetensors"
-        write_safetensors(replacement, {k: v + 1 for k, v in sample_tensors().items()})
-        os.replace(replacement, path)
-        with pytest.raises(SourceError, match="changed since its header was read"):
-            reader.read(key)

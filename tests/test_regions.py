@@ -25,13 +25,13 @@ def test_parse_and_canonical_text(text, items, canonical):
 
 
 @pytest.mark.parametrize("text, reason", [
-    ("[a:b]", "expected integers, start:stop slices or '...'"),
-    ("[1.5]", "expected integers, start:stop slices or '...'"),
-    ("[]", "expected integers, start:stop slices or '...'"),
-    ("[1,]", "expected integers, start:stop slices or '...'"),
-    ("[0:1:2:3]", "expected integers, start:stop slices or '...'"),
-    ("0:3", "expected integers, start:stop slices or '...'"),
-    ("[:, :10", "expected integers, start:stop slices or '...'"),
+    ("[a:b]", "expected integers, start:stop slices, '...' or a bound {name}"),
+    ("[1.5]", "expected integers, start:stop slices, '...' or a bound {name}"),
+    ("[]", "expected integers, start:stop slices, '...' or a bound {name}"),
+    ("[1,]", "expected integers, start:stop slices, '...' or a bound {name}"),
+    ("[0:1:2:3]", "expected integers, start:stop slices, '...' or a bound {name}"),
+    ("0:3", "expected integers, start:stop slices, '...' or a bound {name}"),
+    ("[:, :10", "expected integers, start:stop slices, '...' or a bound {name}"),
     ("[::2]", "slice steps are not supported"),
     ("[0:4:-1]", "slice steps are not supported"),
     ("[..., ...]", "at most one '...' is allowed"),

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 import torchgraft
 from torchgraft.checkpoints import byteranges, open_checkpoint, open_writer, torch_file
 from torchgraft.checkpoints.appender import Appender
-from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles
+from torchgraft.checkpoints.byteranges import ByteRange, OpenFile
 from torchgraft.core.errors import OutputError
 from torchgraft.core.tensors import TensorInfo, dtype_name
 from torchgraft.execution.executor import check_output
@@ -74,7 +74,8 @@ def spies(monkeypatch):
         return pread(*args)
 
     monkeypatch.setattr(Appender, "copy", counting_copy)
-    monkeypatch.setattr(sys.modules["torchgraft.execution.executor"], "read_range", counting_pread)
+    for reader in ("safetensors_file", "torch_file"):
+        monkeypatch.setattr(sys.modules[f"torchgraft.checkpoints.{reader}"], "read_range", counting_pread)
     return seen
 
 
@@ -210,7 +211,6 @@ def test_byte_ranges_hold_exactly_the_tensor(tmp_path, ext):
         path = tmp_path / "hf"
         path.mkdir()
         save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(path / "model.safetensors"))
-    files = SourceFiles()
     with open_checkpoint(path, field="src") as reader:
         for info in reader.inventory():
             where = reader.byte_range(info.key)
@@ -218,9 +218,9 @@ def test_byte_ranges_hold_exactly_the_tensor(tmp_path, ext):
                 assert where is None, info.key  # not stored contiguously / nothing stored
                 continue
             assert where.length == info.nbytes
-            value = byteranges.read_range(files.fd(where.path), where, info.dtype, info.shape)
-            assert bit_equal(value, reader.read(info.key)), info.key
-    files.close()
+            value = byteranges.read_range(where, info.dtype, info.shape)
+            assert bit_equal(value, tensors[info.key].contiguous()), info.key
+            assert bit_equal(reader.read(info.key), tensors[info.key].contiguous()), info.key
 
 
 def test_torch_files_that_are_not_little_endian_zips_have_no_byte_ranges(tmp_path):
@@ -238,27 +238,29 @@ def test_torch_files_that_are_not_little_endian_zips_have_no_byte_ranges(tmp_pat
         for item in zin.infolist():
             zout.writestr(item, b"big" if item.filename.endswith("/byteorder") else zin.read(item))
     meta = torch.load(modern, map_location="meta", weights_only=True)
-    assert torch_file._byte_ranges(modern, meta)["a"] is not None
-    assert torch_file._byte_ranges(big_endian, meta) == {}
+    for path, found in ((modern, True), (big_endian, False)):
+        file = OpenFile(path)
+        assert (torch_file._byte_ranges(file, meta).get("a") is not None) is found
+        file.close()
 
 
 def test_writer_copy_checks_order_and_length(tmp_path):
     (tmp_path / "data").write_bytes(bytes(range(16)))
     infos = [TensorInfo("a", (2,), "float32"), TensorInfo("b", (8,), "uint8")]
-    files = SourceFiles()
+    data = OpenFile(tmp_path / "data")
     for name in ("m.safetensors", "m.pt"):
         writer = open_writer(tmp_path / name, infos, {})
         with pytest.raises(RuntimeError, match=r"expected 'a' next \(declared order\), got 'b'"):
-            writer.copy("b", ByteRange(tmp_path / "data", 0, 8), files)
+            writer.copy("b", ByteRange(data.path, data.fd, 0, 8))
         with pytest.raises(RuntimeError, match="'a' needs 8 bytes, the source range has 4"):
-            writer.copy("a", ByteRange(tmp_path / "data", 0, 4), files)
-        writer.copy("a", ByteRange(tmp_path / "data", 0, 8), files)
+            writer.copy("a", ByteRange(data.path, data.fd, 0, 4))
+        writer.copy("a", ByteRange(data.path, data.fd, 0, 8))
         writer.write("b", torch.arange(8, dtype=torch.uint8))
         writer.close()
         with open_checkpoint(tmp_path / name, field="x") as reader:
             assert bit_equal(reader.read("a"), torch.frombuffer(bytearray(range(8)), dtype=torch.float32))
             assert torch.equal(reader.read("b"), torch.arange(8, dtype=torch.uint8))
-    files.close()
+    data.close()
 
 
 def test_small_writes_are_gathered_and_large_ones_go_through(tmp_path):
@@ -300,7 +302,7 @@ def test_check_output_names_every_accepted_form(tmp_path):
     with pytest.raises(OutputError) as e:
         check_output(tmp_path / "m.bin", False)
     assert str(e.value) == (f"output.path: {tmp_path / 'm.bin'}: unsupported extension '.bin' "
-                            "(use .safetensors, .pt or .pth, or no extension for a model directory)")
+                            "(use .safetensors, .pt or .pth, .dcp for a DCP folder, or no extension for a model directory)")
     check_output(tmp_path / "model-dir", False)  # a directory output
     (tmp_path / "model-dir").mkdir()
     with pytest.raises(OutputError, match="already exists"):

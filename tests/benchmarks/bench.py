@@ -21,6 +21,7 @@ Cases
   cast    the ~2 GB checkpoint cast to bfloat16
   rss     the same copy and cast at 1 GB and 4 GB: peak RSS must not grow
   dry     100k-tensor checkpoint (60 layers x 256 experts), 50 rules: dry run only
+  stack   48 layers x 128 experts stacked by 3 rules: plan time against a plain rename
 """
 
 from __future__ import annotations
@@ -128,6 +129,49 @@ torchgraft.execute(torchgraft.plan(recipe), dst)
 PLAN_ONLY = """
 import sys, torchgraft
 torchgraft.plan(sys.argv[1])
+"""
+
+# 48 layers x 128 experts x 3 per-expert tensors (18,432): planned twice in one process,
+# stacked into [128, 2, 2] tensors by 3 rules with [{e}], and by a plain rename into
+# per-expert keys; prints the best of 3 plan times of each (torch imported once).
+PLAN_STACK = """
+import sys, time, types, torch
+from torch import nn
+from safetensors.torch import save_file
+import torchgraft
+L, E, path = 48, 128, sys.argv[1]
+names = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
+save_file({f"model.layers.{i}.mlp.experts.{e}.{n}.weight": torch.zeros(2, 2)
+           for i in range(L) for e in range(E) for n in names.values()}, path)
+class Experts(nn.Module):
+    def __init__(self):
+        super().__init__()
+        for w in names:
+            setattr(self, w, nn.Parameter(torch.empty(E, 2, 2)))
+class Moe(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Module() for _ in range(L)])
+        for layer in self.layers:
+            layer.moe = nn.Module()
+            layer.moe.experts = Experts()
+module = types.ModuleType("bench_moe")
+module.Moe = Moe
+sys.modules["bench_moe"] = module
+stack = {"sources": {"hf": path}, "target": {"_target_": "bench_moe.Moe"},
+         "rules": [{"to": f"layers.{{i}}.moe.experts.{w}[{{e}}]", "from": f"hf:model.layers.{{i}}.mlp.experts.{{e}}.{n}.weight"}
+                   for w, n in names.items()]}
+rename = {"sources": {"hf": path}, "target": None,
+          "rules": [{"from": "hf", "rename": {f"model.layers.{{i}}.mlp.experts.{{e}}.{n}": f"layers.{{i}}.moe.experts.{{e}}.{w}"
+                                               for w, n in names.items()}}]}
+def best(recipe):
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        torchgraft.plan(recipe)
+        times.append(time.perf_counter() - start)
+    return min(times)
+print(best(stack), best(rename))
 """
 
 LIST_KEYS = """
@@ -367,6 +411,10 @@ def report(results: dict) -> None:
               f"plan only {r['plan'][0]:.2f} s")
         if "read" in r:
             print(f"  source bytes read: {r['read']:.2%} ({verdict(r['read'] < 0.01)}: < 1%)")
+    if "stack" in results:
+        stacked, renamed = results["stack"]
+        print(f"48 x 128 experts: stacking plans in {stacked:.2f} s, a plain rename in {renamed:.2f} s: "
+              f"{stacked / renamed:.2f}x ({verdict(stacked <= 2 * renamed)}: <= 2x)")
     print("\n== table (median of runs) ==")
     print("| case | command | wall s | peak RSS MiB | x cp | seed / this |")
     print("|---|---|---:|---:|---:|---:|")
@@ -419,10 +467,15 @@ def main() -> None:
         if "dry" in cases:
             print("dry: 107,943 tensors, 50 rules, dry run")
             results["dry"] = dry_case(bench)
+        if "stack" in cases:
+            print("stack: 48 x 128 experts stacked by 3 rules, against a plain rename of the same checkpoint")
+            out = subprocess.run([PYTHON, "-c", PLAN_STACK, str(d / "stack.safetensors")], check=True,
+                                 capture_output=True, text=True).stdout
+            results["stack"] = tuple(float(x) for x in out.split())
     finally:
         ROWS.extend(bench.rows)
         if not args.keep:
-            for name in ("full", "sel", "g1", "g4", "moe", "tiny"):
+            for name in ("full", "sel", "g1", "g4", "moe", "tiny", "stack"):
                 for ext in (".safetensors", ".pt"):
                     remove(d / f"{name}{ext}")
             remove(d / "recipes")

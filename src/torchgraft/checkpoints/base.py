@@ -2,22 +2,25 @@
 
 A reader answers three questions cheaply (what tensors, what identity, what metadata)
 from headers only, and reads one tensor -- or one region of it -- on demand. Planning
-uses the cheap half; execution streams through ``read``. A new format (DCP, GGUF...)
-is one module with one ``Reader`` subclass.
+uses the cheap half; execution streams through ``read`` and ``byte_range``. A new
+format (DCP, GGUF...) is one module with one ``Reader`` subclass.
+
+A reader opens each of its files once, when it reads the header, and every read,
+byte copy and fingerprint goes through those descriptors: what is checked against a
+plan is the file that is then read, even if another file is renamed over its path.
 """
 
 from __future__ import annotations
 
 import abc
-import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     import torch
 
-from torchgraft.checkpoints.byteranges import ByteRange
+from torchgraft.checkpoints.byteranges import ByteRange, OpenFile
 from torchgraft.core.errors import SourceError
 from torchgraft.core.hashing import sha256_files
 from torchgraft.core.tensors import TensorInfo
@@ -50,21 +53,39 @@ class Reader(abc.ABC):
         return {}
 
     def fingerprint(self) -> dict:
-        """Size, mtime and a hash of the header: cheap identity, reads no tensor data.
+        """Size, mtime and a hash of the header of the files held open, as they are now:
+        cheap identity, reads no tensor data (a multi-file checkpoint sums its sizes and
+        takes its latest mtime).
 
         A file whose values changed but whose header did not is caught by size/mtime,
         or for certain by ``content_sha256``.
         """
-        st = os.stat(self.path)
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+        stats = [file.stat() for file in self._files()]
+        return {"size": sum(st.st_size for st in stats), "mtime_ns": max(st.st_mtime_ns for st in stats),
                 "header_sha256": self._header_sha256()}
 
     def content_sha256(self) -> str:
-        """sha256 of every byte of the checkpoint. Expensive: opt-in only."""
-        return sha256_files([self.path])[1]
+        """sha256 of every byte of the files held open. Expensive: opt-in only."""
+        return sha256_files([file.fd for file in self._files()])[1]
+
+    def replaced(self) -> list[str]:
+        """The files (as shown) whose path no longer names the file held open: another
+        was renamed over it, or it was removed, since it was opened."""
+        return [self._shown(file) for file in self._files() if file.replaced()]
 
     @abc.abstractmethod
-    def _header_sha256(self) -> str: ...
+    def _files(self) -> list[OpenFile]:
+        """The files held open, in a fixed order (an index before its shards)."""
+
+    @abc.abstractmethod
+    def _header_sha256(self) -> str:
+        """A hash of the header(s) as they are now in the files held open."""
+
+    def _shown(self, file: OpenFile) -> str:
+        """``file`` as the user would name it: the checkpoint, or a file in its directory."""
+        if file.path == self.path:
+            return self.shown
+        return f"{self.shown.rstrip('/')}/{file.path.relative_to(self.path).as_posix()}"
 
     # -- data half --------------------------------------------------------------------
 
@@ -77,13 +98,16 @@ class Reader(abc.ABC):
         """
 
     def byte_range(self, key: str) -> ByteRange | None:
-        """Where ``key``'s data lies in a file, if it is stored there whole, contiguous and
-        little-endian (so its bytes are exactly what a safetensors file holds); else None."""
+        """Where ``key``'s data lies in a file held open, if it is stored there whole,
+        contiguous and little-endian (so its bytes are exactly what a safetensors file
+        holds); else None. The range's descriptor is valid until ``close``."""
         self._info(key)
         return None
 
-    def close(self) -> None:  # noqa: B027 -- optional: readers without handles need no close
+    def close(self) -> None:
         """Release file handles and mappings."""
+        for file in self._files():
+            file.close()
 
     def __enter__(self) -> Reader:
         return self
@@ -99,6 +123,14 @@ class Reader(abc.ABC):
     def _set_inventory(self, infos: Iterable[TensorInfo]) -> None:
         self._infos = list(infos)
         self._by_key = {info.key: info for info in self._infos}
+
+    def _read_or_close(self, read: Callable[[], None]) -> None:
+        """``read()`` the headers; on any failure, release the files opened so far and re-raise."""
+        try:
+            read()
+        except BaseException:
+            self.close()
+            raise
 
     def _info(self, key: str) -> TensorInfo:
         try:

@@ -1,7 +1,9 @@
-"""Tensors as byte ranges of their files, moved by the kernel instead of through Python.
+"""Source files held open, and tensors as byte ranges of them, moved by the kernel
+instead of through Python.
 
-A tensor stored whole, contiguous and little-endian -- every tensor of a safetensors
-file, most of a torch zip checkpoint -- is just ``length`` bytes at ``offset``. Copied
+A reader opens each of its files once (``OpenFile``). A tensor stored whole, contiguous
+and little-endian -- every tensor of a safetensors file, most of a torch zip
+checkpoint -- is just ``length`` bytes at ``offset`` of such a file. Copied
 unchanged into a safetensors output it needs no tensor at all: ``copy_range`` asks the
 kernel (``copy_file_range``, then ``sendfile``) and falls back to read/write. When a
 tensor must be computed on, ``read_range`` reads it with ``pread`` into a fresh buffer
@@ -29,31 +31,64 @@ _FALLBACK_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, 
 _unsupported: set[str] = set()
 
 
-@dataclass(frozen=True)
-class ByteRange:
-    """``length`` bytes at absolute ``offset`` of ``path``: one stored tensor's data."""
+class OpenFile:
+    """A source file held open, read-only, from the moment its reader reads its header.
 
-    path: Path
-    offset: int
-    length: int
+    Every read and copy of the file goes through ``fd``, so all of them see the one file
+    whose header was read, whatever is renamed over ``path`` later. ``replaced`` says
+    whether ``path`` still names it; a rewrite in place shows in ``stat()``.
+    """
 
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
 
-class SourceFiles:
-    """Each source file opened once, read-only, for copies and preads."""
+    def stat(self) -> os.stat_result:
+        return os.fstat(self.fd)
 
-    def __init__(self) -> None:
-        self._fds: dict[Path, int] = {}
+    def pread(self, length: int, offset: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
+        parts, done = [], 0
+        while done < length:
+            data = os.pread(self.fd, length - done, offset + done)
+            if not data:
+                break
+            parts.append(data)
+            done += len(data)
+        return b"".join(parts)
 
-    def fd(self, path: Path) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        return fd
+    def read_all(self) -> bytes:
+        return self.pread(self.stat().st_size, 0)
+
+    def reopened(self) -> str:
+        """A path that opens this very file, for libraries that take only a path (the
+        mapping of ``safe_open`` and ``torch.load(mmap=True)``)."""
+        return f"/proc/self/fd/{self.fd}" if os.path.isdir("/proc/self/fd") else f"/dev/fd/{self.fd}"
+
+    def replaced(self) -> bool:
+        """Whether ``path`` now names another file (or none) than the one held open."""
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return True
+        held = self.stat()
+        return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
 
     def close(self) -> None:
-        fds, self._fds = self._fds, {}
-        for fd in fds.values():
-            os.close(fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """``length`` bytes at absolute ``offset`` of the file open as ``fd``: one stored
+    tensor's data. Valid while the reader that gave it is open."""
+
+    path: Path  # for messages
+    fd: int
+    offset: int
+    length: int
 
 
 def copy_range(src: int, offset: int, length: int, dst: int) -> None:
@@ -86,7 +121,7 @@ def _copy_some(src: int, offset: int, count: int, dst: int) -> int:
     return len(data)
 
 
-def read_range(src: int, rng: ByteRange, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+def read_range(rng: ByteRange, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
     """The tensor stored at ``rng``, in a fresh CPU buffer of its own."""
     import torch
 
@@ -95,9 +130,9 @@ def read_range(src: int, rng: ByteRange, dtype: str, shape: tuple[int, ...]) -> 
     done = 0
     while done < rng.length:
         if hasattr(os, "preadv"):
-            n = os.preadv(src, [view[done:]], rng.offset + done)
+            n = os.preadv(rng.fd, [view[done:]], rng.offset + done)
         else:
-            data = os.pread(src, rng.length - done, rng.offset + done)
+            data = os.pread(rng.fd, rng.length - done, rng.offset + done)
             n = len(data)
             view[done:done + n] = data
         if n == 0:

@@ -13,13 +13,15 @@ the folder, byte ranges inside their files) before it becomes an inventory.
 A tensor saved sharded across ranks is stored as chunks (offsets and sizes within the
 whole tensor), each a ``torch.save`` blob at a byte range of a data file. ``read``
 assembles the whole tensor, or only the chunks a region touches, loading each blob
-with ``torch.load(weights_only=True)``.
+with ``torch.load(weights_only=True)``. ``.metadata`` and the data files are opened once,
+when the metadata is read; every read is a ``pread`` of a file held open.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 import pickle
@@ -32,10 +34,11 @@ if TYPE_CHECKING:
     import torch
 
 from torchgraft.checkpoints.base import Reader, as_index
-from torchgraft.core.hashing import sha256_files
+from torchgraft.checkpoints.byteranges import OpenFile
 from torchgraft.core.tensors import DTYPE_NAMES, TensorInfo
 
 METADATA = ".metadata"
+SIDE_FILE = "torchgraft.json"  # torchgraft's own metadata in a DCP folder it wrote
 MAX_METADATA = 256 << 20  # a 1T-parameter model's metadata is tens of MB
 _DCP = "torch.distributed.checkpoint."
 
@@ -244,19 +247,24 @@ class DCPReader(Reader):
     def __init__(self, path: Path, *, field: str, shown: str | None = None, key: str | None = None):
         super().__init__(path, field=field, shown=shown)
         self.key = key
-        meta = self.path / METADATA
-        if os.stat(meta).st_size > MAX_METADATA:
+        self._metadata_file = OpenFile(self.path / METADATA)
+        self._data: dict[str, OpenFile] = {}  # the data files the tensors are in, by name
+        self._read_or_close(self._read_metadata)
+
+    def _read_metadata(self) -> None:
+        if self._metadata_file.stat().st_size > MAX_METADATA:
             raise self._error(f"{METADATA} is larger than {MAX_METADATA >> 20} MiB")
-        self._raw = meta.read_bytes()
+        raw = self._metadata_file.read_all()
         sizes = {e.name: e.stat().st_size for e in os.scandir(self.path) if e.is_file(follow_symlinks=False)}
         try:
-            top = load_metadata(self._raw)
+            top = load_metadata(raw)
             stored = describe(top, sizes)
         except MetadataError as err:
             raise self._error(f"{METADATA} {err}") from None
         self._stored = self._select(stored, _planner_paths(top))
         self._set_inventory(s.info for s in self._stored.values())
-        self._files = sorted({c.file for s in self._stored.values() for c in s.chunks})
+        for name in sorted({c.file for s in self._stored.values() for c in s.chunks}):
+            self._data[name] = OpenFile(self.path / name)
 
     def _select(self, stored: dict[str, StoredTensor], paths: dict[str, tuple]) -> dict[str, StoredTensor]:
         if self.key is None:
@@ -274,16 +282,11 @@ class DCPReader(Reader):
             raise self._error(f"no tensors under key '{self.key}' (top-level entries: {', '.join(map(str, tops))})")
         return out
 
+    def _files(self) -> list[OpenFile]:
+        return [self._metadata_file, *self._data.values()]
+
     def _header_sha256(self) -> str:
-        return hashlib.sha256(self._raw).hexdigest()
-
-    def fingerprint(self) -> dict:
-        stats = [os.stat(self.path / name) for name in (METADATA, *self._files)]
-        return {"size": sum(s.st_size for s in stats), "mtime_ns": max(s.st_mtime_ns for s in stats),
-                "header_sha256": self._header_sha256()}
-
-    def content_sha256(self) -> str:
-        return sha256_files([self.path / name for name in (METADATA, *self._files)])[1]
+        return hashlib.sha256(self._metadata_file.read_all()).hexdigest()
 
     def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
         import torch
@@ -302,8 +305,7 @@ class DCPReader(Reader):
     def _load_chunk(self, key: str, chunk: Chunk) -> torch.Tensor:
         import torch
 
-        with open(self.path / chunk.file, "rb") as f:
-            blob = os.pread(f.fileno(), chunk.length, chunk.offset)
+        blob = self._data[chunk.file].pread(chunk.length, chunk.offset)
         try:
             value = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
         except Exception as err:
@@ -311,6 +313,20 @@ class DCPReader(Reader):
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != chunk.sizes:
             raise self._error(f"'{key}': its chunk in {chunk.file} does not hold a tensor of size {list(chunk.sizes)}")
         return value
+
+    def metadata(self) -> dict[str, str]:
+        """torchgraft's metadata, from ``torchgraft.json`` beside ``.metadata`` (a folder
+        torchgraft wrote), else ``{}``. Read as untrusted JSON: str -> str or nothing."""
+        path = self.path / SIDE_FILE
+        try:
+            if not path.is_file() or path.is_symlink() or path.stat().st_size > (1 << 20):
+                return {}
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return {}
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            return {}
+        return data
 
     def chunks(self, key: str) -> Iterator[Chunk]:
         """Where ``key``'s chunks are stored (for tests and the inspector)."""

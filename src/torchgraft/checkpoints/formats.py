@@ -8,15 +8,16 @@ from pathlib import Path
 # Reading: a source's format by its suffix (anything else is sniffed from its first bytes).
 SOURCE_SUFFIXES = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch",
                    ".bin": "torch", ".ckpt": "torch"}
-# Writing: the single-file outputs; a path without a suffix is a model directory.
-OUTPUT_SUFFIXES = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch"}
+# Writing: the single-file outputs, and DCP folders (``step-1000.dcp``); a path without a
+# suffix is a Hugging Face model directory.
+OUTPUT_SUFFIXES = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch", ".dcp": "dcp"}
 # Weights are what torchgraft writes itself; never copied alongside them.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf",
                    ".onnx", ".npz", ".pkl")
 
 
 def output_format(path: Path) -> str | None:
-    """``safetensors`` | ``torch`` | ``directory`` (no extension) | None (unsupported)."""
+    """``safetensors`` | ``torch`` | ``dcp`` | ``directory`` (no extension) | None (unsupported)."""
     path = Path(path)
     if not path.suffix:
         return "directory"

@@ -1,14 +1,14 @@
 """Reader for a Hugging Face model directory: one checkpoint spread over shards.
 
 The ``weight_map`` of ``*.index.json`` says which shard holds each tensor; the shards
-are read with the single-file readers, each opened once.
+are read with the single-file readers, each opened once. The index is held open too,
+so the fingerprint is of the files that are read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -16,10 +16,9 @@ if TYPE_CHECKING:
     import torch
 
 from torchgraft.checkpoints.base import Reader
-from torchgraft.checkpoints.byteranges import ByteRange
+from torchgraft.checkpoints.byteranges import ByteRange, OpenFile
 from torchgraft.checkpoints.safetensors_file import SafetensorsReader
 from torchgraft.checkpoints.torch_file import TorchReader
-from torchgraft.core.hashing import sha256_files
 
 # Safetensors first, as transformers prefers it when both are present.
 CANDIDATES = ("model.safetensors.index.json", "model.safetensors",
@@ -35,29 +34,27 @@ class HFReader(Reader):
         if found is None:
             raise self._error("no model.safetensors, pytorch_model.bin or *.index.json (Hugging Face), "
                               "nor .metadata (torch.distributed.checkpoint), in this directory")
-        self._index: Path | None = None
+        self._index: OpenFile | None = None
         self._index_metadata: dict[str, str] = {}
         self._shards: dict[str, Reader] = {}
-        try:
-            if found.endswith(".index.json"):
-                self._index = self.path / found
-                weight_map = self._read_index(self._index)
-            else:
-                weight_map = None
-            self._open_shards(weight_map, single=found)
-        except BaseException:
-            self.close()
-            raise
+        self._read_or_close(lambda: self._read_directory(found))
 
-    def _read_index(self, index: Path) -> dict[str, str]:
+    def _read_directory(self, found: str) -> None:
+        weight_map = None
+        if found.endswith(".index.json"):
+            self._index = OpenFile(self.path / found)
+            weight_map = self._read_index(self._index)
+        self._open_shards(weight_map, single=found)
+
+    def _read_index(self, index: OpenFile) -> dict[str, str]:
         try:
-            data = json.loads(index.read_bytes())
+            data = json.loads(index.read_all())
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise self._error(f"{index.name} is not valid JSON ({e})") from None
+            raise self._error(f"{index.path.name} is not valid JSON ({e})") from None
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not (isinstance(weight_map, dict)
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
-            raise self._error(f"{index.name} has no weight_map of tensor names to shard files")
+            raise self._error(f"{index.path.name} has no weight_map of tensor names to shard files")
         if isinstance(data.get("metadata"), dict):
             self._index_metadata = {str(k): str(v) for k, v in data["metadata"].items()}
         return weight_map
@@ -78,7 +75,7 @@ class HFReader(Reader):
                     keys.add(info.key)
             lost = sorted(k for k, v in (weight_map or {}).items() if v == name and k not in keys)
             if lost:
-                raise self._error(f"{self._index.name} maps '{lost[0]}' to {name}, "
+                raise self._error(f"{self._index.path.name} maps '{lost[0]}' to {name}, "
                                   "which has no such tensor")
         self._owner = owner
         self._set_inventory(infos)
@@ -86,17 +83,17 @@ class HFReader(Reader):
     def _open_shard(self, name: str) -> Reader:
         rel = PurePosixPath(name)
         if rel.is_absolute() or ".." in rel.parts:
-            raise self._error(f"{self._index.name} names {name}, outside this directory")
+            raise self._error(f"{self._index.path.name} names {name}, outside this directory")
         path = self.path / rel
         if not path.is_file():
-            raise self._error(f"{self._index.name} names {name}, which does not exist")
+            raise self._error(f"{self._index.path.name} names {name}, which does not exist")
         shown = f"{self.shown.rstrip('/')}/{name}"
         if name.endswith(".safetensors"):
             return SafetensorsReader(path, field=self.field, shown=shown)
         return TorchReader(path, field=self.field, shown=shown)
 
-    def _files(self) -> list[Path]:
-        shards = [shard.path for shard in self._shards.values()]
+    def _files(self) -> list[OpenFile]:
+        shards = [file for shard in self._shards.values() for file in shard._files()]
         return ([self._index] if self._index else []) + shards
 
     def metadata(self) -> dict[str, str]:
@@ -104,22 +101,13 @@ class HFReader(Reader):
             return next(iter(self._shards.values())).metadata()
         return dict(self._index_metadata)
 
-    def fingerprint(self) -> dict:
-        stats = [os.stat(p) for p in self._files()]
-        return {"size": sum(s.st_size for s in stats),
-                "mtime_ns": max(s.st_mtime_ns for s in stats),
-                "header_sha256": self._header_sha256()}
-
     def _header_sha256(self) -> str:
         digest = hashlib.sha256()
         if self._index is not None:
-            digest.update(self._index.read_bytes())
+            digest.update(self._index.read_all())
         for shard in self._shards.values():
             digest.update(shard.fingerprint()["header_sha256"].encode())
         return digest.hexdigest()
-
-    def content_sha256(self) -> str:
-        return sha256_files(self._files())[1]
 
     def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
         self._info(key)
@@ -132,3 +120,5 @@ class HFReader(Reader):
     def close(self) -> None:
         for shard in self._shards.values():
             shard.close()
+        if self._index is not None:
+            self._index.close()

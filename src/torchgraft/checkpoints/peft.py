@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,8 @@ if TYPE_CHECKING:
     import torch
 
 from torchgraft.checkpoints.base import Reader
-from torchgraft.checkpoints.byteranges import ByteRange
+from torchgraft.checkpoints.byteranges import ByteRange, OpenFile
 from torchgraft.checkpoints.safetensors_file import SafetensorsReader
-from torchgraft.core.hashing import sha256_files
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -69,9 +67,14 @@ class PeftReader(Reader):
         super().__init__(path, field=field, shown=shown)
         if not is_adapter_dir(self.path):
             raise self._error(f"a PEFT adapter folder needs {CONFIG} and {WEIGHTS}")
-        self._config_bytes = (self.path / CONFIG).read_bytes()
-        self.settings = self._parse_config(self._config_bytes)
-        self._weights = SafetensorsReader(self.path / WEIGHTS, field=field, shown=f"{self.shown.rstrip('/')}/{WEIGHTS}")
+        self._config: OpenFile | None = None
+        self._weights: SafetensorsReader | None = None
+        self._read_or_close(self._read_folder)
+
+    def _read_folder(self) -> None:
+        self._config = OpenFile(self.path / CONFIG)
+        self.settings = self._parse_config(self._config.read_all())
+        self._weights = SafetensorsReader(self.path / WEIGHTS, field=self.field, shown=f"{self.shown.rstrip('/')}/{WEIGHTS}")
         self._set_inventory(self._weights.inventory())
 
     def _parse_config(self, raw: bytes) -> LoraSettings:
@@ -122,24 +125,16 @@ class PeftReader(Reader):
                 raise self._error(f"{CONFIG}: {name}.{key} must be {expected}")
         return tuple((k, float(v) if name == "alpha_pattern" else v) for k, v in pattern.items())
 
-    def _files(self) -> list[Path]:
-        return [self.path / CONFIG, self.path / WEIGHTS]
+    def _files(self) -> list[OpenFile]:
+        return ([self._config] if self._config else []) + (self._weights._files() if self._weights else [])
 
     def metadata(self) -> dict[str, str]:
         return self._weights.metadata()
 
-    def fingerprint(self) -> dict:
-        stats = [os.stat(p) for p in self._files()]
-        return {"size": sum(s.st_size for s in stats), "mtime_ns": max(s.st_mtime_ns for s in stats),
-                "header_sha256": self._header_sha256()}
-
     def _header_sha256(self) -> str:
-        digest = hashlib.sha256(self._config_bytes)
+        digest = hashlib.sha256(self._config.read_all())
         digest.update(self._weights.fingerprint()["header_sha256"].encode())
         return digest.hexdigest()
-
-    def content_sha256(self) -> str:
-        return sha256_files(self._files())[1]
 
     def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
         return self._weights.read(key, index)
@@ -148,7 +143,10 @@ class PeftReader(Reader):
         return self._weights.byte_range(key)
 
     def close(self) -> None:
-        self._weights.close()
+        if self._weights is not None:
+            self._weights.close()
+        if self._config is not None:
+            self._config.close()
 
 
 def _is_number(value: object) -> bool:

@@ -6,7 +6,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +16,7 @@ if TYPE_CHECKING:
     import torch
 
 from torchgraft.checkpoints.base import Reader, as_index
-from torchgraft.checkpoints.byteranges import ByteRange
+from torchgraft.checkpoints.byteranges import ByteRange, OpenFile, read_range
 from torchgraft.core.tensors import DTYPE_NAMES, TensorInfo, from_safetensors_code, itemsize, safetensors_code
 
 MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers
@@ -31,20 +30,25 @@ class HeaderError(ValueError):
     """The first bytes of a file are not a safetensors header (``str(e)`` is the reason)."""
 
 
-def read_header(path: Path) -> tuple[bytes, dict]:
-    """The raw header bytes (8-byte length + JSON) and the parsed JSON.
+def read_header(source: Path | OpenFile) -> tuple[bytes, dict]:
+    """The raw header bytes (8-byte length + JSON) and the parsed JSON of the file at a
+    path, or of a file held open.
 
     A plain bounded read: used to sniff the format and to hash the header exactly as
     stored, without trusting anything past it.
     """
-    with open(path, "rb") as f:
-        prefix = f.read(8)
+    file = source if isinstance(source, OpenFile) else OpenFile(source)
+    try:
+        prefix = file.pread(8, 0)
         if len(prefix) < 8:
             raise HeaderError("file is shorter than the 8-byte header length")
         (n,) = struct.unpack("<Q", prefix)
         if n > MAX_HEADER:
             raise HeaderError(f"header length {n} is over the 100 MB limit")
-        body = f.read(n)
+        body = file.pread(n, 8)
+    finally:
+        if file is not source:
+            file.close()
     if len(body) < n:
         raise HeaderError(f"header length {n} runs past the end of the file")
     try:
@@ -61,11 +65,6 @@ def read_header(path: Path) -> tuple[bytes, dict]:
         if not (isinstance(entry, dict) and entry.keys() >= _ENTRY_FIELDS):
             raise HeaderError(f"entry '{key}' lacks dtype, shape or data_offsets")
     return prefix + body, header
-
-
-def _identity(path: Path) -> tuple[int, int, int, int]:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def check_layout(header: dict, entries: list[tuple[str, dict]], data_size: int) -> None:
@@ -106,33 +105,35 @@ def check_layout(header: dict, entries: list[tuple[str, dict]], data_size: int) 
 
 
 class SafetensorsReader(Reader):
-    """``safe_open`` maps the file; nothing but the header is read until ``read``.
+    """One descriptor, opened here, for the header and every read; nothing but the
+    header is read until ``read``.
 
-    The header is checked here (``check_layout``); the torch handle is opened at the
-    first ``read``, so planning does not import torch.
+    The header is checked here (``check_layout``). A whole tensor is a ``pread`` of its
+    bytes into a buffer of its own; a region is sliced by ``safe_open``, which maps the
+    file held open (not whatever its path names by then) at the first region read, so
+    planning does not import torch.
     """
 
     format = "safetensors"
 
     def __init__(self, path: Path, *, field: str, shown: str | None = None):
         super().__init__(path, field=field, shown=shown)
-        try:
-            self._raw_header, header = read_header(self.path)
-            entries = self._file_order(header)
-            check_layout(header, entries, self.path.stat().st_size - len(self._raw_header))
-        except HeaderError as e:
-            raise self._error(f"not a valid safetensors file ({e})") from None
+        self._file = OpenFile(self.path)
         self._handle = None
         self._closed = False
-        self._identity = _identity(self.path)  # the file whose header this is
+        self._read_or_close(self._read_inventory)
+
+    def _read_inventory(self) -> None:
+        try:
+            self._raw_header, header = read_header(self._file)
+            entries = self._file_order(header)
+            check_layout(header, entries, self._file.stat().st_size - len(self._raw_header))
+        except HeaderError as e:
+            raise self._error(f"not a valid safetensors file ({e})") from None
         self._metadata = dict(header.get("__metadata__") or {})
         self._offsets = {k: v["data_offsets"] for k, v in entries}  # [begin, end]
         shapes: dict[tuple, tuple] = {}  # one tuple per distinct shape (see _info_of)
-        try:
-            self._set_inventory([self._info_of(k, v, shapes) for k, v in entries])
-        except BaseException:
-            self.close()
-            raise
+        self._set_inventory([self._info_of(k, v, shapes) for k, v in entries])
 
     @staticmethod
     def _file_order(header: dict) -> list[tuple[str, dict]]:
@@ -163,30 +164,32 @@ class SafetensorsReader(Reader):
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
 
+    def _files(self) -> list[OpenFile]:
+        return [self._file]
+
     def _header_sha256(self) -> str:
-        return hashlib.sha256(self._raw_header).hexdigest()
+        # As many bytes as the header had: the same bytes iff the same header (its
+        # length comes first).
+        return hashlib.sha256(self._file.pread(len(self._raw_header), 0)).hexdigest()
 
     def byte_range(self, key: str) -> ByteRange:
         info = self._info(key)
         begin, end = self._offsets[key]
         if end - begin != info.nbytes:  # check_layout has already checked; belt and braces
             raise self._error(f"tensor '{key}' has {end - begin} bytes, its shape and dtype need {info.nbytes}")
-        return ByteRange(self.path, len(self._raw_header) + begin, end - begin)
+        return ByteRange(self.path, self._file.fd, len(self._raw_header) + begin, end - begin)
 
     def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
-        self._info(key)
+        info = self._info(key)
         index = as_index(index)
         if self._closed:
             raise RuntimeError(f"{self.shown} is closed")
+        if index is None:
+            return read_range(self.byte_range(key), info.dtype, info.shape)
         try:
             if self._handle is None:
-                if _identity(self.path) != self._identity:  # replaced or rewritten since the header was read
-                    raise self._error("changed since its header was read (rewritten or replaced while torchgraft ran)")
-                self._handle = safe_open(str(self.path), framework="pt")
-            if index is None:
-                tensor = self._handle.get_tensor(key)
-            else:
-                tensor = self._handle.get_slice(key)[index]
+                self._handle = safe_open(self._file.reopened(), framework="pt")
+            tensor = self._handle.get_slice(key)[index]
         except SafetensorError as e:
             raise self._error(f"cannot read '{key}' ({e})") from None
         return tensor.contiguous()
@@ -196,3 +199,4 @@ class SafetensorsReader(Reader):
         if self._handle is not None:
             self._handle.__exit__(None, None, None)
             self._handle = None
+        super().close()

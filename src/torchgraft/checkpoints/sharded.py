@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles
+from torchgraft.checkpoints.byteranges import ByteRange
 from torchgraft.checkpoints.safetensors_file import read_header
 from torchgraft.checkpoints.writers import SafetensorsWriter, Writer
 from torchgraft.core.tensors import TensorInfo
@@ -81,8 +81,8 @@ class ShardedWriter(Writer):
     def _write(self, info: TensorInfo, tensor: torch.Tensor) -> None:
         self._next().write(info.key, tensor)
 
-    def _copy(self, info: TensorInfo, source: ByteRange, files: SourceFiles) -> None:
-        self._next().copy(info.key, source, files)
+    def _copy(self, info: TensorInfo, source: ByteRange) -> None:
+        self._next().copy(info.key, source)
 
     def _finish(self) -> None:
         if self._current is None:  # no tensors at all: still one (empty) file

@@ -1,8 +1,10 @@
 """Reader for ``torch.save`` pickles (.pt .pth .bin .ckpt), with ``weights_only=True`` only.
 
-The inventory is a ``map_location="meta"`` load: the pickle is walked, no tensor data
-is read. The data is one ``mmap=True`` load, done on the first ``read`` and kept, so
-reading a tensor touches only its pages.
+The file is opened once, here; every load below reads that descriptor. The inventory
+is a ``map_location="meta"`` load: the pickle is walked, no tensor data is read. A
+whole tensor stored contiguously (most of a zip checkpoint) is a ``pread`` of its
+bytes; any other read comes from one ``mmap=True`` load, done on the first such read
+and kept, so reading a tensor touches only its pages.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ if TYPE_CHECKING:
     import torch
 
 from torchgraft.checkpoints.base import Reader, as_index
-from torchgraft.checkpoints.byteranges import ByteRange
+from torchgraft.checkpoints.byteranges import ByteRange, OpenFile, read_range
+from torchgraft.core.errors import SourceError
 from torchgraft.core.tensors import TensorInfo, dtype_name
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -37,11 +40,25 @@ class TorchReader(Reader):
 
     def __init__(self, path: Path, *, field: str, shown: str | None = None,
                  key: str | None = None):
-        import torch
-
         super().__init__(path, field=field, shown=shown)
         self.key = key
+        self._file = OpenFile(self.path)
+        self._data: Mapping[str, Any] | None = None
+        self._ranges: dict[str, ByteRange | None] | None = None
+        self._read_or_close(self._read_inventory)
+
+    def _read_inventory(self) -> None:
         tensors = self._state_dict(self._load(map_location="meta"))
+        infos = self._tensor_infos(tensors)
+        self._set_inventory(infos)
+        self._metadata = _torchgraft_metadata(tensors)
+        # Meta tensors hold no data; they say where each tensor's bytes are (byte_range).
+        self._meta = {info.key: tensors[info.key] for info in infos}
+        self._listed = (_changes(self._file.stat()), _listing_sha256(infos))
+
+    def _tensor_infos(self, tensors: Mapping) -> list[TensorInfo]:
+        import torch
+
         infos = []
         for name, value in tensors.items():
             if not (isinstance(name, str) and isinstance(value, torch.Tensor)):
@@ -55,27 +72,35 @@ class TorchReader(Reader):
                 raise self._error(f"tensor '{name}' has dtype {value.dtype}, "
                                   "which torchgraft does not support") from None
             infos.append(TensorInfo(name, tuple(value.shape), dtype))
-        self._set_inventory(infos)
-        self._metadata = _torchgraft_metadata(tensors)
-        self._data: Mapping[str, Any] | None = None
-        # Meta tensors hold no data; they say where each tensor's bytes are (byte_range).
-        self._meta = {info.key: tensors[info.key] for info in infos}
-        self._ranges: dict[str, ByteRange | None] | None = None
+        return infos
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
 
+    def _files(self) -> list[OpenFile]:
+        return [self._file]
+
     def _header_sha256(self) -> str:
-        # A pickle has no header to hash; the inventory is what planning depends on.
-        listing = [[i.key, list(i.shape), i.dtype] for i in self._infos]
-        text = json.dumps(listing, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(text.encode()).hexdigest()
+        # A pickle has no header to hash; the inventory is what planning depends on. It
+        # is walked again only if the file was written to since it was opened: a meta
+        # load is what planning a .pt costs.
+        changes, digest = self._listed
+        if _changes(self._file.stat()) == changes:
+            return digest
+        try:
+            return _listing_sha256(self._tensor_infos(self._state_dict(self._load(map_location="meta"))))
+        except SourceError:
+            return ""  # no longer a readable checkpoint: differs from any hash
 
     def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
         import torch
 
-        self._info(key)
+        info = self._info(key)
         index = as_index(index)
+        if index is None:
+            where = self.byte_range(key)
+            if where is not None:
+                return read_range(where, info.dtype, info.shape)
         if self._data is None:
             self._data = self._state_dict(self._load_data())
         tensor = self._data.get(key)
@@ -88,25 +113,26 @@ class TorchReader(Reader):
     def byte_range(self, key: str) -> ByteRange | None:
         self._info(key)
         if self._ranges is None:
-            self._ranges = _byte_ranges(self.path, self._meta)
+            self._ranges = _byte_ranges(self._file, self._meta)
         return self._ranges.get(key)
 
     def close(self) -> None:
         self._data = None  # drops the mapping once the caller's tensors are gone
+        super().close()
 
     # -- loading ----------------------------------------------------------------------
 
     def _load_data(self) -> Any:
-        with open(self.path, "rb") as f:
-            zipped = f.read(4) == ZIP_MAGIC
         # mmap needs the zip format torch.save writes since 1.6; legacy files load whole.
-        return self._load(map_location="cpu", mmap=zipped)
+        return self._load(map_location="cpu", mmap=self._file.pread(4, 0) == ZIP_MAGIC)
 
     def _load(self, **kwargs: Any) -> Any:
+        """``torch.load`` of the file held open (through a path that opens that very
+        file: ``mmap=True`` takes only a path)."""
         import torch
 
         try:
-            return torch.load(self.path, weights_only=True, **kwargs)
+            return torch.load(self._file.reopened(), weights_only=True, **kwargs)
         except pickle.UnpicklingError as e:
             if "Weights only load failed" not in str(e):
                 raise self._error(f"not a readable torch checkpoint ({_first_line(e)})") from None
@@ -159,7 +185,19 @@ class TorchReader(Reader):
         return obj
 
 
-def _byte_ranges(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, ByteRange | None]:
+def _changes(st) -> tuple[int, int, int]:
+    """What moves when a file is written to: its size, mtime and ctime (which, unlike
+    the mtime, cannot be set back)."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _listing_sha256(infos: list[TensorInfo]) -> str:
+    listing = [[i.key, list(i.shape), i.dtype] for i in infos]
+    text = json.dumps(listing, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _byte_ranges(file: OpenFile, tensors: Mapping[str, torch.Tensor]) -> dict[str, ByteRange | None]:
     """Byte ranges of the contiguous tensors of a zip checkpoint (torch.save since 1.6).
 
     A ``map_location="meta"`` load records each storage's file offset in
@@ -168,7 +206,7 @@ def _byte_ranges(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, B
     torch lays out differently some day gets no ranges, never wrong ones.
     """
     try:
-        with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
+        with open(file.fd, "rb", closefd=False) as f, zipfile.ZipFile(f) as archive:
             records = {}
             for item in archive.infolist():
                 name = item.filename
@@ -191,7 +229,7 @@ def _byte_ranges(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, B
                 or skip + own > min(records[start], storage.nbytes())):
             ranges[key] = None
         else:
-            ranges[key] = ByteRange(path, start + skip, own)
+            ranges[key] = ByteRange(file.path, file.fd, start + skip, own)
     return ranges
 
 

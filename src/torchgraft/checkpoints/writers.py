@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 from torchgraft.checkpoints.appender import Appender
 from torchgraft.checkpoints.atomic import final_name
-from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles, read_range
+from torchgraft.checkpoints.byteranges import ByteRange, read_range
 from torchgraft.checkpoints.formats import OUTPUT_SUFFIXES
 from torchgraft.checkpoints.safetensors_file import MAX_HEADER
 from torchgraft.core.errors import OutputError
@@ -56,17 +56,18 @@ class Writer(abc.ABC):
         self._write(info, tensor.detach().cpu())
         self._written += 1
 
-    def copy(self, key: str, source: ByteRange, files: SourceFiles) -> None:
+    def copy(self, key: str, source: ByteRange) -> None:
         """Write ``key`` from the bytes at ``source`` (its data, stored whole and
-        little-endian). Formats that can move bytes override ``_copy``."""
+        little-endian, in a file a reader holds open). Formats that can move bytes
+        override ``_copy``."""
         info = self._expect(key, None)
         if source.length != info.nbytes:
             raise RuntimeError(f"'{key}' needs {info.nbytes} bytes, the source range has {source.length}")
-        self._copy(info, source, files)
+        self._copy(info, source)
         self._written += 1
 
-    def _copy(self, info: TensorInfo, source: ByteRange, files: SourceFiles) -> None:
-        self._write(info, read_range(files.fd(source.path), source, info.dtype, info.shape))
+    def _copy(self, info: TensorInfo, source: ByteRange) -> None:
+        self._write(info, read_range(source, info.dtype, info.shape))
 
     def close(self) -> None:
         """Finish the file. Raises if a declared tensor was never written."""
@@ -166,8 +167,8 @@ class SafetensorsWriter(Writer):
         data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
         self._file.write(memoryview(data))
 
-    def _copy(self, info: TensorInfo, source: ByteRange, files: SourceFiles) -> None:
-        self._file.copy(files.fd(source.path), source.offset, source.length)
+    def _copy(self, info: TensorInfo, source: ByteRange) -> None:
+        self._file.copy(source.fd, source.offset, source.length)
 
     def _finish(self) -> None:
         try:

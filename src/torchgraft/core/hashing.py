@@ -10,12 +10,14 @@ from typing import BinaryIO
 CHUNK = 1 << 20  # streamed 1 MiB at a time: flat memory on 100 GB files
 
 
-def sha256_files(paths: Iterable[Path], *, copy_to: BinaryIO | None = None) -> tuple[int, str]:
-    """(total size, sha256) over the concatenated bytes of ``paths``, streamed; with
-    ``copy_to`` the bytes are also written there (copy and hash in one read)."""
+def sha256_files(files: Iterable[Path | int], *, copy_to: BinaryIO | None = None) -> tuple[int, str]:
+    """(total size, sha256) over the concatenated bytes of ``files`` (paths, or
+    descriptors of open files, read from their start), streamed; with ``copy_to`` the
+    bytes are also written there (copy and hash in one read)."""
     digest, size = hashlib.sha256(), 0
-    for path in paths:
-        with open(path, "rb") as f:
+    for file in files:
+        with open(file, "rb", closefd=not isinstance(file, int)) as f:
+            f.seek(0)
             while chunk := f.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)

@@ -28,20 +28,27 @@ def _locate(path: str) -> Any:
         raise TargetError("target._target_", f"cannot import '{path}': {err.reason}") from None
 
 
-def _target_class(spec: Mapping[str, Any]) -> type:
+def _target_callable(spec: Mapping[str, Any]) -> Any:
+    """The class or factory ``_target_`` names: an ``nn.Module`` subclass, or any other
+    callable (a function, a classmethod such as ``from_config``) returning a module."""
     from torch import nn
 
     path = spec["_target_"]
-    cls = _locate(path)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    found = _locate(path)
+    if isinstance(found, type) and not issubclass(found, nn.Module):
         raise TargetError("target._target_", f"'{path}' is not a torch.nn.Module subclass")
-    return cls
+    if not callable(found):
+        raise TargetError("target._target_", f"'{path}' is not a torch.nn.Module subclass or a function returning one")
+    return found
 
 
-def _check_arguments(cls: type, spec: Mapping[str, Any]) -> None:
-    """Bind the recipe's arguments to the constructor before anything is built."""
+def _check_arguments(target: Any, spec: Mapping[str, Any]) -> None:
+    """Bind the recipe's arguments to the constructor (or factory) before anything is built."""
     kwargs = {k: v for k, v in spec.items() if not k.startswith("_")}
-    signature = inspect.signature(cls)
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # a builtin without a signature: the call itself will tell
+        return
     takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     names = [n for n, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     for key in kwargs:
@@ -55,37 +62,48 @@ def _check_arguments(cls: type, spec: Mapping[str, Any]) -> None:
 
 
 def build_model(spec: Mapping[str, Any], *, device: str | torch.device) -> nn.Module:
-    """Instantiate the target model on ``device`` after checking its class and arguments."""
+    """Instantiate the target model on ``device`` after checking its class and arguments.
+
+    Arguments may be nested ``_target_`` mappings (a config object); Hydra builds them first."""
     import torch
     from hydra.utils import instantiate  # 60 ms of imports, for targets only
+    from torch import nn
 
-    cls = _target_class(spec)
-    _check_arguments(cls, spec)
+    factory = _target_callable(spec)
+    _check_arguments(factory, spec)
     try:
         with torch.device(device):
-            return instantiate(dict(spec), _convert_="all")
+            model = instantiate(dict(spec), _convert_="all")
     except Exception as err:
         cause = err.__cause__ or err
         reason = f"{type(cause).__name__}: {cause}".splitlines()[0]
         where = " on the meta device" if str(device) == "meta" else ""
         raise TargetError("target", f"cannot build {spec['_target_']}{where}: {reason}") from None
+    if not isinstance(model, nn.Module):
+        kind = type(model)
+        raise TargetError("target._target_", f"'{spec['_target_']}' returned {kind.__module__}.{kind.__qualname__}, "
+                                             "not a torch.nn.Module")
+    return model
 
 
 def model_inventory(model: nn.Module) -> list[TensorInfo]:
-    """Every entry of ``model.state_dict()``, in its own order, with parameter/buffer and module type."""
+    """Every entry of ``model.state_dict()`` as it really is (keys renamed by state-dict
+    hooks included), in its own order. Parameter/buffer kind and module type are filled
+    where the key names a parameter, a buffer or a module of the model, else None."""
     parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    buffers = {name for name, _ in model.named_buffers(remove_duplicate=False)}
+    modules = dict(model.named_modules(remove_duplicate=False))
     infos = []
     for key, tensor in model.state_dict(keep_vars=True).items():
-        module_path = key.rpartition(".")[0]
-        module = model.get_submodule(module_path)
-        module_type = f"{type(module).__module__}.{type(module).__qualname__}"
+        module = modules.get(key.rpartition(".")[0])
+        kind = "parameter" if key in parameters else "buffer" if key in buffers else None
         infos.append(
             TensorInfo(
                 key=key,
                 shape=tuple(tensor.shape),
                 dtype=dtype_name(tensor.dtype),
-                kind="parameter" if key in parameters else "buffer",
-                module_type=module_type,
+                kind=kind,
+                module_type=None if module is None else class_name(module),
             )
         )
     return infos

@@ -75,4 +75,6 @@ class LitClassifier(nn.Module):
         return self.model(x)
 
 
-__all__ = ["ConvNet", "SequentialNet", "LinearProbe", "LitClassifier"]
+from torchgraft.examples.llama import MetaLlama  # noqa: E402 -- after the small models it sits beside
+
+__all__ = ["ConvNet", "SequentialNet", "LinearProbe", "LitClassifier", "MetaLlama"]

@@ -56,7 +56,7 @@ def _lightning(path: Path) -> None:
     torch.save(checkpoint, path)
 
 
-def _random_state(make: Callable[[], torch.nn.Module], seed: int) -> dict[str, torch.Tensor]:
+def _random_state(make: Callable[[], torch.nn.Module], seed: int, spread: float = 0.1) -> dict[str, torch.Tensor]:
     """Every floating parameter drawn at random (LayerNorm scales around 1), so that a port
     that drops a bias or swaps two tensors changes the numbers: fresh-init zeros and
     ones would hide it."""
@@ -66,7 +66,7 @@ def _random_state(make: Callable[[], torch.nn.Module], seed: int) -> dict[str, t
         for module in model.modules():
             for name, p in module.named_parameters(recurse=False):
                 around = 1.0 if isinstance(module, torch.nn.LayerNorm) and name == "weight" else 0.0
-                p.copy_(around + 0.1 * torch.randn_like(p))
+                p.copy_(around + spread * torch.randn_like(p))
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
@@ -108,6 +108,38 @@ def _training_run(step: int) -> Callable[[Path], None]:
     return build
 
 
+HF_LLAMA = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "max_position_embeddings": 64}
+
+
+def hf_llama_config():
+    """The tiny grouped-query ``transformers.LlamaConfig`` of the ``hf_llama`` example."""
+    try:
+        import transformers
+    except ImportError:
+        raise RecipeError(None, "the hf_llama example needs transformers (pip install 'torchgraft[ports]')") from None
+    return transformers.LlamaConfig(**HF_LLAMA)
+
+
+def _hf_llama(path: Path) -> None:
+    """A Hugging Face model folder: ``config.json`` and ``model.safetensors`` of a random
+    ``LlamaForCausalLM`` (4 heads sharing 2 key/value heads). Weights spread wide enough
+    that attention is far from uniform, so a wrong rotary layout shows in the logits."""
+    import transformers
+
+    config = hf_llama_config()
+    path.mkdir()
+    _save_safetensors(_random_state(lambda: transformers.LlamaForCausalLM(config), seed=15, spread=0.5), path / "model.safetensors")
+    config.to_json_file(str(path / "config.json"))
+
+
+def _meta_llama(path: Path) -> None:
+    from torchgraft.examples.llama import MetaLlama
+
+    _save_safetensors(_random_state(lambda: MetaLlama(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, hidden_dim=96),
+                                    seed=16, spread=0.5), path)
+
+
 EXAMPLES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "convnet": ("convnet.safetensors", _convnet),
     "sequential": ("sequential.pt", _sequential),
@@ -117,6 +149,8 @@ EXAMPLES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "bert": ("bert.bin", _bert),
     "encoder_12": ("encoder_12.safetensors", _encoder_12),
     "vit": ("vit.safetensors", _vit),
+    "hf_llama": ("hf_llama", _hf_llama),
+    "meta_llama": ("meta_llama.safetensors", _meta_llama),
     **{f"run_step{step}": (f"run_step{step}.pt", _training_run(step)) for step in (3000, 4000, 5000)},
 }
 

@@ -1,10 +1,12 @@
 """Run a plan: stream each output tensor from the sources into the writer, then verify
-the written file against the plan before it is published. Never reads a recipe.
+the written file against the plan, and the sources against their fingerprints again,
+before it is published. Never reads a recipe.
 
-Memory is bounded by the tensors in flight: a tensor copied unchanged from a file
-moves as bytes (the writer's ``copy``), and any other whole-tensor read comes from
-``pread`` into a buffer of its own rather than from a memory map, whose touched pages
-would stay resident until the end of the run.
+Every read goes through the sources' readers, which hold the files the plan was
+checked against open. Memory is bounded by the tensors in flight: a tensor copied
+unchanged from a file moves as bytes (the writer's ``copy`` of the reader's
+``byte_range``), and any other whole-tensor read is a ``pread`` into a buffer of its
+own (see ``Reader.read``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ if TYPE_CHECKING:
 
 from torchgraft.checkpoints import Reader, atomic_output, open_checkpoint, open_writer
 from torchgraft.checkpoints.atomic import atomic_directory
-from torchgraft.checkpoints.byteranges import ByteRange, SourceFiles, read_range
+from torchgraft.checkpoints.byteranges import ByteRange
+from torchgraft.checkpoints.dcp_writer import DCP_FILES, write_dcp
 from torchgraft.checkpoints.formats import directory_needed, output_format
 from torchgraft.checkpoints.sharded import ShardedWriter, check_directory
 from torchgraft.checkpoints.writers import SafetensorsWriter
@@ -33,43 +36,12 @@ from torchgraft.execution.initial import check_initial, initial_values
 from torchgraft.execution.merges import merge
 from torchgraft.execution.outputs import copy_files, replaceable
 from torchgraft.execution.progress import Progress
-from torchgraft.execution.sources import open_plan_sources
+from torchgraft.execution.sources import check_sources_unchanged, open_plan_sources
 from torchgraft.keys.regions import Region
 from torchgraft.plans.types import Entry, Piece, Plan, Read
 from torchgraft.transforms import compile_transform
 
 log = logging.getLogger(__name__)
-
-
-class _Streaming:
-    """A reader whose whole-tensor reads are preads of the tensor's byte range, when it has one."""
-
-    def __init__(self, reader: Reader, files: SourceFiles):
-        self.reader, self.files = reader, files
-        self._infos: dict[str, TensorInfo] | None = None
-
-    def read(self, key: str, index: tuple | None = None) -> torch.Tensor:
-        if index is None:
-            where = self.reader.byte_range(key)
-            if where is not None:
-                info = self._info(key)
-                return read_range(self.files.fd(where.path), where, info.dtype, info.shape)
-        return self.reader.read(key, index)
-
-    def stored_as(self, entry: Entry) -> ByteRange | None:
-        """The bytes of ``entry`` if this source stores its tensor exactly as the output wants it."""
-        info = self._info(entry.key)
-        if info.dtype != entry.dtype or info.shape != tuple(entry.shape):
-            return None
-        return self.reader.byte_range(entry.key)
-
-    def _info(self, key: str) -> TensorInfo:
-        if self._infos is None:
-            self._infos = {info.key: info for info in self.reader.inventory()}
-        return self._infos[key]
-
-    def __getattr__(self, name: str):
-        return getattr(self.reader, name)
 
 
 def _unchanged(entry: Entry, readers: Mapping[str, Reader]) -> ByteRange | None:
@@ -84,6 +56,15 @@ def _unchanged(entry: Entry, readers: Mapping[str, Reader]) -> ByteRange | None:
     if read.dtype != entry.dtype or tuple(read.shape) != tuple(entry.shape):
         return None
     return readers[read.source].byte_range(read.key)
+
+
+def _stored_as(entry: Entry, reader: Reader, infos: Mapping[str, TensorInfo]) -> ByteRange | None:
+    """The bytes of ``entry`` if the base (``reader``, whose tensors are ``infos``)
+    stores its tensor exactly as the output wants it."""
+    info = infos[entry.key]
+    if info.dtype != entry.dtype or info.shape != tuple(entry.shape):
+        return None
+    return reader.byte_range(entry.key)
 
 
 def _first_copy_page_offset(plan: Plan, readers: Mapping[str, Reader]) -> int | None:
@@ -102,7 +83,9 @@ def _values(piece: Piece, readers: Mapping[str, Reader], initial: Callable[[], t
     that fills from it (pad_rows with fill: init); it is called only then. ``key`` (the
     target's) seeds random merges."""
     loaders = [functools.partial(_read, read, readers) for read in piece.reads]
-    if len(loaders) == 1:
+    if isinstance(piece.merge, dict) and "each" in piece.merge:  # {concat: DIM} | {stack: DIM}
+        value = join(piece.merge, [load() for load in loaders], piece.rule)
+    elif len(loaders) == 1:
         value = loaders[0]()
     else:  # merged: the sources are read one by one as the method needs them
         value = merge(piece.merge, loaders, key + (piece.region or ""), piece.rule)
@@ -114,6 +97,19 @@ def _values(piece: Piece, readers: Mapping[str, Reader], initial: Callable[[], t
 def _read(read: Read, readers: Mapping[str, Reader]) -> torch.Tensor:
     index = Region.parse(read.region).box(read.shape).index() if read.region else None
     return readers[read.source].read(read.key, index)
+
+
+def join(merge: dict, tensors: list, rule: str):
+    """Concatenate or stack the sources' values, each after its own transforms."""
+    import torch
+
+    parts = [tensor for tensor in tensors]
+    for i, specs in enumerate(merge["each"]):
+        for spec in specs:
+            parts[i] = compile_transform(spec, f"{rule}.from[{i}]").apply(parts[i])
+    if "concat" in merge:
+        return torch.cat(parts, dim=merge["concat"])
+    return torch.stack(parts, dim=merge["stack"])
 
 
 def materialize(entry: Entry, readers: Mapping[str, Reader], initial) -> torch.Tensor:
@@ -132,25 +128,48 @@ def materialize(entry: Entry, readers: Mapping[str, Reader], initial) -> torch.T
     return out.contiguous()
 
 
-def _stream(plan: Plan, writer, readers: Mapping[str, Reader], sources: Mapping[str, _Streaming],
-            initial, files: SourceFiles, progress: Progress) -> None:
+def _stream(plan: Plan, writer, readers: Mapping[str, Reader], initial, progress: Progress) -> None:
     """Every entry into the writer, in plan order: as bytes when it is stored as the
     output wants it, else computed, written and dropped."""
     heap = HeapTrimmer()
+    base = readers[plan.target.base] if plan.target.base is not None else None
+    base_infos = base.by_key() if base is not None else {}
     for entry in plan.entries:
         nbytes = TensorInfo(entry.key, tuple(entry.shape), entry.dtype).nbytes
         unchanged = _unchanged(entry, readers)
-        if unchanged is None and entry.kept and plan.target.base is not None:
-            unchanged = sources[plan.target.base].stored_as(entry)  # patching: the base as it is
+        if unchanged is None and entry.kept and base is not None:
+            unchanged = _stored_as(entry, base, base_infos)  # patching: the base as it is
         if unchanged is not None:
-            writer.copy(entry.key, unchanged, files)
-        elif entry.kept:  # written as it is: no copy next to the initial value
-            writer.write(entry.key, initial[entry.key].to(torch_dtype(entry.dtype)))
-            heap.freed(nbytes)
+            writer.copy(entry.key, unchanged)
         else:
-            writer.write(entry.key, materialize(entry, sources, initial))
+            writer.write(entry.key, _value(entry, readers, initial))
             heap.freed(nbytes)
         progress.update(nbytes)
+
+
+def _value(entry: Entry, readers: Mapping[str, Reader], initial) -> torch.Tensor:
+    """One output tensor's values; a kept one is its initial value as it is (no copy)."""
+    if entry.kept:
+        return initial[entry.key].to(torch_dtype(entry.dtype))
+    return materialize(entry, readers, initial)
+
+
+def _write_dcp(plan: Plan, tmp: Path, infos: list[TensorInfo], readers: Mapping[str, Reader], initial,
+               metadata: Mapping[str, str], progress: Progress) -> None:
+    """A DCP folder through torch.distributed.checkpoint's writer, which asks for each
+    tensor in turn (no byte copies: DCP stores each tensor as a torch.save blob)."""
+    by_key = {e.key: e for e in plan.entries}
+    heap = HeapTrimmer()
+
+    def value(key: str) -> torch.Tensor:
+        entry = by_key[key]
+        tensor = _value(entry, readers, initial)
+        nbytes = TensorInfo(key, tuple(entry.shape), entry.dtype).nbytes
+        heap.freed(nbytes)
+        progress.update(nbytes)
+        return tensor
+
+    write_dcp(tmp, infos, value, metadata)
 
 
 def _verify(path: Path, fmt: str, plan: Plan, metadata: Mapping[str, str]) -> None:
@@ -178,7 +197,7 @@ def check_output(path: Path, overwrite: bool) -> None:
     """Refuse early, before reading any tensor, what the writer would refuse at the end."""
     if output_format(path) is None:
         raise OutputError("output.path", f"{path}: unsupported extension '{path.suffix}' (use .safetensors, .pt "
-                                         "or .pth, or no extension for a model directory)")
+                                         "or .pth, .dcp for a DCP folder, or no extension for a model directory)")
     if os.path.lexists(path) and not overwrite:
         raise OutputError("output.path", f"{path}: already exists (set output.overwrite=true to replace it)")
 
@@ -188,7 +207,8 @@ def execute(plan: Plan, output: str | Path, *, overwrite: bool = False) -> Path:
 
     ``.safetensors`` streams: memory is the tensors in flight. ``.pt``/``.pth`` is one
     pickle: the whole output is held in memory until it is saved. A path without an
-    extension is a Hugging Face model directory, in shards if the plan has a shard size.
+    extension is a Hugging Face model directory, in shards if the plan has a shard size;
+    ``.dcp`` is a torch.distributed.checkpoint folder, one tensor in memory at a time.
     """
     path = Path(output)
     check_output(path, overwrite)
@@ -197,30 +217,34 @@ def execute(plan: Plan, output: str | Path, *, overwrite: bool = False) -> Path:
     if reason:
         raise OutputError("output.path", reason)
     readers = open_plan_sources(plan)
-    files = SourceFiles()
     try:
         check_initial(plan)
-        sources = {name: _Streaming(reader, files) for name, reader in readers.items()}
-        initial = initial_values(plan, sources)
+        initial = initial_values(plan, readers)
         infos = [TensorInfo(e.key, tuple(e.shape), e.dtype) for e in plan.entries]
         metadata = {"format": "pt", "torchgraft.plan_sha256": plan.sha256, "torchgraft.version": plan.version}
         if fmt == "directory":
             publish = atomic_directory(path, overwrite=overwrite, replaceable=replaceable(plan.layout))
+        elif fmt == "dcp":
+            publish = atomic_directory(path, overwrite=overwrite, replaceable=DCP_FILES)
         else:
             publish = atomic_output(path, overwrite=overwrite)
         with publish as tmp:
-            if fmt == "directory":
-                writer = ShardedWriter(tmp, infos, metadata, plan.layout.shard_size)
+            if fmt == "dcp":
+                with Progress(sum(i.nbytes for i in infos), f"writing {path.name}") as progress:
+                    _write_dcp(plan, tmp, infos, readers, initial, metadata, progress)
             else:
-                writer = open_writer(tmp, infos, metadata, _first_copy_page_offset(plan, readers))
-            with writer, Progress(sum(i.nbytes for i in infos), f"writing {path.name}") as progress:
-                _stream(plan, writer, readers, sources, initial, files, progress)
+                if fmt == "directory":
+                    writer = ShardedWriter(tmp, infos, metadata, plan.layout.shard_size)
+                else:
+                    writer = open_writer(tmp, infos, metadata, _first_copy_page_offset(plan, readers))
+                with writer, Progress(sum(i.nbytes for i in infos), f"writing {path.name}") as progress:
+                    _stream(plan, writer, readers, initial, progress)
             if fmt == "directory":
                 copy_files(plan, tmp)
             _verify(tmp, fmt, plan, metadata)
+            check_sources_unchanged(plan, readers)  # what was read is what was checked
         return path
     finally:
-        files.close()
         for reader in readers.values():
             reader.close()
 
@@ -229,7 +253,9 @@ def state_dict(plan: Plan, initial: Mapping[str, torch.Tensor]) -> dict[str, tor
     """The plan's tensors in memory, kept ones taken from ``initial`` (a live model's state)."""
     readers = open_plan_sources(plan)
     try:
-        return {e.key: materialize(e, readers, initial) for e in plan.entries}
+        tensors = {e.key: materialize(e, readers, initial) for e in plan.entries}
+        check_sources_unchanged(plan, readers)
+        return tensors
     finally:
         for reader in readers.values():
             reader.close()

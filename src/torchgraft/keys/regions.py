@@ -8,14 +8,26 @@ Errors are ``ValueError`` without a prefix; callers add the recipe field and key
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 Slice = tuple[int | None, int | None]
-Item = int | Slice | str  # str is always "..."
+
+
+@dataclass(frozen=True)
+class Var:
+    """A bound template variable used as an integer index: ``[{e}]`` (stacking experts)."""
+
+    name: str
+
+
+Item = int | Slice | str | Var  # str is always "..."
 
 _INT = re.compile(r"[+-]?\d+")
+_VAR = re.compile(r"\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")
+_MAX_INDEX_DIGITS = 18  # a bound value is text from a key: keep int() away from hostile lengths
 
 
 @dataclass(frozen=True)
@@ -30,7 +42,7 @@ class Region:
         invalid = f"invalid region '{text}': "
         inner = text.strip()
         if len(inner) < 2 or inner[0] != "[" or inner[-1] != "]":
-            raise ValueError(invalid + "expected integers, start:stop slices or '...'")
+            raise ValueError(invalid + "expected integers, start:stop slices, '...' or a bound {name}")
         items = tuple(_parse_item(part.strip(), invalid) for part in inner[1:-1].split(","))
         if items.count("...") > 1:
             raise ValueError(invalid + "at most one '...' is allowed")
@@ -39,8 +51,38 @@ class Region:
     def __str__(self) -> str:
         return "[" + ", ".join(_item_text(item) for item in self.items) + "]"
 
+    @functools.cached_property
+    def variables(self) -> tuple[str, ...]:
+        """The names used as indices, in order."""
+        return tuple(dict.fromkeys(item.name for item in self.items if isinstance(item, Var)))
+
+    def var_dim(self, name: str, ndim: int) -> int:
+        """The dimension of an ``ndim``-d tensor that variable ``name`` indexes."""
+        at = next(i for i, item in enumerate(self.items) if isinstance(item, Var) and item.name == name)
+        if "..." in self.items[:at]:
+            return ndim - (len(self.items) - at)
+        return at
+
+    def bind(self, bindings) -> Region:
+        """The region with each variable replaced by its integer value from ``bindings``."""
+        if not self.variables:
+            return self
+        items = []
+        for item in self.items:
+            if isinstance(item, Var):
+                if item.name not in bindings:
+                    raise ValueError(f"{{{item.name}}} is not bound (bound: {', '.join(sorted(bindings)) or 'nothing'})")
+                value = bindings[item.name]
+                if not (isinstance(value, int) or len(value) <= _MAX_INDEX_DIGITS and value.isdecimal() and value.isascii()):
+                    raise ValueError(f"{{{item.name}}} indexes a dimension, so it needs an integer, but {item.name}='{value}'")
+                item = int(value)
+            items.append(item)
+        return Region(tuple(items))
+
     def box(self, shape: Sequence[int]) -> Box:
         """Resolve against a tensor shape; raises ``ValueError`` instead of clipping."""
+        if self.variables:
+            raise ValueError(f"{{{self.variables[0]}}} is not bound")
         shape = tuple(shape)
         explicit = [item for item in self.items if item != "..."]
         if len(explicit) > len(shape):
@@ -98,6 +140,35 @@ class Box:
         return Box(tuple((0, size) for size in shape), (True,) * len(shape))
 
 
+def slot_maker(region: Region, shape: Sequence[int]) -> Callable[[Sequence[str]], tuple[Box, str] | None] | None:
+    """For a region whose variables each index one dimension (``[{e}]``, ``[:, {e}]``) of a
+    tensor of ``shape``: a function from the variables' values (as bound, decimal text) to
+    the box and its ``describe`` text, without resolving the region again for each of 128
+    experts. It gives None for a value that is not an index of its dimension, and
+    ``slot_maker`` None when the region's other items do not resolve:
+    ``region.bind(...).box(shape)`` then says why."""
+    shape = tuple(shape)
+    names = region.variables
+    try:
+        base = Region(tuple(0 if isinstance(item, Var) else item for item in region.items)).box(shape)
+    except ValueError:
+        return None
+    dims = [region.var_dim(name, len(shape)) for name in names]
+    parts = describe(base, shape)[1:-1].split(", ")
+    bounds, kept = list(base.bounds), base.kept
+
+    def make(values: Sequence[str]) -> tuple[Box, str] | None:
+        for dim, value in zip(dims, values):
+            if not (value.isdecimal() and value.isascii() and len(value) <= _MAX_INDEX_DIGITS) or int(value) >= shape[dim]:
+                return None
+            value = int(value)
+            bounds[dim] = (value, value + 1)
+            parts[dim] = str(value)
+        return Box(tuple(bounds), kept), "[" + ", ".join(parts) + "]"
+
+    return make
+
+
 def split_key_region(text: str) -> tuple[str, Region | None]:
     """``"fc.weight[:, :10]"`` -> ``("fc.weight", Region(...))``; no brackets -> region None.
 
@@ -120,6 +191,15 @@ def uncovered(shape: Sequence[int], boxes: Sequence[Box]) -> list[Box]:
     for box in boxes:
         if len(box.bounds) != len(shape):
             raise ValueError(f"a box of a {len(box.bounds)}-d tensor used on shape {list(shape)}")
+    slots = _slots_of(shape, boxes)
+    if slots is not None:  # stacked experts: one index each along one dim, the rest whole
+        dim, taken = slots
+        rest, start = [], 0
+        for index in [*sorted(taken), shape[dim]]:
+            if start < index:
+                rest.append((*((0, n) for n in shape[:dim]), (start, index), *((0, n) for n in shape[dim + 1:])))
+            start = index + 1
+        return [Box(bounds, (True,) * len(shape)) for bounds in rest]
     remaining = [Box.full(shape).bounds]
     for box in boxes:
         remaining = [piece for rest in remaining for piece in _subtract(rest, box.bounds)]
@@ -150,11 +230,13 @@ def describe(box: Box, shape: Sequence[int]) -> str:
 def _parse_item(part: str, invalid: str) -> Item:
     if part == "...":
         return "..."
+    if m := _VAR.fullmatch(part):
+        return Var(m[1])
     if _INT.fullmatch(part):
         return int(part)
     pieces = [piece.strip() for piece in part.split(":")]
     if not 2 <= len(pieces) <= 3 or not all(p == "" or _INT.fullmatch(p) for p in pieces):
-        raise ValueError(invalid + "expected integers, start:stop slices or '...'")
+        raise ValueError(invalid + "expected integers, start:stop slices, '...' or a bound {name}")
     if len(pieces) == 3 and pieces[2] not in ("", "1", "+1"):
         raise ValueError(invalid + "slice steps are not supported")
     start, stop = (int(p) if p else None for p in pieces[:2])
@@ -164,6 +246,8 @@ def _parse_item(part: str, invalid: str) -> Item:
 def _item_text(item: Item) -> str:
     if isinstance(item, tuple):
         return _slice_text(item)
+    if isinstance(item, Var):
+        return "{" + item.name + "}"
     return str(item)
 
 
@@ -195,6 +279,24 @@ def _resolve_slice(item: Slice, dim: int, size: int) -> tuple[int, int]:
 
 
 Bounds = tuple[tuple[int, int], ...]
+
+
+def _slots_of(shape: tuple[int, ...], boxes: Sequence[Box]) -> tuple[int, set[int]] | None:
+    """``(dim, indices)`` if every box is one index along the same dim and whole elsewhere."""
+    if len(boxes) < 2:
+        return None
+    full = tuple((0, n) for n in shape)
+    first = boxes[0].kept
+    if first.count(False) != 1:
+        return None
+    dim = first.index(False)
+    taken: set[int] = set()
+    for box in boxes:
+        bounds = box.bounds
+        if box.kept != first or bounds[:dim] != full[:dim] or bounds[dim + 1:] != full[dim + 1:]:
+            return None
+        taken.add(bounds[dim][0])
+    return dim, taken
 
 
 def _subtract(rest: Bounds, cut: Bounds) -> list[Bounds]:

@@ -14,7 +14,7 @@ from torchgraft.core.errors import PlanError
 from torchgraft.core.tensors import TensorInfo, is_floating
 from torchgraft.core.text import closest, shape_text
 from torchgraft.keys.patterns import KeyIndex, PatternError, Renamer, Template, select_keys
-from torchgraft.keys.regions import Box, Region, describe, split_key_region
+from torchgraft.keys.regions import Box, Region, describe, slot_maker, split_key_region
 from torchgraft.planning.adapters import RuleAdapters
 from torchgraft.planning.merging import LayerPositions, check_merge, gradient_variable, has_gradient, resolve
 from torchgraft.planning.selection import TargetFilter
@@ -34,6 +34,16 @@ class _Assignment(NamedTuple):
     field: str  # recipe field to blame
 
 
+class _Sides(NamedTuple):
+    """An explicit rule's two sides, parsed: key templates and regions."""
+
+    rule: ExplicitRule
+    to_template: Template
+    to_region: Region | None
+    from_templates: list[Template]
+    from_regions: list[Region | None]
+
+
 @dataclass(frozen=True)
 class _RuleOutput:
     """What every assignment of one rule shares."""
@@ -41,11 +51,17 @@ class _RuleOutput:
     field: str
     transforms: tuple[Transform, ...]
     specs: tuple  # the transforms' canonical specs, as plans record them
+    merge: object = None
+    each: tuple = ()  # per source, its own transforms (concat and stack merges)
 
     @staticmethod
     def of(rule: BulkRule | ExplicitRule) -> _RuleOutput:
         transforms = compile_transforms(rule.transforms, f"{rule.field}.transform")
-        return _RuleOutput(rule.field, transforms, tuple(t.spec for t in transforms))
+        merge, each = rule.merge, ()
+        if isinstance(merge, Mapping) and "each" in merge:  # the plan records canonical specs
+            each = tuple(compile_transforms(specs, f"{rule.field}.from[{i}].transform") for i, specs in enumerate(merge["each"]))
+            merge = {**merge, "each": [[t.spec for t in ts] for ts in each]}
+        return _RuleOutput(rule.field, transforms, tuple(t.spec for t in transforms), merge, each)
 
 
 _floating = functools.lru_cache(maxsize=None)(is_floating)  # per dtype name, not per tensor
@@ -202,7 +218,9 @@ class RuleExpander:
         if not rule.types and rule.kind == "all":
             return None
         which = "types" if rule.types else "kind"
-        if self.target is None or any(t.kind is None or t.module_type is None for t in self.target.values()):
+        # A base checkpoint says nothing of modules; a model's state-dict hooks may rename
+        # some keys (those stay unknown and are never selected), not all of them.
+        if self.target is None or all(t.kind is None and t.module_type is None for t in self.target.values()):
             raise PlanError(f"{rule.field}.{which}", "selecting by module type or kind needs a target model class")
         return TargetFilter(rule.types, rule.kind, rule.field, list(self.target.values()))
 
@@ -215,8 +233,12 @@ class RuleExpander:
         froms = [self._parse_from(text, f"{field}.from") for text in rule.sources]
         to_template = Template(to_key)
         from_templates = [Template(key) for _, key, _ in froms]
-        self._check_bound(rule, to_template, from_templates)
-        pairs = self._expand(rule, field, to_template, froms, from_templates)
+        sides = _Sides(rule, to_template, to_region, from_templates, [region for _, _, region in froms])
+        at = self._binder(sides)
+        self._check_bound(sides, at)
+        slots: dict[tuple[str, Box], tuple] = {}  # (key, slot) -> the reads a bound index wrote there
+        makers: dict = {}  # target shape -> slot_maker of the to region
+        pairs = self._expand(rule, field, sides, at, froms)
         positions, over = None, None
         if has_gradient(rule.merge):
             over = gradient_variable(rule.merge) or next(iter(pairs[0][0]), None)
@@ -246,7 +268,9 @@ class RuleExpander:
                         f"{field}.from", f"source '{source}' has no tensor '{key}'{closest(key, list(self.inventories[source]))}"
                     )
                 if region is not None:
-                    self._box(region, info.shape, f"{field}.from", f"{source}:{key}")
+                    bound = self._bind_region(region, bindings, f"{field}.from", text)
+                    self._box(bound, info.shape, f"{field}.from", f"{source}:{key}", region, bindings)
+                    region = bound
                 reads.append(Read(source, key, info.shape, info.dtype, str(region) if region else None))
             else:
                 if base is not None:
@@ -256,60 +280,121 @@ class RuleExpander:
                         raise PlanError(f"{field}.merge.base", f"base '{base}' has no tensor '{first.key}'"
                                                                f"{closest(first.key, list(self.inventories[base]))}")
                     reads.append(Read(base, first.key, info.shape, info.dtype, first.region))
-                src_shape = self._merged_shape(reads, f"{field}.from")
-                merge = rule.merge
+                if isinstance(rule.merge, Mapping) and "each" in rule.merge:
+                    src_shape = self._joined_shape(reads, rule, output)
+                else:
+                    src_shape = self._merged_shape(reads, f"{field}.from")
+                merge = output.merge
                 if positions is not None:
                     number = int(bindings[over]) if over is not None else LayerPositions.number_in(to_text)
                     merge = resolve(rule.merge, positions.t(number))
-                box = None
+                box = text = None
                 if to_region is not None:
                     if target is None:
                         raise PlanError(f"{field}.to", f"'{rule.to}': a region needs a target tensor to write into (set target or base)")
-                    box = self._box(to_region, target.shape, f"{field}.to", to_text)
-                self._assign(to_text, box, target, tuple(reads), output, f"{field}.to", src_shape, merge)
+                    made = None
+                    if to_region.variables:  # stacking: one slot per binding, made fast
+                        if target.shape not in makers:
+                            makers[target.shape] = slot_maker(to_region, target.shape)
+                        maker = makers[target.shape]
+                        made = maker([bindings.get(v, "") for v in to_region.variables]) if maker else None
+                    if made is None:  # the slow way, which says what is wrong
+                        bound = self._bind_region(to_region, bindings, f"{field}.to", rule.to)
+                        made = self._box(bound, target.shape, f"{field}.to", to_text, to_region, bindings, reads), None
+                    box, text = made
+                    if to_region.variables:
+                        self._one_write_per_slot(slots, to_text, box, reads, f"{field}.to", target.shape)
+                self._assign(to_text, box, target, tuple(reads), output, f"{field}.to", src_shape, merge, text)
 
-    def _check_bound(self, rule: ExplicitRule, to_template: Template, from_templates: list[Template]) -> None:
-        """Every variable a side uses must be bound by the side that binds (up front, not per key)."""
-        sides = [(f"{rule.field}.to", rule.to, to_template)]
-        sides += [(f"{rule.field}.from", text, t) for text, t in zip(rule.sources, from_templates)]
-        binder = next((s for s in sides if s[2].variables), sides[0])
+    def _binder(self, sides: _Sides) -> int | None:
+        """The side that binds the variables: -1 for ``to``, else the index of a ``from``;
+        None when no side has a plain variable. ``to`` binds against the target's keys when
+        there is a target and its key names every index variable of its region; otherwise
+        the first ``from`` with plain variables does."""
+        to_vars = sides.to_template.variables
+        region_vars = sides.to_region.variables if sides.to_region is not None else ()
+        if to_vars and self.target is not None and all(v in to_vars for v in region_vars):
+            return -1
+        plain = next((i for i, t in enumerate(sides.from_templates) if t.variables), None)
+        if plain is not None:
+            return plain
+        return -1 if to_vars or region_vars else None
+
+    def _check_bound(self, sides: _Sides, at: int | None) -> None:
+        """Every variable a side uses must be bound by the side that binds (up front, not per key).
+        A ``from`` that binds also binds the index variables of its region: they range over
+        that dimension (unstacking)."""
+        rule = sides.rule
+        listed = [(f"{rule.field}.to", rule.to, sides.to_template, sides.to_region)]
+        listed += [(f"{rule.field}.from", text, t, r) for text, t, r in zip(rule.sources, sides.from_templates, sides.from_regions)]
+        binder = listed[0] if at is None else listed[at + 1]
         bound = binder[2].variables
-        for field, text, template in sides:
-            for name in template.referenced:
+        if at is not None and at >= 0 and binder[3] is not None:
+            bound = bound + tuple(v for v in binder[3].variables if v not in bound)
+        for field, text, template, region in listed:
+            for name in template.referenced + (region.variables if region is not None else ()):
                 if name not in bound:
                     names = ", ".join(bound) or "nothing"
                     raise PlanError(field, f"{{{name}}} in '{text}' is not bound ('{binder[1]}' binds {names})")
 
-    def _expand(self, rule, field, to_template, froms, from_templates):
+    def _expand(self, rule, field, sides: _Sides, at: int | None, froms):
         """Bind template variables on the side where they appear plainly."""
-        if to_template.variables:
+        to_template = sides.to_template
+        if at == -1:
             if self.target is None:
                 raise PlanError(f"{field}.to", f"'{rule.to}': template variables in 'to' need a target to bind against")
             index = self._index(None)
-            pairs = [(b, index.keys[at]) for at, b in index.full_matches(to_template)]
+            pairs = [(b, index.keys[found]) for found, b in index.full_matches(to_template)]
             if not pairs:
                 raise PlanError(f"{field}.to", f"'{rule.to}' matches no target tensor")
             return pairs
-        plain = [(i, t) for i, t in enumerate(from_templates) if t.variables]
-        if plain:
-            i, template = plain[0]
-            source = froms[i][0]
+        if at is not None:
+            template, region = sides.from_templates[at], sides.from_regions[at]
+            source = froms[at][0]
+            free = [v for v in region.variables if v not in template.variables] if region is not None else []
             pairs = []
             index = self._index(source)
-            for at, b in index.full_matches(template):
-                try:
-                    pairs.append((b, to_template.format(b)))
-                except PatternError as err:
-                    raise PlanError(f"{field}.to", f"{err} (filling '{rule.to}' for {source}:{index.keys[at]})") from None
+            for found, b in index.full_matches(template):
+                key = index.keys[found]
+                for bindings in self._over_dimension(b, free, region, self.inventories[source][key].shape):
+                    try:
+                        pairs.append((bindings, to_template.format(bindings)))
+                    except PatternError as err:
+                        raise PlanError(f"{field}.to", f"{err} (filling '{rule.to}' for {source}:{key})") from None
             if not pairs:
-                raise PlanError(f"{field}.from", f"'{rule.sources[i]}' matches no tensor of source '{source}'")
+                raise PlanError(f"{field}.from", f"'{rule.sources[at]}' matches no tensor of source '{source}'")
             return pairs
         try:
             return [({}, to_template.format({}))]
         except PatternError as err:
             raise PlanError(f"{field}.to", str(err)) from None
 
-    def _assign(self, key, box, target, reads, output: _RuleOutput, blame, shape, merge):
+    @staticmethod
+    def _over_dimension(bindings: dict, free: list[str], region: Region | None, shape) -> list[dict]:
+        """``bindings`` extended with each index of the dimensions the ``free`` region variables index."""
+        out = [bindings]
+        for name in free:
+            dim = region.var_dim(name, len(shape))
+            size = shape[dim] if 0 <= dim < len(shape) else 0
+            out = [{**b, name: str(n)} for b in out for n in range(size)]
+        return out
+
+    def _bind_region(self, region: Region, bindings, field: str, text: str) -> Region:
+        try:
+            return region.bind(bindings)
+        except ValueError as err:
+            raise PlanError(field, f"'{text}': {err}") from None
+
+    @staticmethod
+    def _one_write_per_slot(slots: dict, key: str, box: Box, reads, field: str, shape) -> None:
+        """Two bindings of one rule must not write the same slot (``experts.1`` and ``experts.01``)."""
+        slot = (key, box)
+        if slot in slots:
+            raise PlanError(field, f"{key}{describe(box, shape)} is written twice by this rule: by {_reads_text(slots[slot])} "
+                                   f"and by {_reads_text(reads)} (two bindings give the same index)")
+        slots[slot] = reads
+
+    def _assign(self, key, box, target, reads, output: _RuleOutput, blame, shape, merge, region_text: str | None = None):
         field, transforms = output.field, output.transforms
         src_shape, dtype = tuple(shape), reads[0].dtype
         for i, transform in enumerate(transforms):
@@ -332,13 +417,47 @@ class RuleExpander:
                     return
                 raise PlanError(blame, problem + " (set policy.mismatch=skip to leave it out)")
             if box is not None:
-                region = describe(box, target.shape)
+                region = region_text or describe(box, target.shape)
         piece = Piece(reads, field, region, output.specs, merge)
         self.assignments.append(_Assignment(key, box, piece, blame))
 
     def _read(self, source: str, key: str) -> Read:
         info = self.inventories[source][key]
         return Read(source, key, info.shape, info.dtype)
+
+    def _joined_shape(self, reads: Sequence[Read], rule: ExplicitRule, output: _RuleOutput) -> tuple[int, ...]:
+        """The shape of ``{concat: DIM}`` or ``{stack: DIM}`` of the reads, each after its own
+        transforms: the same dtype, and the same shape but in DIM when concatenating."""
+        how = "concat" if "concat" in rule.merge else "stack"
+        dim = rule.merge[how]
+        shapes = []
+        for i, (read, transforms) in enumerate(zip(reads, output.each)):
+            shape, dtype = self._read_shape(read, f"{rule.field}.from"), read.dtype
+            for j, transform in enumerate(transforms):
+                try:
+                    shape, dtype = tuple(transform.out_shape(tuple(shape))), transform.out_dtype(dtype)
+                except ValueError as err:
+                    raise PlanError(f"{rule.field}.from[{i}].transform[{j}]", f"{_reads_text([read])}: {err}") from None
+            if dtype != reads[0].dtype:
+                raise PlanError(f"{rule.field}.from[{i}]", f"cannot {how} {_reads_text([read])} ({dtype}) with "
+                                                           f"{_reads_text(reads[:1])} ({reads[0].dtype}): the dtypes differ")
+            shapes.append(shape)
+        first = shapes[0]
+        ndim = len(first) + (how == "stack")
+        if not -ndim <= dim < ndim:
+            raise PlanError(f"{rule.field}.merge.{how}", f"dimension {dim} is out of range for {ndim}-d values")
+        at = dim % ndim
+        for i, shape in enumerate(shapes[1:], 1):
+            same = shape == first if how == "stack" else (len(shape) == len(first) and all(
+                a == b for d, (a, b) in enumerate(zip(shape, first)) if d != at))
+            if not same:
+                need = "the same shape" if how == "stack" else f"the same shape except in dim {dim}"
+                raise PlanError(f"{rule.field}.from[{i}]", f"cannot {how} {_reads_text([reads[i]])} {shape_text(shape)} with "
+                                                           f"{_reads_text(reads[:1])} {shape_text(first)} along dim {dim} "
+                                                           f"({how} needs {need})")
+        if how == "stack":
+            return (*first[:at], len(shapes), *first[at:])
+        return (*first[:at], sum(s[at] for s in shapes), *first[at + 1:])
 
     def _merged_shape(self, reads: Sequence[Read], field: str) -> tuple[int, ...]:
         """The shape of the values the reads give; merged reads must agree in shape and dtype."""
@@ -368,10 +487,15 @@ class RuleExpander:
         key, region = self._split(rest, field)
         return source, key, region
 
-    def _box(self, region: Region, shape, field: str, key: str) -> Box:
+    def _box(self, region: Region, shape, field: str, key: str, written: Region | None = None,
+             bindings: Mapping[str, str] | None = None, reads: Sequence[Read] = ()) -> Box:
         try:
             return region.box(tuple(shape))
         except ValueError as err:
+            if written is not None and written.variables:  # say which binding gave the index
+                values = ", ".join(f"{v}={bindings[v]}" for v in written.variables)
+                origin = f" from {_reads_text(reads)}" if reads else ""
+                raise PlanError(field, f"{key}{written} with {values}{origin}: {err} (shape {shape_text(shape)})") from None
             raise PlanError(field, f"{key}{region}: {err} (shape {shape_text(shape)})") from None
 
     def _read_shape(self, read: Read, field: str) -> tuple[int, ...]:

@@ -20,6 +20,46 @@ from torchgraft.plans.types import Entry, Piece, Plan, SourceRef, TargetRef, Unu
 from torchgraft.recipe.parse import ExplicitRule, Recipe
 
 
+class _Slots:
+    """The assignments to one key, indexed by the first dimension a region indexes with an
+    integer: two boxes indexed at different integers there cannot overlap. Stacking 128
+    experts into one tensor then checks each slot against one, not against 127."""
+
+    def __init__(self, assigned: list[_Assignment]):
+        self._loose: list[tuple[int, _Assignment]] = []  # whole tensors and slices only
+        self._by_index: dict[int, dict[int, list[tuple[int, _Assignment]]]] = {}  # dim -> index -> assignments
+        self._count = 0
+        for a in assigned:
+            self.add(a, self.slot(a))
+
+    @staticmethod
+    def slot(a: _Assignment) -> tuple[int, int] | None:
+        if a.box is None or all(a.box.kept):
+            return None
+        dim = a.box.kept.index(False)
+        return dim, a.box.bounds[dim][0]
+
+    def add(self, a: _Assignment, slot: tuple[int, int] | None) -> None:
+        item = (self._count, a)
+        self._count += 1
+        if slot is None:
+            self._loose.append(item)
+        else:
+            self._by_index.setdefault(slot[0], {}).setdefault(slot[1], []).append(item)
+
+    def candidates(self, slot: tuple[int, int] | None) -> list[_Assignment]:
+        """Earlier assignments that may overlap one at ``slot``, in the order they were made."""
+        if slot is not None and not self._loose and len(self._by_index) == 1 and slot[0] in self._by_index:
+            return [a for _, a in self._by_index[slot[0]].get(slot[1], ())]  # stacking: the one slot
+        found = list(self._loose)
+        for dim, indexes in self._by_index.items():
+            if slot is not None and dim == slot[0]:
+                found += indexes.get(slot[1], [])
+            else:
+                found += [item for items in indexes.values() for item in items]
+        return [a for _, a in sorted(found, key=lambda item: item[0])]
+
+
 class _Planner(RuleExpander):
     """Rule expansion (expand.py) plus the checks that need every assignment at once."""
 
@@ -56,18 +96,24 @@ class _Planner(RuleExpander):
     def _by_key(self) -> dict[str, list[_Assignment]]:
         """The assignments to each key, in rule order; two that overlap are an error."""
         by_key: dict[str, list[_Assignment]] = {}
+        slotted: dict[str, _Slots] = {}  # keys written region by region: candidates by index
         for a in self.assignments:
             others = by_key.get(a.key)
             if others is None:
                 by_key[a.key] = [a]
                 continue
-            for other in others:
+            slots = slotted.get(a.key)
+            if slots is None:
+                slots = slotted[a.key] = _Slots(others)
+            slot = slots.slot(a)
+            for other in slots.candidates(slot):
                 if a.box is None or other.box is None or a.box.overlaps(other.box):
                     mine = f"{a.key}{a.piece.region or ''}"
                     theirs = f"{other.key}{other.piece.region or ''}"
                     what = f"'{mine}' overlaps '{theirs}'" if mine != theirs else f"'{mine}'"
                     raise PlanError(a.field, f"{what}, which {other.piece.rule} already assigns")
             others.append(a)
+            slots.add(a, slot)
         return by_key
 
     def _kept(self, infos, by_key) -> set[str]:

@@ -13,11 +13,12 @@ import json
 import os
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 from torchgraft.core.tensors import itemsize, short_dtype
 from torchgraft.core.text import human_bytes, shape_text
-from torchgraft.keys.folding import Group, fold, fold_keyed, merge_leaves
+from torchgraft.keys.folding import Group, brace, fold, fold_keyed, merge_leaves
 from torchgraft.keys.regions import Region
 from torchgraft.plans.forms import Forms
 from torchgraft.plans.merge_text import merge_text
@@ -82,7 +83,12 @@ def _per_plan(make: Callable[[Plan], R]) -> Callable[[Plan], R]:
 def piece_text(piece: Piece, entry: Entry, keys: Sequence[str] | None = None) -> str:
     """``[:, :10] ← src:fc.weight[:, :10] | transpose``; ``keys`` replaces the read keys (patterns)."""
     keys = list(keys) if keys is not None else [r.key for r in piece.reads]
-    if len(piece.reads) > 1:
+    if isinstance(piece.merge, dict) and "each" in piece.merge:  # concat(0: a | rope(...), b, c)
+        how = "concat" if "concat" in piece.merge else "stack"
+        texts = [f"{r.source}:{k}{r.region or ''}" + (" | " + ", ".join(describe_transform(t) for t in specs) if specs else "")
+                 for r, k, specs in zip(piece.reads, keys, piece.merge["each"])]
+        reads = f"{how}({piece.merge[how]}: {'; '.join(texts)})"
+    elif len(piece.reads) > 1:
         reads = merge_text(piece.merge, [f"{r.source}:{k}{r.region or ''}" for r, k in zip(piece.reads, keys)], keys)
     else:
         reads = f"{piece.reads[0].source}:{keys[0]}{piece.reads[0].region or ''}"
@@ -97,16 +103,75 @@ def piece_text(piece: Piece, entry: Entry, keys: Sequence[str] | None = None) ->
 
 
 def origin_text(entry: Entry, keys: Sequence[str] | None = None) -> str:
-    """Where an entry's values come from, or ``keep``; ``keys`` replaces its read keys in order."""
+    """Where an entry's values come from, or ``keep``; ``keys`` replaces its read keys in order.
+    Pieces that differ only by one index, found again in their read keys (stacked experts),
+    read as one: ``[{0..127}] ← hf:experts.{0..127}.w``."""
     if entry.kept:
         return "keep"
     keys = list(keys) if keys is not None else [r.key for p in entry.pieces for r in p.reads]
-    parts, at = [], 0
+    per_piece, at = [], 0
     for piece in entry.pieces:
-        parts.append(piece_text(piece, entry, keys[at : at + len(piece.reads)]))
+        per_piece.append(keys[at : at + len(piece.reads)])
         at += len(piece.reads)
+    parts = [piece_text(replace(piece, region=region) if region != piece.region else piece, entry, piece_keys)
+             for piece, piece_keys, region in _index_runs(entry.pieces, per_piece)]
     parts += [f"{region} keep" for region in entry.uncovered]
     return "; ".join(parts)
+
+
+def _index_step(a: Piece, a_keys: Sequence[str], b: Piece, b_keys: Sequence[str]):
+    """``(region item, key segments, a's index, b's index)`` when ``b`` is ``a`` at another
+    integer index of one region item, that index also being the one segment in which each
+    read key differs; else None."""
+    if not (a.region and b.region) or (a.rule, a.transforms, a.merge) != (b.rule, b.transforms, b.merge):
+        return None
+    if [(r.source, r.shape, r.dtype, r.region) for r in a.reads] != [(r.source, r.shape, r.dtype, r.region) for r in b.reads]:
+        return None
+    items_a, items_b = a.region[1:-1].split(", "), b.region[1:-1].split(", ")
+    differ = [i for i, (x, y) in enumerate(zip(items_a, items_b)) if x != y]
+    if len(items_a) != len(items_b) or len(differ) != 1 or not (items_a[differ[0]].isdigit() and items_b[differ[0]].isdigit()):
+        return None
+    item = differ[0]
+    segments = []
+    for key_a, key_b in zip(a_keys, b_keys):
+        seg_a, seg_b = key_a.split("."), key_b.split(".")
+        diff = [i for i, (x, y) in enumerate(zip(seg_a, seg_b)) if x != y]
+        if len(seg_a) != len(seg_b) or len(diff) != 1 or (seg_a[diff[0]], seg_b[diff[0]]) != (items_a[item], items_b[item]):
+            return None
+        segments.append(diff[0])
+    return item, tuple(segments), int(items_a[item]), int(items_b[item])
+
+
+def _index_runs(pieces: Sequence[Piece], keys: Sequence[Sequence[str]]) -> list[tuple[Piece, list[str], str | None]]:
+    """Pieces as shown: ``(piece, read keys, region)``, runs of three or more folded."""
+    out: list[tuple[Piece, list[str], str | None]] = []
+    i = 0
+    while i < len(pieces):
+        j, shape, values = i + 1, None, []
+        while j < len(pieces):
+            step = _index_step(pieces[j - 1], keys[j - 1], pieces[j], keys[j])
+            if step is None or (shape is not None and step[:2] != shape):
+                break
+            shape = step[:2]
+            values = values or [step[2]]
+            values.append(step[3])
+            j += 1
+        if j - i < 3:
+            out.append((pieces[i], list(keys[i]), pieces[i].region))
+            i += 1
+            continue
+        item, segments = shape
+        braced = brace(values)
+        items = pieces[i].region[1:-1].split(", ")
+        items[item] = braced
+        folded = []
+        for key, seg in zip(keys[i], segments):
+            parts = key.split(".")
+            parts[seg] = braced
+            folded.append(".".join(parts))
+        out.append((pieces[i], folded, "[" + ", ".join(items) + "]"))
+        i = j
+    return out
 
 
 def rules_text(entry: Entry) -> str:

@@ -1,7 +1,8 @@
 """``merge:`` of a rule -> its canonical spec.
 
 Forms: ``mean`` and ``{weights: [...]}`` (the short forms of a linear merge, kept as they
-are in plans), and ``{method: NAME, ...}`` for the methods of ``core/merge_methods.py``,
+are in plans), ``{concat: DIM}`` and ``{stack: DIM}`` (joins, of explicit rules), and
+``{method: NAME, ...}`` for the methods of ``core/merge_methods.py``,
 returned with every parameter present (defaults filled in). A numeric parameter, or a
 weight, may be ``{gradient: [v0, ..., vn], over: VAR}``: it is resolved per tensor by the
 planner (``planning/merging.py``), which also checks values and sources.
@@ -18,10 +19,11 @@ from torchgraft.core.merge_methods import METHODS, REQUIRED, Method
 from torchgraft.core.text import did_you_mean
 
 _GRADIENT_FIELDS = ("gradient", "over")
+JOINS = {"concat", "stack"}  # merges that join the sources' values along a dimension
 
 
 def parse_merge(value: object, field: str, count: int, check_source: Callable[[str, str], None]) -> object:
-    """None | "mean" | {"weights": [floats]} | {"method": NAME, ...}; ``count`` sources (a
+    """None | "mean" | {"weights": [floats]} | {"concat"|"stack": DIM} | {"method": NAME, ...}; ``count`` sources (a
     method with a base may merge one source into it: how many a method takes is the planner's check)."""
     if value is None:
         if count > 1:
@@ -37,7 +39,12 @@ def parse_merge(value: object, field: str, count: int, check_source: Callable[[s
         return value
     if not isinstance(value, Mapping):
         raise wrong_type(value, field, "a string or a mapping")
-    reject_unknown(value, ("weights",), field)
+    if len(value) == 1 and next(iter(value)) in JOINS:  # {concat: DIM} | {stack: DIM}
+        ((how, dim),) = value.items()
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise wrong_type(dim, f"{field}.{how}", "a dimension (an integer)")
+        return {how: dim}
+    reject_unknown(value, ("weights",) + tuple(sorted(JOINS)), field)
     return {"weights": _weights(value.get("weights"), f"{field}.weights", count, gradients=False)}
 
 

@@ -30,11 +30,11 @@ from torchgraft.core.fields import (
 )
 from torchgraft.core.tensors import DTYPE_NAMES, is_floating, parse_dtype
 from torchgraft.core.text import did_you_mean
-from torchgraft.recipe.merge_spec import parse_merge
+from torchgraft.recipe.merge_spec import JOINS, parse_merge
 from torchgraft.recipe.run_options import RUN_FIELDS
 
 # Run-time switches composed into the same config; they are not part of the recipe.
-RECIPE_FIELDS = ("sources", "target", "rules", "keep", "base", "policy", "output", "target_seed", "target_init")
+RECIPE_FIELDS = ("sources", "target", "rules", "keep", "base", "policy", "output", "target_seed", "target_init", "vars")
 
 # The first value of each choice is its default.
 SOURCE_FORMATS = ("auto", "safetensors", "torch", "hf", "dcp", "peft")
@@ -153,6 +153,9 @@ def parse_recipe(cfg: Mapping) -> Recipe:
     if not isinstance(cfg, Mapping):
         raise RecipeError(None, f"expected a mapping at the top of the recipe, got {type_name(cfg)}")
     reject_unknown(cfg, RECIPE_FIELDS + RUN_FIELDS, None)
+    # `vars` holds the user's own numbers for `${vars.NAME}`; resolved before this, it
+    # means nothing to the planner, so it only has to be a mapping.
+    expect_mapping(cfg.get("vars"), "vars")
     sources = _parse_sources(cfg.get("sources"))
     if not sources and (cfg.get("rules") or cfg.get("base") is not None):
         raise RecipeError("sources", "no sources (name at least one checkpoint)")
@@ -235,7 +238,7 @@ def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | Expli
         raise RecipeError(f"{field}.{key}", "unknown field" + did_you_mean(key, known + ("to",)))
     if explicit:
         to = expect_str(raw["to"], f"{field}.to")
-        refs = strings(raw.get("from"), f"{field}.from")
+        refs, each = _explicit_sources(raw.get("from"), f"{field}.from")
         if not refs:
             raise RecipeError(f"{field}.from", "missing value")
         for path, ref in refs:
@@ -243,9 +246,15 @@ def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | Expli
             if not colon or not key or not _SOURCE_NAME.fullmatch(name):
                 raise RecipeError(path, f"expected 'source:key' (got {ref!r})")
             _check_source(name, path, sources)
+        merge = parse_merge(raw.get("merge"), f"{field}.merge", len(refs), checker)
+        if any(each) and not (isinstance(merge, Mapping) and JOINS & set(merge)):
+            at = next(i for i, t in enumerate(each) if t)
+            raise RecipeError(f"{field}.from[{at}].transform", "per-source transforms need merge: {concat: DIM} or {stack: DIM}")
+        if isinstance(merge, Mapping) and JOINS & set(merge):
+            merge = {**merge, "each": [list(t) for t in each]}
         return ExplicitRule(
             index, to, tuple(ref for _, ref in refs),
-            merge=parse_merge(raw.get("merge"), f"{field}.merge", len(refs), checker),
+            merge=merge,
             missing=choice(raw.get("missing"), f"{field}.missing", MISSING_MODES),
             transforms=_parse_transforms(raw.get("transform"), f"{field}.transform"))
     names = strings(raw.get("from"), f"{field}.from")
@@ -264,10 +273,13 @@ def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | Expli
         if not _CLASS_PATH.fullmatch(text):
             raise RecipeError(path, f"expected a module class such as torch.nn.Conv2d (got {text!r})")
         types.append(text)
+    merge = parse_merge(raw.get("merge"), f"{field}.merge", len(names), checker)
+    if isinstance(merge, Mapping) and JOINS & set(merge):
+        raise RecipeError(f"{field}.merge", "concat and stack join the tensors of an explicit rule (with 'to')")
     return BulkRule(
         index, tuple(name for _, name in names), select=select, exclude=exclude, rename=rename,
         types=tuple(types), kind=choice(raw.get("kind"), f"{field}.kind", KINDS),
-        merge=parse_merge(raw.get("merge"), f"{field}.merge", len(names), checker),
+        merge=merge,
         adapters=_parse_adapters(raw.get("adapter"), f"{field}.adapter", sources),
         missing=choice(raw.get("missing"), f"{field}.missing", MISSING_MODES),
         transforms=_parse_transforms(raw.get("transform"), f"{field}.transform"))
@@ -302,6 +314,23 @@ def _parse_adapters(value: object, field: str, sources: list[str]) -> tuple[tupl
             raise RecipeError(path, f"adapter '{name}' is listed twice")
         adapters.append((name, scale))
     return tuple(adapters)
+
+
+def _explicit_sources(value: object, field: str) -> tuple[list[tuple[str, str]], list[tuple]]:
+    """An explicit rule's ``from``: ``source:key`` strings, or ``{key: source:key, transform: [...]}``
+    mappings whose transforms apply to that source alone (before a concat or stack merge)."""
+    if value is not None and not isinstance(value, (str, Mapping)) and not is_list(value):
+        raise wrong_type(value, field, "a string or a list")
+    refs, each = [], []
+    for path, item in one_or_many(value, field):
+        if isinstance(item, Mapping):
+            reject_unknown(item, ("key", "transform"), path)
+            refs.append((f"{path}.key", expect_str(item.get("key"), f"{path}.key")))
+            each.append(_parse_transforms(item.get("transform"), f"{path}.transform"))
+        else:
+            refs.append((path, expect_str(item, path)))
+            each.append(())
+    return refs, each
 
 
 def _parse_transforms(value: object, field: str) -> tuple:

@@ -58,8 +58,11 @@ def resolve(cfg: Mapping[str, Any] | DictConfig) -> dict:
 
 
 def recipe_record(data: Mapping[str, Any]) -> dict:
-    """What a plan pins of its recipe: every transfer field, not run switches or where the output goes."""
-    record = {k: copy.deepcopy(v) for k, v in data.items() if k not in RUN_FIELDS}
+    """What a plan pins of its recipe: every transfer field, not run switches or where the output goes.
+
+    Nor ``vars``: the plan records the values they gave where they were used, so a
+    variable nothing uses does not change the plan."""
+    record = {k: copy.deepcopy(v) for k, v in data.items() if k not in RUN_FIELDS and k != "vars"}
     output = dict(record.get("output") or {})
     output.pop("path", None)
     output.pop("overwrite", None)

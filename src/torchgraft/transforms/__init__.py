@@ -16,6 +16,7 @@ from torchgraft.transforms.interpolate import OPTIONS as INTERPOLATE_OPTIONS
 from torchgraft.transforms.interpolate import interpolate
 from torchgraft.transforms.layout import cast, permute, reshape, scale, transpose
 from torchgraft.transforms.pad_rows import pad_rows
+from torchgraft.transforms.rope import rope
 
 _BUILDERS: dict[str, Callable[[Any, str], Transform]] = {
     "transpose": transpose,
@@ -26,10 +27,11 @@ _BUILDERS: dict[str, Callable[[Any, str], Transform]] = {
     "interpolate": interpolate,
     "adapt_channels": adapt_channels,
     "pad_rows": pad_rows,
+    "rope": rope,
 }
 NAMES = tuple(_BUILDERS)
 # Options print in this order, also for a plan read back from (key-sorted) JSON.
-_OPTION_ORDER = {"interpolate": INTERPOLATE_OPTIONS, "pad_rows": ("to", "fill")}
+_OPTION_ORDER = {"interpolate": INTERPOLATE_OPTIONS, "pad_rows": ("to", "fill"), "rope": ("head_dim", "to")}
 
 
 def compile_transform(spec: Any, field: str) -> Transform:
