@@ -39,3 +39,16 @@ def graft(tmp_path):
         return run_cli("graft", *args, cwd=cwd or tmp_path, env=env)
 
     return run
+
+
+def graft_main(monkeypatch, *argv: str) -> int:
+    """``graft ARGV`` in this process (no torch import to pay again); its exit code."""
+    from torchgraft.cli import graft as graft_cli
+
+    monkeypatch.setattr(sys, "argv", ["graft", *argv])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # main() sets it for Hydra; a user's would mean tracebacks
+    try:
+        graft_cli.main()
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0

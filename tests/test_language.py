@@ -297,11 +297,11 @@ ERRORS = [
     # a transform whose output does not fit the target
     ({"target": PROBE, "policy": {"unassigned": "keep"}, "rules": [{"to": "fc.weight", "from": "a:fc.weight", "transform": "transpose"}]},
      "rules[0].to: a:fc.weight [4,12] becomes [12,4] after transpose, but fc.weight has shape [4,12] "
-     "(set policy.mismatch=skip to leave it out)"),
+     "(remove the rule and add 'fc.weight' to keep to keep its initial value, or set policy.mismatch=skip to leave out every mismatch)"),
     ({"target": PROBE, "policy": {"unassigned": "keep"},
       "rules": [{"from": "a", "select": "fc", "transform": {"pad_rows": {"to": 6, "fill": "zeros"}}}]},
      "rules[0].select: a:fc.bias [4] becomes [6] after pad_rows(to=6, fill=zeros), but fc.bias has shape [4] "
-     "(set policy.mismatch=skip to leave it out)"),
+     "(add 'fc.bias' to rules[0].exclude and 'fc.bias' to keep to keep its initial value, or set policy.mismatch=skip to leave out every mismatch)"),
     ({"target": None, "rules": [{"to": "pos", "from": "a:fc.weight", "transform": ["transpose", {"interpolate": {"size": [3, 3]}}]}]},
      "rules[0].transform[1]: a:fc.weight: interpolate: 12 positions after 0 prefix tokens do not form a square grid "
      "(set prefix_tokens, or old_size for a non-square grid)"),

@@ -76,8 +76,8 @@ def test_missing_source_file(tmp_path):
 def test_shape_mismatch(convnet):
     cfg = recipe(convnet, rules=[{"from": "pretrained"}], keep=[])
     assert error_of(cfg) == (
-        "rules[0].select: pretrained:fc3.bias has shape [10] but fc3.bias has shape [5] "
-        "(set policy.mismatch=skip to leave it out)"
+        "rules[0]: pretrained:fc3.bias has shape [10] but fc3.bias has shape [5] "
+        "(add 'fc3.bias' to rules[0].exclude and 'fc3.bias' to keep to keep its initial value, or set policy.mismatch=skip to leave out every mismatch)"
     )
 
 
@@ -146,7 +146,7 @@ def test_region_shapes_must_agree(probe):
     rules = [{"to": "fc.weight[:, :10]", "from": "pretrained:fc.weight[:, :8]"}, {"to": "fc.bias", "from": "pretrained:fc.bias"}]
     assert error_of(probe_recipe(probe, rules)) == (
         "rules[0].to: pretrained:fc.weight[:, :8] has shape [4,8] but fc.weight[:, :10] has shape [4,10] "
-        "(set policy.mismatch=skip to leave it out)"
+        "(remove the rule and add 'fc.weight' to keep to keep its initial value, or set policy.mismatch=skip to leave out every mismatch)"
     )
 
 

@@ -183,7 +183,7 @@ def test_the_dry_run_suggests_per_module_for_a_large_target(source):
     assert advice(torchgraft.plan(big)) == (
         "note: the 2 kept tensors (1.2 GiB) take their initial values from building all of scale_init_models.Big "
         "(1.2 GiB) on the CPU; target_init=per_module builds only the modules they belong to "
-        "(same initializers, other random draws: see the README)")
+        "(same initializers, other random draws: see docs/large-checkpoints.md)")
     assert advice(torchgraft.plan({**big, "target_init": "per_module"})) is None
     assert advice(torchgraft.plan({**recipe(source), "target_init": "full"})) is None  # small
 

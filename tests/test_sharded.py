@@ -267,7 +267,7 @@ def test_graft_writes_a_sharded_directory_from_the_command_line(graft, tmp_path)
     assert sorted(os.listdir(out)) == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)] + [
         "model.safetensors.index.json"]
     size = sum(p.stat().st_size for p in out.iterdir())
-    assert f"wrote converted (10 tensors, {size / 1024:.1f} KiB) in " in result.stderr
+    assert f"wrote converted (10 tensors, 240.6 KiB of tensor data, {size / 1024:.1f} KiB on disk) in " in result.stderr
     result = graft("recipe=conv_only", "output.shard_size=100KB", "dry_run=true")
     assert result.returncode == 1
     assert "error: output.path: " in result.stderr and "model.safetensors: output.shard_size needs a model directory" \

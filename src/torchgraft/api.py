@@ -7,7 +7,9 @@ entry points are for commands."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,25 +29,51 @@ from torchgraft.plans.files import read_plan
 from torchgraft.plans.types import Plan
 from torchgraft.recipe.parse import Recipe, parse_recipe
 from torchgraft.recipe.resolve import recipe_record, register_resolver, resolve
+from torchgraft.recipe.source import find_recipe
 
 RecipeLike = Mapping[str, Any] | DictConfig | str | Path
 
+log = logging.getLogger("torchgraft")
 
-def _load(recipe: RecipeLike) -> tuple[Recipe, dict]:
+
+def _defaults() -> DictConfig:
+    """The CLI's defaults (conf/config.yaml) without Hydra's own sections. The default
+    ``output.path`` lives in a run directory, which only the CLI has."""
+    config = OmegaConf.load(str(resources.files("torchgraft") / "conf" / "config.yaml"))
+    for section in ("defaults", "hydra"):
+        config.pop(section, None)
+    config.output.path = None
+    return config
+
+
+def _load(recipe: RecipeLike, **fill: Any) -> tuple[Recipe, dict]:
+    """The recipe merged over the CLI's defaults, as ``graft recipe=...`` composes it."""
     if isinstance(recipe, Recipe):
         raise TypeError("pass the recipe as a mapping or a YAML path, so the plan can record it")
+    register_resolver()
     if isinstance(recipe, (str, Path)):
-        register_resolver()
-        recipe = OmegaConf.load(recipe)
-    data = resolve(recipe)
+        recipe = OmegaConf.load(find_recipe(recipe))
+    elif not isinstance(recipe, DictConfig):
+        recipe = OmegaConf.create(dict(recipe))
+    for dotted, value in fill.items():  # a default of this call, unless the recipe sets it
+        if OmegaConf.select(recipe, dotted, default=None) is None:
+            OmegaConf.update(recipe, dotted, value, force_add=True)
+    data = resolve(OmegaConf.merge(_defaults(), recipe))
     return parse_recipe(data), recipe_record(data)
 
 
 @paused_gc()
 def plan(recipe: RecipeLike) -> Plan:
-    """Plan a recipe (a mapping, a DictConfig or a YAML path). Reads headers only."""
+    """Plan a recipe: a bundled or ``./recipes`` name (``"conv_only"``), a YAML path, a
+    mapping or a DictConfig. Fields it leaves out take the CLI's defaults, so the plan
+    (and its sha256) is the one ``graft recipe=... dry_run=true`` writes. Reads headers only.
+    Unused source tensors are reported through the ``torchgraft`` logger, as the CLI does."""
     parsed, record = _load(recipe)
-    return make_plan(parsed, record)
+    the_plan = make_plan(parsed, record)
+    warning = plan_text.unused_warning(the_plan)
+    if warning:
+        log.warning("%s", warning)
+    return the_plan
 
 
 @paused_gc()
@@ -57,9 +85,10 @@ def render(plan: Plan, grouped: bool = True) -> str:
 @paused_gc()
 def load_into(model: nn.Module, recipe: RecipeLike) -> Plan:
     """Fill ``model`` in place from the recipe's sources: the one call that replaces a
-    hand-written ``state_dict`` loop. Tensors no rule assigns keep the model's current
-    values; the recipe's ``target`` is ignored (the model is the target)."""
-    parsed, record = _load(recipe)
+    hand-written ``state_dict`` loop. The recipe's ``target`` is ignored (the model is
+    the target). Tensors no rule assigns keep the model's current values: here
+    ``policy.unassigned`` defaults to ``keep`` (a recipe that sets ``error`` gets the error)."""
+    parsed, record = _load(recipe, **{"policy.unassigned": "keep"})
     the_plan = make_plan(parsed, record, target=model_inventory(model))
     current = {k: v.detach() for k, v in model.state_dict().items()}
     model.load_state_dict(state_dict(the_plan, current), strict=True)

@@ -140,7 +140,7 @@ class TorchReader(Reader):
             culprit = found.group(1) if found else "an unsupported object"
             raise self._error(
                 f"refused to unpickle {culprit}: torch.load(weights_only=True) allows only "
-                "tensors and plain containers, and torchgraft never runs code from a checkpoint"
+                f"tensors and plain containers, and torchgraft never runs code from a checkpoint{_refusal_hint(culprit)}"
             ) from None
         except OSError as e:
             raise self._error(f"cannot read ({e.strerror or e})") from None
@@ -161,7 +161,8 @@ class TorchReader(Reader):
             under = _find_state_dict(obj)
             if under is not None:
                 where = f"{self.key}.{under}" if self.key else under
-                raise self._error(f"the tensors are under '{where}': set key: {where}")
+                how = f"--key {where}" if self.field == "graft-inspect" else f"set key: {where}"  # the CLI's flag
+                raise self._error(f"the tensors are under '{where}': {how}")
             found = f"{type(obj).__name__} with no tensors"
         else:
             found = type(obj).__name__
@@ -304,3 +305,14 @@ def _first_line(e: BaseException) -> str:
     if not text or isinstance(e, (KeyError, IndexError)):
         text = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return text.splitlines()[0].split(". ")[0]  # torch appends paragraphs of advice
+
+
+def _refusal_hint(culprit: str) -> str:
+    """What to do instead, when the refused global says what the file holds."""
+    if culprit.startswith("numpy."):
+        return ("; it holds numpy arrays: in code you trust, load it, convert them with torch.from_numpy "
+                "and save the state dict again (or save_file it as .safetensors)")
+    if culprit.rpartition(".")[2][:1].isupper():  # a class: most often a whole pickled model
+        return (f"; if it is a whole pickled model ({culprit}), load it once in code you trust and "
+                "save model.state_dict() instead")
+    return ""

@@ -32,9 +32,9 @@ from torchgraft.execution.outputs import output_bytes
 from torchgraft.execution.sources import pin_contents
 from torchgraft.planning.planner import make_plan
 from torchgraft.plans import review
-from torchgraft.plans.files import refuse_sweep_overwrite, write_plan
+from torchgraft.plans.files import read_plan, refuse_sweep_overwrite, write_plan
 from torchgraft.plans.files import register_resolver as register_job_name
-from torchgraft.plans.text import group_keys, render
+from torchgraft.plans.text import render, target_nbytes, unused_warning
 from torchgraft.recipe import source as recipe_source
 from torchgraft.recipe.parse import parse_recipe
 from torchgraft.recipe.resolve import recipe_record, register_resolver, resolve
@@ -54,12 +54,13 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     recipe = parse_recipe(data)
     verify = options.verify_sources
     name = HydraConfig.get().runtime.choices.get("recipe") or "recipe"
+    record = recipe_record(data, run_dir, pin_output=not _overrides_output(HydraConfig.get().overrides.task))
     if options.check:
-        result = check(options.check, name, lambda: make_plan(recipe, recipe_record(data)), verify)
+        result = check(options.check, name, lambda: make_plan(recipe, record), verify)
         sys.stdout.write(result.text)
         sys.stdout.flush()
         if not result.same:
-            raise review.out_of_date(options.check, name)
+            raise review.out_of_date(options.check, name, replan_overrides(HydraConfig.get().overrides.task))
         return sweep.Outcome("check")
     dry_run = options.dry_run
     also = [Path(options.plan_dir) / f"{name}.plan"] if options.plan_dir else []
@@ -72,16 +73,15 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     # collector would only walk the plan's objects (millions for 100k tensors, none
     # of them cyclic garbage), again and again as they pile up.
     with paused_gc():
-        plan = make_plan(recipe, recipe_record(data))
+        plan = make_plan(recipe, record)
         if verify == "hash":
             plan = pin_contents(plan)
         text = render(plan)
         sys.stdout.write(text)
         sys.stdout.flush()
-        if plan.unused and recipe.policy.unused == "warn":
-            names = group_keys(f"{u.source}:{u.key}" for u in plan.unused)
-            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-            log.warning("warning: %d source tensors are read by no rule: %s (policy.unused=ignore silences this)", len(plan.unused), shown)
+        warning = unused_warning(plan)
+        if warning:
+            log.warning("%s", warning)
         note = init_advice(plan)
         if note:
             log.info("%s", note)
@@ -92,8 +92,20 @@ def run(cfg: DictConfig) -> sweep.Outcome:
     start = time.perf_counter()
     execute(plan, output, overwrite=recipe.output.overwrite)
     written = output_bytes(output)
-    log.info("wrote %s (%d tensors, %s) in %.2f s; verified against the plan", output, len(plan.entries), human_bytes(written), time.perf_counter() - start)
+    log.info("wrote %s (%s) in %.2f s; verified against the plan", output, written_text(plan, written), time.perf_counter() - start)
     return sweep.Outcome.of(plan, "run", output)
+
+
+def replan_overrides(task: list[str]) -> list[str]:
+    """The overrides of a ``check=`` run that the re-planning dry run needs too (all but
+    the run switches it sets itself)."""
+    return [o for o in task if o.lstrip("+~").split("=", 1)[0] not in ("check", "dry_run", "plan_dir", "recipe")]
+
+
+def written_text(plan, file_bytes: int) -> str:
+    """``10 tensors, 240.6 KiB of tensor data, 245.3 KiB on disk``: the plan counts tensor
+    bytes; a file adds its header (and a directory its index and copied files)."""
+    return f"{len(plan.entries)} tensors, {human_bytes(target_nbytes(plan))} of tensor data, {human_bytes(file_bytes)} on disk"
 
 
 _APPLY_FIELDS = ("apply", "dry_run", "debug", "output.path", "output.overwrite")
@@ -113,11 +125,26 @@ def refuse_overrides(overrides: list[str], check: bool) -> None:
         )
 
 
+def _overrides_output(overrides: list[str]) -> bool:
+    """``output.path=`` on the command line: where this run writes, not part of its plan."""
+    return any(o.lstrip("+~").split("=", 1)[0] == "output.path" for o in overrides)
+
+
+def apply_output(path: str, overrides: list[str], cfg: DictConfig, run_dir: Path) -> Path:
+    """Where ``apply`` writes: ``output.path=`` on the command line, else the plan's own
+    (a recipe's literal ``output.path`` is part of its plan), else the run directory."""
+    if _overrides_output(overrides) and cfg.output.get("path"):
+        return Path(str(cfg.output.path))
+    planned = (read_plan(path, "apply").recipe.get("output") or {}).get("path")
+    return Path(planned) if planned else run_dir / "model.safetensors"
+
+
 def _apply(cfg: DictConfig, run_dir: Path) -> sweep.Outcome:
     """``apply=PLAN``: the plan is the recipe; only output.path/overwrite and dry_run apply."""
     path = str(cfg.apply)
-    refuse_overrides(list(HydraConfig.get().overrides.task), bool(cfg.get("check")))
-    output = Path(str(cfg.output.path)) if cfg.output.get("path") else run_dir / "model.safetensors"
+    overrides = list(HydraConfig.get().overrides.task)
+    refuse_overrides(overrides, bool(cfg.get("check")))
+    output = apply_output(path, overrides, cfg, run_dir)
     if cfg.get("dry_run"):
         plan = apply(path, output, dry_run=True)
         sys.stdout.write(render(plan))
@@ -128,8 +155,8 @@ def _apply(cfg: DictConfig, run_dir: Path) -> sweep.Outcome:
     text = render(plan)
     sys.stdout.write(text)
     write_plan(plan, run_dir / "plan", text)
-    log.info("applied %s: wrote %s (%d tensors, %s) in %.2f s; verified against the plan", path, output, len(plan.entries),
-             human_bytes(output_bytes(output)), time.perf_counter() - start)
+    log.info("applied %s: wrote %s (%s) in %.2f s; verified against the plan", path, output, written_text(plan, output_bytes(output)),
+             time.perf_counter() - start)
     return sweep.Outcome.of(plan, "apply", output)
 
 

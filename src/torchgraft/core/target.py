@@ -59,6 +59,26 @@ def _check_arguments(target: Any, spec: Mapping[str, Any]) -> None:
         signature.bind(**kwargs)
     except TypeError as err:
         raise TargetError("target", f"{spec['_target_']}: {err}") from None
+    _check_types(target, spec, kwargs)
+
+
+_SIMPLE = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+
+
+def _check_types(target: Any, spec: Mapping[str, Any], kwargs: Mapping[str, Any]) -> None:
+    """An argument whose annotation is a plain int/float/str/bool must be one, so that
+    ``num_classes: three`` names the argument instead of failing deep inside torch."""
+    try:
+        hints = inspect.signature(target, eval_str=True).parameters
+    except Exception:  # annotations that do not evaluate: nothing to check against
+        return
+    for key, value in kwargs.items():
+        param = hints.get(key)
+        wanted = _SIMPLE.get(param.annotation) if param is not None else None
+        if wanted is None or value is None:
+            continue
+        if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
+            raise TargetError(f"target.{key}", f"{spec['_target_']} expects {param.annotation.__name__} for '{key}', got {value!r}")
 
 
 def build_model(spec: Mapping[str, Any], *, device: str | torch.device) -> nn.Module:

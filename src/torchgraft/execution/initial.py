@@ -170,4 +170,4 @@ def advice(plan: Plan) -> str | None:
     count = f"{len(kept)} kept tensor{'s' if len(kept) != 1 else ''}"
     return (f"note: the {count} ({human_bytes(_nbytes(kept))}) take their initial values from building all of "
             f"{plan.target.spec['_target_']} ({human_bytes(total)}) on the CPU; target_init=per_module builds "
-            "only the modules they belong to (same initializers, other random draws: see the README)")
+            "only the modules they belong to (same initializers, other random draws: see docs/large-checkpoints.md)")

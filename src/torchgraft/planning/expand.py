@@ -96,6 +96,10 @@ class RuleExpander:
         self.readers = readers
         self.inventories = {name: r.by_key() for name, r in readers.items()}
         self._indexes: dict[str | None, KeyIndex] = {}  # by source, None for the target (see _index)
+        # (source, key) left out on purpose: by a bulk rule's exclude, types or kind, or
+        # (planner) named like a target tensor in keep. Unused, but not warned about.
+        self.excluded: set[tuple[str, str]] = set()
+        self.kept_keys: set[str] = set()
         self.target = {t.key: t for t in target} if target is not None else None
         self.extracted: dict[str, TensorInfo] = {}  # the output's tensors when there is no target
         self.assignments: list[_Assignment] = []
@@ -167,7 +171,8 @@ class RuleExpander:
         """The tensors ``rule`` takes from ``source``: new key -> (source key, field to blame, target tensor)."""
         field = rule.field
         selected = self._selected(rule, source)
-        renamed, not_renamed = f"{field}.rename", f"{field}.select"  # the fields to blame
+        # the fields to blame: only ones the recipe wrote (no select: the rule itself)
+        renamed, not_renamed = f"{field}.rename", f"{field}.select" if rule.select else field
         produced: dict[str, str] = {}
         taken: dict[str, tuple[str, str, TensorInfo | None]] = {}
         for key in selected:
@@ -182,6 +187,7 @@ class RuleExpander:
             if only is not None:  # a filter selects among target tensors: others are not this rule's
                 target = self.target.get(new_key)
                 if target is None or not only.accepts(target):
+                    self.excluded.add((source, key))  # the rule's types/kind leave it out
                     continue
             elif self.target is None:  # extraction: the rule defines the output tensor
                 target = None
@@ -212,6 +218,7 @@ class RuleExpander:
         if rule.exclude:
             excluded = set(select_keys(selected, rule.exclude))
             selected = [k for k in selected if k not in excluded]
+            self.excluded.update((source, k) for k in excluded)
         return selected
 
     def _target_filter(self, rule: BulkRule) -> TargetFilter | None:
@@ -415,7 +422,11 @@ class RuleExpander:
                 if self.recipe.policy.mismatch == "skip":
                     self.skipped.append(Skipped(key, field, problem))
                     return
-                raise PlanError(blame, problem + " (set policy.mismatch=skip to leave it out)")
+                if blame.endswith(".to"):  # an explicit rule: it names this one tensor
+                    fix = f"remove the rule and add '{key}' to keep to keep its initial value"
+                else:
+                    fix = f"add '{reads[0].key}' to {field}.exclude and '{key}' to keep to keep its initial value"
+                raise PlanError(blame, f"{problem} ({fix}, or set policy.mismatch=skip to leave out every mismatch)")
             if box is not None:
                 region = region_text or describe(box, target.shape)
         piece = Piece(reads, field, region, output.specs, merge)

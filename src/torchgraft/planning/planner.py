@@ -129,6 +129,7 @@ class _Planner(RuleExpander):
                 i = next(i for i, p in enumerate(self.recipe.keep) if KeyPattern(p).matches(key))
                 raise PlanError(f"keep[{i}]", f"'{key}' is kept, but {whole[0].piece.rule} assigns it")
             kept.add(key)
+        self.kept_keys = kept  # a source tensor of a kept key's name stays behind on purpose
         return kept
 
     def _check_unassigned(self, infos, by_key, kept) -> None:
@@ -155,7 +156,8 @@ class _Planner(RuleExpander):
             for info in inventory.values()
             if info.key not in read[source]
         ]
-        if unused and self.recipe.policy.unused == "error":
+        self.excluded.update((u.source, u.key) for u in unused if u.key in self.kept_keys)
+        if unused and self.recipe.policy.unused == "error":  # strict: left out on purpose or not
             from torchgraft.plans.text import group_keys
 
             listed = ", ".join(group_keys([f"{u.source}:{u.key}" for u in unused]))
@@ -218,6 +220,7 @@ def _make_plan(recipe: Recipe, resolved: dict, *, target: list[TensorInfo] | Non
         plan = Plan(
             entries=tuple(entries),
             unused=tuple(unused),
+            excluded=frozenset(planner.excluded & {(u.source, u.key) for u in unused}),
             skipped=tuple(planner.skipped),
             sources=sources,
             target=TargetRef(recipe.target, recipe.target_seed, inventory_sha256(inventory), recipe.base,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,12 +80,14 @@ def register_resolver() -> None:
         OmegaConf.register_new_resolver("job_name", job_name)
 
 
-def replan_command(path: str, recipe: str | None = None) -> str:
-    """The dry run that rewrites the plan file at ``path`` (when it is named as ``plan_dir`` names plans)."""
+def replan_command(path: str, recipe: str | None = None, overrides: Sequence[str] = ()) -> str:
+    """The dry run that rewrites the plan file at ``path`` (when it is named as ``plan_dir``
+    names plans), with the run's other ``overrides`` so that it plans the same recipe."""
     named = recipe_name(path)
+    extra = "".join(f" {shlex.quote(o)}" for o in overrides)
     if named is None or (recipe is not None and recipe != named):
-        return f"graft recipe={recipe or 'NAME'} dry_run=true"
-    return f"graft recipe={named} dry_run=true plan_dir={Path(path).parent}"
+        return f"graft recipe={recipe or 'NAME'} dry_run=true{extra}"
+    return f"graft recipe={named} dry_run=true plan_dir={Path(path).parent}{extra}"
 
 
 def read_document(path: str, field: str) -> dict:

@@ -7,6 +7,7 @@ fold into ``<details>`` sections, which GitHub and GitLab render collapsed.
 from __future__ import annotations
 
 from torchgraft.core.text import human_bytes
+from torchgraft.plans.flowchart import flowchart
 from torchgraft.plans.text import nbytes, shown_path, source_stats, summary, table, target_text, unused_lines
 from torchgraft.plans.types import Plan
 
@@ -27,6 +28,7 @@ def render_markdown(plan: Plan) -> str:
     lines = [
         f"### torchgraft plan `{plan.sha256[:12]}`",
         "",
+        *flowchart(plan),
         f"**Target** `{_cell(target)}`{', ' + initial if initial else ''} · torchgraft {plan.version}",
         "",
     ]

@@ -9,7 +9,8 @@ class still builds the tensors the plan was made for. Any difference is a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from torchgraft.core.errors import DriftError
 from torchgraft.core.target import target_inventory
@@ -19,7 +20,7 @@ from torchgraft.plans import fingerprints
 from torchgraft.plans.diff import diff_plans
 from torchgraft.plans.files import replan_command
 from torchgraft.plans.text import group_keys
-from torchgraft.plans.types import Entry, Plan
+from torchgraft.plans.types import Entry, Plan, SourceRef
 
 _SHOWN = 6  # changes named in a one-line drift message before "... (N more)"
 
@@ -73,14 +74,29 @@ class CheckResult:
 
 
 def compare(path: str, recipe: str, committed: Plan, fresh: Plan) -> CheckResult:
-    """The committed plan at ``path`` against a fresh one of ``recipe``."""
+    """The committed plan at ``path`` against a fresh one of ``recipe``. A source whose
+    size and header are as pinned but whose mtime is not (a fresh clone or checkout sets
+    every mtime) does not fail the check: it is named in a note. ``apply`` stays strict."""
+    touched = [s.name for s, c in zip(fresh.sources, committed.sources) if _only_mtime_differs(c, s)]
+    if touched:
+        pinned = {s.name: s.fingerprint["mtime_ns"] for s in committed.sources}
+        fresh = replace(fresh, sources=tuple(
+            replace(s, fingerprint={**s.fingerprint, "mtime_ns": pinned[s.name]}) if s.name in touched else s for s in fresh.sources))
     result = diff_plans(committed, fresh)
     if result.same:
-        return CheckResult(True, f"OK: {path} is up to date (plan {committed.sha256[:12]})\n")
+        note = "".join(f"note: sources.{name}: only its modification time differs from the plan's (size and header as pinned); "
+                       "check does not compare it, apply does\n" for name in touched)
+        return CheckResult(True, f"OK: {path} is up to date (plan {committed.sha256[:12]})\n{note}")
     return CheckResult(False, result.text(path, f"recipe={recipe} now", committed, fresh))
 
 
-def out_of_date(path: str, recipe: str) -> DriftError:
+def _only_mtime_differs(pinned: SourceRef, now: SourceRef) -> bool:
+    a, b = pinned.fingerprint, now.fingerprint
+    return (pinned.name == now.name and pinned.path == now.path and fingerprints.differences(a, b) == ["mtime_ns"])
+
+
+def out_of_date(path: str, recipe: str, overrides: Sequence[str] = ()) -> DriftError:
     return DriftError(
-        "check", f"{path} is out of date (differences above); if they are intended, re-plan and commit: {replan_command(path, recipe)}"
+        "check", f"{path} is out of date (differences above); if they are intended, re-plan and commit: "
+                 f"{replan_command(path, recipe, overrides)}"
     )

@@ -29,6 +29,18 @@ R = TypeVar("R")
 _MAX_COLUMN = 56  # wider keys overflow their column instead of pushing every line right
 
 
+def unused_warning(plan: Plan) -> str | None:
+    """The warning for source tensors no rule reads, under ``policy.unused: warn``.
+    Tensors left out on purpose (``Plan.excluded``) are listed in the plan, not here."""
+    policy = (plan.recipe.get("policy") or {}).get("unused", "warn")
+    unused = [u for u in plan.unused if (u.source, u.key) not in plan.excluded]
+    if policy != "warn" or not unused:
+        return None
+    names = group_keys(f"{u.source}:{u.key}" for u in unused)
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return f"warning: {len(unused)} source tensors are read by no rule: {shown} (policy.unused=ignore silences this)"
+
+
 def group_keys(keys: Iterable[str]) -> list[str]:
     """``fc1.weight, fc1.bias`` -> ``fc1.{weight,bias}``: siblings share one item (first-seen order)."""
     groups: dict[str, list[str]] = {}
@@ -265,7 +277,11 @@ def source_lines(plan: Plan) -> list[str]:
 
 
 def header(plan: Plan) -> list[str]:
-    return [f"# torchgraft plan {plan.sha256[:12]}  (torchgraft {plan.version})", f"target  {target_text(plan)}", *source_lines(plan)]
+    lines = [f"# torchgraft plan {plan.sha256[:12]}  (torchgraft {plan.version})", f"target  {target_text(plan)}", *source_lines(plan)]
+    written = (plan.recipe.get("output") or {}).get("path")
+    if written:  # a literal output.path is part of the plan (the run directory's is not)
+        lines.append(f"output  {shown_path(written)}")
+    return lines
 
 
 def entry_row(group: Group[Entry]) -> tuple[str, str, str, str, str]:
@@ -328,6 +344,11 @@ def summary(plan: Plan) -> str:
     if plan.skipped:
         text += f", {len(plan.skipped)} skipped"
     return text + f"; {len(plan.unused)} source tensors unused ({human_bytes(unused_nbytes(plan))})"
+
+
+def target_nbytes(plan: Plan) -> int:
+    """The bytes of the target tensors' data, as the summary line counts them (not file bytes)."""
+    return _tally(plan)[1]["all"]
 
 
 def _tally(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:

@@ -135,6 +135,10 @@ class Plan:
     recipe: dict = field(hash=False)  # the resolved recipe the plan was made from
     version: str = ""
     layout: Layout = Layout()
+    # (source, key) of unused tensors left out on purpose (a rule's exclude, types or kind;
+    # the name of a tensor in keep): not warned about. Not in the plan file: the recipe it
+    # records says as much.
+    excluded: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     def source(self, name: str) -> SourceRef:
         return next(s for s in self.sources if s.name == name)

@@ -422,3 +422,8 @@ def _check_source(name: str, field: str, sources: list[str]) -> None:
     if name not in sources:
         hint = did_you_mean(name, sources) or f" (known: {', '.join(sorted(sources))})"
         raise RecipeError(field, f"unknown source {name!r}{hint}")
+
+
+# The field names of each section, for the recipe's JSON Schema (recipe/json_schema.py).
+SECTION_FIELDS = {"source": _SOURCE_FIELDS, "bulk": _BULK_FIELDS, "explicit": _EXPLICIT_FIELDS,
+                  "policy": _POLICY_FIELDS, "output": _OUTPUT_FIELDS, "copy_files": _COPY_FIELDS}

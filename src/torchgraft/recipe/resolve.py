@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -57,14 +59,24 @@ def resolve(cfg: Mapping[str, Any] | DictConfig) -> dict:
     return data
 
 
-def recipe_record(data: Mapping[str, Any]) -> dict:
-    """What a plan pins of its recipe: every transfer field, not run switches or where the output goes.
+def recipe_record(data: Mapping[str, Any], run_dir: str | os.PathLike | None = None, *, pin_output: bool = True) -> dict:
+    """What a plan pins of its recipe: every transfer field, not run switches. A recipe's
+    literal ``output.path`` is pinned (a reviewed plan says where it writes); one in the
+    run directory (``${hydra:runtime.output_dir}/...``, the default) is not, as it differs
+    every run, nor one given for this run only (``pin_output=False``: ``output.path=`` on
+    the command line).
 
     Nor ``vars``: the plan records the values they gave where they were used, so a
     variable nothing uses does not change the plan."""
     record = {k: copy.deepcopy(v) for k, v in data.items() if k not in RUN_FIELDS and k != "vars"}
     output = dict(record.get("output") or {})
-    output.pop("path", None)
+    path = output.pop("path", None)
     output.pop("overwrite", None)
+    if pin_output and path is not None and not (run_dir is not None and _inside(str(path), run_dir)):
+        output["path"] = str(path)
     record["output"] = output
     return record
+
+
+def _inside(path: str, folder: str | os.PathLike) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))

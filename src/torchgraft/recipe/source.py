@@ -28,6 +28,18 @@ def bundled_recipes() -> Path:
     return Path(str(resources.files("torchgraft") / "recipes"))
 
 
+def find_recipe(recipe: str | os.PathLike) -> Path:
+    """A YAML path as it is; a bare name (``conv_only``) as ``recipe=NAME`` finds it:
+    ``./recipes/NAME.yaml``, else the bundled recipe of that name."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") or path.exists() or len(path.parts) != 1:
+        return path
+    for root in (Path(os.getcwd()) / "recipes", bundled_recipes()):
+        if (root / f"{path}.yaml").is_file():
+            return root / f"{path}.yaml"
+    return path
+
+
 class RecipeSource(ConfigSource):
     @staticmethod
     def scheme() -> str:

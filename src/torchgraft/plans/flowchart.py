@@ -1,0 +1,71 @@
+"""The Mermaid flowchart that opens ``plan.md``: which source modules feed which target
+modules, repeated layers folded (``blocks.*``), small enough to read in a pull request.
+
+A module is a key's leading segments (its tensor name dropped), numbers replaced by
+``*``. The deepest level (up to 3 segments) whose graph has at most ``MAX_NODES`` nodes
+is drawn; kept tensors come from one "initial values" node. A plan whose top-level
+modules alone are more has no chart.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torchgraft.plans.types import Plan
+
+MAX_NODES = 30
+_NUMBER = re.compile(r"^\d+$")
+
+
+def _module(key: str, depth: int) -> str:
+    parts = key.split(".")
+    if len(parts) > 1:
+        parts = parts[:-1]  # the tensor's own name
+    return ".".join("*" if _NUMBER.match(p) else p for p in parts[:depth])
+
+
+def _edges(plan: Plan, depth: int) -> set[tuple[str, str, str]]:
+    """(source name or "" for initial values, source module, target module)."""
+    edges = set()
+    for entry in plan.entries:
+        to = _module(entry.key, depth)
+        for piece in entry.pieces:
+            for read in piece.reads:
+                edges.add((read.source, _module(read.key, depth), to))
+        if entry.needs_initial:
+            edges.add(("", "", to))
+    return edges
+
+
+def _nodes(edges: set[tuple[str, str, str]]) -> int:
+    return len({(s, m) for s, m, _ in edges}) + len({t for _, _, t in edges})
+
+
+def flowchart(plan: Plan) -> list[str]:
+    """The Markdown lines of the chart (a mermaid block), or none for an empty plan."""
+    edges: set[tuple[str, str, str]] = set()
+    depth = 3
+    for depth in (3, 2, 1):
+        edges = _edges(plan, depth)
+        if _nodes(edges) <= MAX_NODES:
+            break
+    if not edges or _nodes(edges) > MAX_NODES:  # even the top-level modules are too many to draw
+        return []
+    ids: dict[tuple[str, str], str] = {}  # (source name, module) -> node id; ("", "") initial values; (None, module) target
+
+    def node(source: str | None, module: str) -> str:
+        return ids.setdefault((source, module), f"n{len(ids)}")
+
+    lines = ["```mermaid", "flowchart LR"]
+    sources = [s.name for s in plan.sources]
+    for i, source in enumerate(sources):
+        modules = sorted({m for s, m, _ in edges if s == source})
+        if modules:
+            lines += [f'  subgraph source{i}["{source}"]', *(f'    {node(source, m)}["{m}"]' for m in modules), "  end"]
+    if any(s == "" for s, _, _ in edges):
+        lines.append(f'  {node("", "")}(["initial values"])')
+    targets = list(dict.fromkeys(_module(e.key, depth) for e in plan.entries))
+    lines += ['  subgraph target["target"]', *(f'    {node(None, t)}["{t}"]' for t in targets), "  end"]
+    for source, module, to in sorted(edges, key=lambda e: (e[0] == "", sources.index(e[0]) if e[0] else 0, e[1], targets.index(e[2]))):
+        lines.append(f"  {node(source, module)} {'-.->' if source == '' else '-->'} {node(None, to)}")
+    return [*lines, "```", ""]
