@@ -1,10 +1,17 @@
-"""Shared fixtures: example checkpoints in a private folder, and the installed ``graft`` command."""
+"""Shared fixtures: example checkpoints in a private folder, the ``graft`` CLI run in
+this process (``graft``), and the installed commands run as a user runs them (``run_cli``)."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +28,8 @@ def examples_dir(tmp_path_factory) -> Path:
 
 
 def run_cli(command: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run an installed console script (``graft``, ``graft-inspect``) as a user would."""
+    """Run an installed console script (``graft``, ``graft-inspect``) in a subprocess, as a user would.
+    Costs ~3 s of torch import: for smoke tests of the installed commands only."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     if env and "HYDRA_FULL_ERROR" in env:
@@ -31,12 +39,95 @@ def run_cli(command: str, *args: str, cwd: Path, env: dict | None = None) -> sub
     )
 
 
-@pytest.fixture
-def graft(tmp_path):
-    """``graft(*overrides)`` runs the CLI in a fresh working directory (``tmp_path``)."""
+@dataclass(frozen=True)
+class Ran:
+    """What a command run in this process did (the fields of ``subprocess.CompletedProcess`` tests read)."""
 
-    def run(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-        return run_cli("graft", *args, cwd=cwd or tmp_path, env=env)
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _clear_hydra() -> None:
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None
+
+
+def _under(module: object, roots: list[Path]) -> bool:
+    file = getattr(module, "__file__", None)
+    if not file:
+        return False
+    path = Path(file).resolve()
+    return any(path.is_relative_to(root) for root in roots)
+
+
+def run_in_process(entry: Callable[[list[str]], object], args: list[str], *, cwd: Path, env: dict | None = None) -> Ran:
+    """Run a CLI ``main(argv)`` here as its own process would: in ``cwd``, with ``env``
+    (``PYTHONPATH`` entries go on ``sys.path``), stdout and stderr captured, the exit code
+    from ``SystemExit`` (or the return value). Hydra's global state, logging handlers,
+    the environment, ``sys.path`` and modules imported from ``cwd`` or ``PYTHONPATH``
+    are put back afterwards, so calls do not see each other. (``PYTHONHASHSEED`` cannot
+    be set in a running process: tests of it use ``run_cli``.)"""
+    env = dict(env or {})
+    assert "PYTHONHASHSEED" not in env, "use run_cli for PYTHONHASHSEED"
+    extra_path = [str(Path(cwd, p).resolve()) for p in env.pop("PYTHONPATH", "").split(os.pathsep) if p]
+    roots = [Path(cwd).resolve(), *map(Path, extra_path)]
+    saved_env = {name: os.environ.get(name) for name in [*env, "HYDRA_FULL_ERROR"]}
+    saved_path, saved_modules = list(sys.path), set(sys.modules)
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    saved_cwd = os.getcwd()
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    os.environ.update(env)
+    sys.path[:0] = extra_path
+    out, err = io.StringIO(), io.StringIO()
+    _clear_hydra()
+    importlib.invalidate_caches()  # files written by the test in the same second as an earlier import
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                returned = entry(list(args))
+                code = returned if isinstance(returned, int) else 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+                if not isinstance(exit_.code, (int, type(None))):
+                    print(exit_.code, file=sys.stderr)
+    finally:
+        os.chdir(saved_cwd)
+        _clear_hydra()
+        for handler in root.handlers:
+            if handler not in saved_handlers:
+                handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        sys.path[:] = saved_path
+        for name in set(sys.modules) - saved_modules:
+            if _under(sys.modules[name], roots):
+                del sys.modules[name]
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+def graft_in_process(*args: str, cwd: Path, env: dict | None = None) -> Ran:
+    from torchgraft.cli.graft import main
+
+    return run_in_process(main, list(args), cwd=cwd, env=env)
+
+
+@pytest.fixture
+def graft(tmp_path) -> Callable[..., Ran]:
+    """``graft(*overrides)`` runs the ``graft`` CLI in this process, in a fresh working directory (``tmp_path``)."""
+
+    def run(*args: str, env: dict | None = None, cwd: Path | None = None) -> Ran:
+        return graft_in_process(*args, cwd=cwd or tmp_path, env=env)
 
     return run
 

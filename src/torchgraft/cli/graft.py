@@ -1,8 +1,7 @@
 """``graft``: the Hydra app. Thin on purpose: compose -> plan -> render -> execute.
 
-Error reporting is owned here: a user error (``GraftError``, a bad override, an
-unknown recipe) prints one line and exits 1; anything else is a bug and exits 2 with
-its traceback. Tracebacks for user errors only with HYDRA_FULL_ERROR=1 or debug=true.
+Jobs raise; ``main`` reports, once for the whole call, through ``exits`` (the one
+mapping from an exception to a message and an exit code).
 """
 
 from __future__ import annotations
@@ -11,21 +10,23 @@ import logging
 import os
 import sys
 import time
-import traceback
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
+from hydra._internal.hydra import Hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
 from torchgraft.api import apply, check
-from torchgraft.cli import sweep
-from torchgraft.core.errors import GraftError, RecipeError
+from torchgraft.cli import exits, rundir, sweep
+from torchgraft.core.errors import RecipeError
 from torchgraft.core.heap import paused_gc
 from torchgraft.core.text import human_bytes
+from torchgraft.core.version import __version__
 from torchgraft.execution.executor import check_output, execute
 from torchgraft.execution.initial import advice as init_advice
 from torchgraft.execution.outputs import output_bytes
@@ -38,19 +39,17 @@ from torchgraft.plans.text import render, target_nbytes, unused_warning
 from torchgraft.recipe import source as recipe_source
 from torchgraft.recipe.parse import parse_recipe
 from torchgraft.recipe.resolve import recipe_record, register_resolver, resolve
-from torchgraft.recipe.run_options import parse_run_options
+from torchgraft.recipe.run_options import RUN_FIELDS, RunOptions, flag, parse_run_options
 
 log = logging.getLogger("torchgraft")
 
 
-def run(cfg: DictConfig) -> sweep.Outcome:
+def run(cfg: DictConfig, options: RunOptions, run_dir: Path) -> sweep.Outcome:
     """One job: plan the composed recipe, print it, and execute it unless dry_run.
     ``apply=PLAN`` runs a reviewed plan instead; ``check=PLAN`` compares with a committed one."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.get("apply"):
-        return _apply(cfg, run_dir)
+    if options.apply:
+        return _apply(cfg, options, run_dir)
     data = resolve(cfg)
-    options = parse_run_options(data)
     recipe = parse_recipe(data)
     verify = options.verify_sources
     name = HydraConfig.get().runtime.choices.get("recipe") or "recipe"
@@ -111,11 +110,10 @@ def written_text(plan, file_bytes: int) -> str:
 _APPLY_FIELDS = ("apply", "dry_run", "debug", "output.path", "output.overwrite")
 
 
-def refuse_overrides(overrides: list[str], check: bool) -> None:
+def refuse_overrides(overrides: list[str]) -> None:
     """``apply`` takes everything from the plan: an override that would change the transfer
-    (a recipe, a field) is refused rather than silently ignored."""
-    if check:
-        raise RecipeError("check", "cannot be combined with apply (check compares a recipe with a plan; apply runs a plan)")
+    (a recipe, a field) is refused rather than silently ignored. (``check`` with ``apply``
+    is refused by ``parse_run_options``.)"""
     ignored = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _APPLY_FIELDS and not o.lstrip("+~").startswith("hydra.")]
     if ignored:
         raise RecipeError(
@@ -139,19 +137,19 @@ def apply_output(path: str, overrides: list[str], cfg: DictConfig, run_dir: Path
     return Path(planned) if planned else run_dir / "model.safetensors"
 
 
-def _apply(cfg: DictConfig, run_dir: Path) -> sweep.Outcome:
+def _apply(cfg: DictConfig, options: RunOptions, run_dir: Path) -> sweep.Outcome:
     """``apply=PLAN``: the plan is the recipe; only output.path/overwrite and dry_run apply."""
-    path = str(cfg.apply)
+    path = str(options.apply)
     overrides = list(HydraConfig.get().overrides.task)
-    refuse_overrides(overrides, bool(cfg.get("check")))
+    refuse_overrides(overrides)
     output = apply_output(path, overrides, cfg, run_dir)
-    if cfg.get("dry_run"):
+    if options.dry_run:
         plan = apply(path, output, dry_run=True)
         sys.stdout.write(render(plan))
         log.info("dry run: %s is unedited and its sources and target are unchanged; nothing written", path)
         return sweep.Outcome.of(plan, "apply")
     start = time.perf_counter()
-    plan = apply(path, output, overwrite=bool(cfg.output.get("overwrite")))
+    plan = apply(path, output, overwrite=flag(cfg.output.get("overwrite"), "output.overwrite"))
     text = render(plan)
     sys.stdout.write(text)
     write_plan(plan, run_dir / "plan", text)
@@ -160,58 +158,134 @@ def _apply(cfg: DictConfig, run_dir: Path) -> sweep.Outcome:
     return sweep.Outcome.of(plan, "apply", output)
 
 
-_user_wants_traceback = False
+@dataclass
+class _Call:
+    """What the jobs of one ``graft`` call tell ``main``, which reports for all of them."""
+
+    multirun: bool = False
+    debug: bool = False  # the last job's debug switch
+    mode: str | None = None  # the last job's: run | dry_run | apply | check
+    argv: list[str] = field(default_factory=list)  # the command line (a sweep's summary shows it as typed)
+    run_dir: Path | None = None
+    sweep_dir: Path | None = None
+    errors: list[Exception] = field(default_factory=list)  # of the jobs, in order
+
+    def worst_error(self) -> Exception | None:
+        """The error ``main`` reports: the first bug, else the first user error."""
+        return max(self.errors, key=exits.exit_code, default=None)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://torchgraft.conf", config_name="config")
-def _job(cfg: DictConfig) -> sweep.Outcome:
+def read_options(cfg: DictConfig) -> RunOptions:
+    """The run switches, typed (``dry_run=nope`` is refused), without resolving the recipe."""
+    return parse_run_options({name: cfg.get(name) for name in RUN_FIELDS})
+
+
+def _job(cfg: DictConfig, call: _Call) -> sweep.Outcome | None:
+    """One Hydra job: run it and record its status (sweeps). A failure is handed to
+    ``main`` in ``call``; raised too in a sweep, whose jobs may run in other processes."""
+    hydra_cfg = HydraConfig.get()
+    call.multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if call.multirun:
+        call.sweep_dir = Path(hydra_cfg.sweep.dir)
+    else:
+        call.run_dir = run_dir
+    mode = None
     try:
-        outcome = run(cfg)
-    except GraftError as err:
-        sweep.write_status(cfg, None, err)
-        print(f"error: {err}", file=sys.stderr)
-        if cfg.get("debug"):
-            traceback.print_exc()
-        if HydraConfig.get().mode == RunMode.RUN and not _user_wants_traceback:
-            sys.exit(1)  # one line; raising would make Hydra add its own report
-        err.reported = True  # type: ignore[attr-defined]
-        raise  # multirun: Hydra runs the other jobs, then re-raises the first failure
+        options = read_options(cfg)
+        mode = call.mode = options.mode
+        call.debug = options.debug
+        outcome = run(cfg, options, run_dir)
     except Exception as err:
-        sweep.write_status(cfg, None, err)
-        raise
-    sweep.write_status(cfg, outcome, None)
+        sweep.write_status(mode, None, err, call.argv)
+        call.errors.append(err)
+        if call.multirun:
+            raise  # a launcher may run jobs in other processes: Hydra hands their failure to main
+        return None
+    sweep.write_status(mode, outcome, None, call.argv)
     return outcome
 
 
-def main() -> None:
-    """Console entry point of ``graft``."""
+def _mode_from_overrides(self: Hydra, config_name: str | None, overrides: list[str]) -> RunMode | None:
+    """Hydra's ``get_mode`` composes the whole config only to read ``hydra.mode``, which
+    torchgraft's config never sets: only an override can. Read that instead (one
+    composition per run instead of two; see ``compose_once``)."""
+    for override in reversed(overrides):
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") == "hydra.mode" and value.upper() in RunMode.__members__:
+            return RunMode[value.upper()]
+    return None
+
+
+@contextmanager
+def compose_once():
+    """For one call: the run mode from the overrides, not from a first composition of the
+    config (a 1-tensor dry run: see the closing note of issue 13 item 4 for the numbers)."""
+    saved = Hydra.get_mode
+    Hydra.get_mode = _mode_from_overrides
+    try:
+        yield
+    finally:
+        Hydra.get_mode = saved
+
+
+@contextmanager
+def _hydra_app_args(argv: list[str]):
+    """Hydra reads ``sys.argv``, and reports errors itself unless HYDRA_FULL_ERROR=1:
+    set both for the call, so every error reaches ``main``, and restore them after."""
+    saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = ["graft", *argv]
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point of ``graft``: runs the Hydra app on ``argv`` and exits with
+    0 (ok), 1 (a user error) or 2 (a bug), as mapped by ``exits``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in argv:
+        print(f"torchgraft {__version__} (Hydra {hydra.__version__})")
+        sys.exit(exits.OK)
     register_resolver()
     register_job_name()
+    rundir.register_resolver()
     recipe_source.register()
-    global _user_wants_traceback
-    _user_wants_traceback = user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach this function instead of Hydra's printer
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    call = _Call(argv=argv)
+    app = hydra.main(version_base="1.3", config_path="pkg://torchgraft.conf", config_name="config")(
+        lambda cfg: _job(cfg, call)
+    )
+    multirun = "-m" in argv or "--multirun" in argv or "hydra.mode=MULTIRUN" in argv
+    error: Exception | None = None
     try:
-        try:
-            _job()
-        finally:
-            if sweep.last_summary is not None:  # a sweep ran in this process: show its table
-                print(sweep.last_summary.read_text(encoding="utf-8"), file=sys.stderr, end="")
-    except GraftError as err:
-        if not getattr(err, "reported", False):
-            print(f"error: {err}", file=sys.stderr)
-        if user_wants_traceback:
-            raise
-        sys.exit(1)
-    except (HydraException, OmegaConfBaseException) as err:
-        if user_wants_traceback:
-            raise
-        print(f"error: {str(err).strip()}", file=sys.stderr)
-        sys.exit(1)
-    except Exception:
-        traceback.print_exc()
-        print("internal error: this is a bug in torchgraft; please report it with the traceback above", file=sys.stderr)
-        sys.exit(2)
+        if multirun:
+            sweep.refuse_shared_output(argv)
+        with _hydra_app_args(argv), compose_once():
+            app()
+    except Exception as err:  # composing the config failed, or the sweep is refused: no job ran
+        error = err
+    error = call.worst_error() or error
+    local = not any(a.startswith(("hydra/launcher=", "+hydra/launcher=")) for a in argv)
+    if multirun and error is None and local and call.sweep_dir is None:
+        error = sweep.no_jobs(argv)  # (a launcher running jobs elsewhere leaves call.sweep_dir unset)
+    if call.sweep_dir is not None and error is not None:  # the table, which SweepSummary prints after a sweep without failures
+        summary = sweep.summary_path(call.sweep_dir)
+        if summary.exists():
+            print(summary.read_text(encoding="utf-8"), file=sys.stderr, end="")
+    code = exits.OK if error is None else exits.report(error, show_traceback=full_error or call.debug)
+    if call.run_dir is not None and not call.multirun:
+        if (code == exits.USER_ERROR or call.mode == "check") and not call.debug:
+            rundir.discard(call.run_dir)
+        elif code == exits.OK:
+            rundir.point_latest(call.run_dir)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from torchgraft.checkpoints.formats import looks_like_checkpoint
 from torchgraft.core.errors import GraftError
 from torchgraft.core.tensors import TensorInfo, short_dtype
 from torchgraft.core.text import human_bytes, shape_text
+from torchgraft.keys.folding import fold
 
 
 @dataclass
@@ -51,24 +52,11 @@ def build_tree(infos: list[TensorInfo], module_types: dict[str, str] | None = No
     return root
 
 
-def _fold(children: list[Node]) -> list[tuple[str, Node]]:
-    """Runs of consecutive integer-named siblings with one signature -> ``{a..b}``."""
-    out: list[tuple[str, Node]] = []
-    i = 0
-    while i < len(children):
-        j = i
-        if children[i].name.isdigit():
-            while (
-                j + 1 < len(children)
-                and children[j + 1].name.isdigit()
-                and int(children[j + 1].name) == int(children[j].name) + 1
-                and children[j + 1].signature() == children[i].signature()
-            ):
-                j += 1
-        label = children[i].name if j == i else f"{{{children[i].name}..{children[j].name}}}"
-        out.append((label, children[i]))
-        i = j + 1
-    return out
+def _fold(children: list[Node]) -> list[tuple[str, Node, int]]:
+    """Integer-named siblings of one structure share a line (``{0..11}``, ``{0,2,5}``),
+    folded by the plan text's folder: (label, first node, how many it stands for)."""
+    groups = fold(children, lambda node: (node.name,), Node.signature, least=2)
+    return [(group.patterns[0], group.members[0], len(group.members)) for group in groups]
 
 
 def render_tree(root: Node, title: str, expand: bool = False) -> str:
@@ -78,8 +66,9 @@ def render_tree(root: Node, title: str, expand: bool = False) -> str:
     lines = [f"{title}  {count} tensors, {total:,} elements, {human_bytes(nbytes)}"]
 
     def walk(node: Node, prefix: str) -> None:
-        items = [(c.name, c) for c in node.children.values()] if expand else _fold(list(node.children.values()))
-        for n, (label, child) in enumerate(items):
+        children = list(node.children.values())
+        items = [(c.name, c, 1) for c in children] if expand else _fold(children)
+        for n, (label, child, count) in enumerate(items):
             last = n == len(items) - 1
             branch, indent = ("└── ", "    ") if last else ("├── ", "│   ")
             if child.tensor is not None and not child.children:
@@ -88,10 +77,7 @@ def render_tree(root: Node, title: str, expand: bool = False) -> str:
                 lines.append(f"{prefix}{branch}{label}  {shape_text(t.shape)}  {short_dtype(t.dtype)}{kind}")
             else:
                 kind = f"  {child.module_type.rpartition('.')[2]}" if child.module_type else ""
-                times = ""
-                if label.startswith("{"):
-                    a, b = label[1:-1].split("..")
-                    times = f" x{int(b) - int(a) + 1}"
+                times = f" x{count}" if count > 1 else ""
                 lines.append(f"{prefix}{branch}{label}{kind}  {child.numel():,}{times}")
                 walk(child, prefix + indent)
 

@@ -3,7 +3,7 @@ it failed.
 
 Hydra calls ``on_multirun_end`` only when every job succeeded, so the table cannot
 wait for the end: each job writes ``status.json`` in its own run directory (ok or
-failed, from the job wrapper in cli.py), and after each job the ``SweepSummary``
+failed, from the job wrapper in cli/graft.py), and after each job the ``SweepSummary``
 callback rewrites ``summary.txt`` and ``summary.json`` in the sweep directory from
 all status files present. After the last job, they list every job.
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +23,14 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from torchgraft.core.errors import GraftError
+from torchgraft.cli.exits import one_line
+from torchgraft.core.errors import RecipeError
 from torchgraft.core.text import human_bytes
 from torchgraft.execution.outputs import output_bytes
 from torchgraft.plans.types import Plan
 
 STATUS = "status.json"
 SUMMARY = "summary"  # summary.txt and summary.json, in the sweep directory
-
-last_summary: Path | None = None  # the summary this process wrote last (graft prints it after the sweep)
 
 
 @dataclass(frozen=True)
@@ -54,30 +55,82 @@ def _size(path: Path) -> int | None:
     return output_bytes(path) if path.exists() else None
 
 
-def mode_of(cfg: Any) -> str:
-    for mode in ("apply", "check"):
-        if cfg.get(mode):
-            return mode
-    return "dry_run" if cfg.get("dry_run") else "run"
+def as_typed(override: str, argv: list[str]) -> str:
+    """A job's override as the user typed it in ``argv``: Hydra hands it over rewritten
+    (``dry_run=True``, ``$``, ``{``, ``:`` escaped). One value of a sweep list, unescaped."""
+    key = override.split("=", 1)[0]
+    for typed in _sweep_overrides(argv):
+        if typed.input_line and typed.input_line.split("=", 1)[0] == key and not typed.is_sweep_override():
+            return typed.input_line
+    return re.sub(r"\\(.)", r"\1", override)
 
 
-def one_line(error: BaseException) -> str:
-    text = str(error) if isinstance(error, GraftError) else f"internal error: {type(error).__name__}: {error}"
-    return (text.strip().splitlines() or [""])[0]
+def _sweep_overrides(argv: list[str]) -> list[Any]:
+    """The parsed overrides of ``graft -m ...`` (none if they do not parse: Hydra reports that)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in argv if not a.startswith("-")]
+    try:
+        return OverridesParser.create().parse_overrides(args)
+    except Exception:
+        return []
 
 
-def write_status(cfg: Any, outcome: Outcome | None, error: BaseException | None) -> None:
-    """Record this job's result in its run directory (sweeps only)."""
+def _is_one_of_many(override: Any) -> bool:
+    if not override.is_sweep_override():
+        return False
+    try:
+        return len(list(override.sweep_string_iterator())) > 1
+    except Exception:  # glob(...): expanded by Hydra against the recipes
+        return True
+
+
+def refuse_shared_output(argv: list[str]) -> None:
+    """A fixed ``output.path=FILE`` in a sweep of several jobs would have each job replace
+    (or refuse) the one before: refused before the first job runs, with the fix."""
+    overrides = _sweep_overrides(argv)
+    by_key = {o.key_or_group: o for o in overrides}
+    path, dry = by_key.get("output.path"), by_key.get("dry_run")
+    if path is None or path.is_sweep_override() or not any(_is_one_of_many(o) for o in overrides):
+        return
+    if dry is not None and not dry.is_sweep_override() and dry.value() is True:
+        return  # a dry run writes no checkpoint
+    value = str(path.value())
+    if "${" in value:
+        return  # an interpolation (${hydra:job.num} ...) can differ per job
+    where = Path(value)
+    fix = str(where.parent / "${hydra:job.num}" / where.name) if str(where.parent) != "." else "${hydra:job.num}/" + where.name
+    raise RecipeError(
+        "output.path",
+        f"every job of this sweep would write {value}; jobs need an output.path each, e.g. output.path='{fix}'",
+    )
+
+
+def no_jobs(argv: list[str]) -> RecipeError:
+    """The error for a sweep whose lists and globs expand to no job at all."""
+    globs = [a for a in argv if "glob(" in a]
+    if globs:
+        return RecipeError(
+            "sweep",
+            f"0 jobs to run: {' '.join(globs)} matched nothing (glob(...) matches the names of recipes, "
+            "recipe='glob(*)', not files: list the values instead, e.g. sources.pretrained=a.pt,b.pt)",
+        )
+    return RecipeError("sweep", "0 jobs to run (the sweep's lists expand to no job)")
+
+
+def write_status(mode: str | None, outcome: Outcome | None, error: BaseException | None, argv: list[str]) -> None:
+    """Record this job's result in its run directory (sweeps only). ``mode`` is None when
+    the job failed before its run switches were read; ``argv``: the sweep's command line."""
     hydra = HydraConfig.get()
     if hydra.mode != RunMode.MULTIRUN:
         return
     record = {
         "job": int(hydra.job.num),
-        "recipe": None if cfg.get("apply") else hydra.runtime.choices.get("recipe"),  # apply: the plan is the recipe
-        "overrides": [o for o in hydra.overrides.task if not o.startswith("recipe=")],
+        "recipe": None if mode == "apply" else hydra.runtime.choices.get("recipe"),  # apply: the plan is the recipe
+        "overrides": [as_typed(o, argv) for o in hydra.overrides.task if not o.startswith("recipe=")],
         "status": "ok" if error is None else "failed",
         "error": None if error is None else one_line(error),
-        **asdict(outcome if outcome is not None else Outcome(mode_of(cfg))),
+        **asdict(outcome if outcome is not None else Outcome(mode or "-")),
     }
     _write(Path(hydra.runtime.output_dir) / STATUS, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
@@ -129,14 +182,17 @@ def summary_text(sweep_dir: Path, jobs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_path(sweep_dir: Path) -> Path:
+    """Where the table over a sweep's jobs is (``graft`` prints it after the sweep)."""
+    return sweep_dir / f"{SUMMARY}.txt"
+
+
 def summarize(sweep_dir: Path) -> Path:
     """(Re)write ``summary.txt`` and ``summary.json`` in ``sweep_dir``; returns the text's path."""
-    global last_summary
     jobs = collect(sweep_dir)
     _write(sweep_dir / f"{SUMMARY}.json", json.dumps({"jobs": jobs}, indent=1, sort_keys=True) + "\n")
-    _write(sweep_dir / f"{SUMMARY}.txt", summary_text(sweep_dir, jobs))
-    last_summary = sweep_dir / f"{SUMMARY}.txt"
-    return last_summary
+    _write(summary_path(sweep_dir), summary_text(sweep_dir, jobs))
+    return summary_path(sweep_dir)
 
 
 class SweepSummary(Callback):
@@ -148,4 +204,7 @@ class SweepSummary(Callback):
             summarize(Path(hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        summarize(Path(config.hydra.sweep.dir))
+        """Called (in graft's process, whichever launcher ran the jobs) only when no job failed;
+        after a failure, graft prints the table itself."""
+        table = summarize(Path(config.hydra.sweep.dir))
+        print(table.read_text(encoding="utf-8"), file=sys.stderr, end="")

@@ -12,6 +12,10 @@ class GraftError(Exception):
         self.message = message
         super().__init__(f"{field}: {message}" if field else message)
 
+    def __reduce__(self):
+        # Sweep jobs on a launcher plugin fail in another process: the error comes back pickled.
+        return (type(self), (self.field, self.message))
+
 
 class RecipeError(GraftError):
     """The recipe is malformed: unknown field, wrong type, missing value."""

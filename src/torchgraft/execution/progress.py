@@ -33,12 +33,14 @@ class Progress:
         if _is_terminal(stream):
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
-                             delay=delay, leave=False, file=stream, dynamic_ncols=True, mininterval=0.25)
+            # Sizes as everywhere else (KiB, MiB, GiB): tqdm's own scaling prints MB for MiB.
+            self._bar = tqdm(total=total, desc=self.line(self._start), delay=delay, leave=False, file=stream, dynamic_ncols=True,
+                             mininterval=0.25, bar_format="{desc} |{bar}| {elapsed}<{remaining}")
 
     def update(self, n: int) -> None:
         self.done += n
         if self._bar is not None:
+            self._bar.set_description_str(self.line(self._clock()), refresh=False)
             self._bar.update(n)
             return
         now = self._clock()

@@ -7,10 +7,10 @@ such a line back into every key it stands for, so the folded text never hides an
 entry: the folder only emits a pattern after checking that ``expand`` gives back
 exactly its members.
 
-Pattern syntax, in one key:
-  ``{3..7}`` ``{7..3}`` ``{0..118..2}``  an integer progression (bash-style, inclusive)
-  ``{0,2,5}``                            integers listed
-  ``{weight,bias}``                      names listed (sibling leaves of a module)
+The braces are those of recipe patterns (``keys.patterns``, one grammar): ranges
+``{3..7}`` ``{7..3}`` ``{0..118..2}``, integers listed ``{0,2,5}``, names listed
+``{weight,bias}`` (sibling leaves of a module), so a line pasted into ``select`` matches
+the keys it stands for. The folder prints no brace a pattern would refuse (too many values).
 The first key of a line (the target key) iterates over the product of its braces, in
 order (``layers.{0..59}.experts.{0..7}`` is 480 keys). A brace in another key of the
 same line (a source key) follows one brace of the first key, value for value: the only
@@ -23,8 +23,10 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from torchgraft.keys.patterns import MAX_LISTED, MAX_VALUES, PatternError, brace_values
 
 T = TypeVar("T")
 
@@ -32,7 +34,6 @@ _INT = re.compile(r"0|[1-9][0-9]*")
 _INTEGER = "(0|[1-9][0-9]*)"
 _INT_SEGMENT = re.compile(rf"(?<![^.]){_INTEGER}(?![^.])")  # a whole dotted segment
 _BRACE = re.compile(r"\{([^{}\s]*)\}")
-_RANGE = re.compile(r"(\d+)\.\.(\d+)(?:\.\.([1-9]\d*))?")
 _NAME = re.compile(r"[^,{}\s.]+")
 _LINE_COST = 60  # a line costs as much as this many characters when choosing a folding
 _MAX_FIXED_CHOICES = 6  # keys with more integer segments than this try fewer foldings
@@ -61,16 +62,18 @@ def brace(values: Sequence[int | str]) -> str:
     return "{" + ",".join(str(v) for v in values) + "}"
 
 
+def _fits(written: str, count: int) -> bool:
+    """Whether a pattern may hold this brace (``patterns.MAX_VALUES``, ``MAX_LISTED``)."""
+    return count <= (MAX_VALUES if written.count("..") == 1 else MAX_LISTED)
+
+
 def slot_values(content: str) -> list[str] | None:
-    """The values a brace's content stands for, or None if it is not a pattern brace."""
-    if m := _RANGE.fullmatch(content):
-        start, stop, step = int(m[1]), int(m[2]), int(m[3] or 1)
-        step = step if stop >= start else -step
-        return [str(v) for v in range(start, stop + (1 if step > 0 else -1), step)]
-    items = content.split(",")
-    if len(items) >= 2 and all(_NAME.fullmatch(item) for item in items):
-        return items
-    return None
+    """The values a brace's content stands for, or None if it is not a pattern brace
+    (the grammar is the recipe's: ``patterns.brace_values``)."""
+    try:
+        return brace_values(content)
+    except PatternError:
+        return None
 
 
 def _slots(text: str) -> list[tuple[int, int, list[str]]]:
@@ -172,94 +175,31 @@ def _join(template: tuple[str, ...], values: Sequence[str]) -> str:
     return "".join(out)
 
 
-def fold(items: Sequence[T], keys: Callable[[T], Sequence[str]], rest: Callable[[T], Hashable]) -> list[Group[T]]:
+def fold(items: Sequence[T], keys: Callable[[T], Sequence[str]], rest: Callable[[T], Hashable], *,
+         least: int = _MIN_FOLD) -> list[Group[T]]:
     """Fold items whose ``rest`` is equal and whose keys differ only by integer segments
-    that vary together. Groups come in the order of their first member."""
-    return fold_keyed(items, [tuple(keys(item)) for item in items], [rest(item) for item in items])
+    that vary together, ``least`` or more to a line. Groups come in the order of their first member."""
+    return fold_keyed(items, [tuple(keys(item)) for item in items], [rest(item) for item in items], least=least)
 
 
-def fold_keyed(items: Sequence[T], keys: Sequence[tuple[str, ...]], rests: Sequence[Hashable]) -> list[Group[T]]:
+def fold_keyed(items: Sequence[T], keys: Sequence[tuple[str, ...]], rests: Sequence[Hashable], *,
+               least: int = _MIN_FOLD) -> list[Group[T]]:
     """``fold`` with each item's keys and rest given (a plan has them at hand)."""
     # members are (position, item, integers of its keys as text, its keys)
     buckets: dict[tuple, list[tuple[int, T, tuple[str, ...], tuple[str, ...]]]] = {}
-    splitter = _Splitter()
     for i, (item, item_keys, rest) in enumerate(zip(items, keys, rests)):
-        templates, values = splitter.split(item_keys, rest)
+        split = [_split_digits(key) for key in item_keys]
+        templates = tuple(template for template, _ in split)
+        values = tuple(value for _, digits in split for value in digits)
         buckets.setdefault((templates, rest), []).append((i, item, values, item_keys))
     groups: list[Group[T]] = []
     for (templates, _), members in buckets.items():
-        groups.extend(_fold_bucket(templates, members))
+        groups.extend(_fold_bucket(templates, members, least))
     groups.sort(key=lambda g: g.first)
     return groups
 
 
-class _Splitter:
-    """``_split_digits`` of every key of many items, most of them alike.
-
-    The first templates met for each kind of item are kept as anchored regexes: a key
-    that fully matches one splits the same way (its text around the integers is the
-    template's, which holds no integer segment), and a match takes a third of the time
-    of finding the integers of an unknown key. Keys matching none are split in full.
-    A kind whose items rarely match what came before is soon split in full only.
-    """
-
-    KEEP = 16  # templates kept per kind of item: at most this many matches tried first
-
-    def __init__(self) -> None:
-        self._kinds: dict[Hashable, _Known] = {}
-
-    def split(self, keys: tuple[str, ...], kind: Hashable) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]:
-        """The template of each of ``keys``, and the integers of them all (as text)."""
-        known = self._kinds.get(kind) or self._kinds.setdefault(kind, _Known())
-        # a failed match costs a third of a split: more than two per match, and matching does not pay
-        if known.failed <= 2 * known.matched + self.KEEP * self.KEEP:  # (past the first templates met)
-            for i, (patterns, templates) in enumerate(known.templates):
-                values = _match(patterns, keys)
-                if values is not None:
-                    known.matched += 1
-                    # tried last next time: items of a kind tend to come in turns (q, k, v, q, k, v)
-                    known.templates.append(known.templates.pop(i))
-                    return templates, values
-                known.failed += 1
-        split_templates, split_values = [], []
-        for key in keys:
-            template, digits = _split_digits(key)
-            split_templates.append(template)
-            split_values += digits
-        templates, values = tuple(split_templates), tuple(split_values)
-        if values and len(known.templates) < self.KEEP:
-            known.templates.append((tuple(_template_pattern(template) for template in templates), templates))
-        return templates, values
-
-
-@dataclass
-class _Known:
-    """The templates of one kind of item, as regexes; and how often they matched."""
-
-    templates: list[tuple[tuple[re.Pattern, ...], tuple[tuple[str, ...], ...]]] = field(default_factory=list)
-    matched: int = 0
-    failed: int = 0
-
-
-def _template_pattern(template: tuple[str, ...]) -> re.Pattern:
-    """The regex of the keys a template stands for: its text, an integer between each two parts."""
-    return re.compile(_INTEGER.join(map(re.escape, template)))
-
-
-def _match(patterns: tuple[re.Pattern, ...], keys: tuple[str, ...]) -> tuple[str, ...] | None:
-    """The integers of ``keys`` if each fully matches its pattern, else None."""
-    if len(patterns) != len(keys):
-        return None
-    values: tuple[str, ...] = ()
-    for pattern, key in zip(patterns, keys):
-        match = pattern.fullmatch(key)
-        if match is None:
-            return None
-        values += match.groups()
-    return values
-
-
-def _fold_bucket(templates, members) -> list[Group]:
+def _fold_bucket(templates, members, least: int) -> list[Group]:
     if len(members) == 1:
         return [_single(members[0])]
     primary = len(templates[0]) - 1
@@ -279,7 +219,7 @@ def _fold_bucket(templates, members) -> list[Group]:
                 continue
             groups = []
             for sub in subs:
-                folded = _fold_exact(templates, sub, primary)
+                folded = _fold_exact(templates, sub, primary, least)
                 groups += [folded] if folded is not None else [_single(m) for m in sub]
             cost = sum(sum(len(p) for p in g.patterns) + _LINE_COST for g in groups)
             if best_cost is None or cost < best_cost:
@@ -301,10 +241,10 @@ def _single(member) -> Group:
     return Group(keys, (item,), i)
 
 
-def _fold_exact(templates, sub, primary: int) -> Group | None:
+def _fold_exact(templates, sub, primary: int, least: int) -> Group | None:
     """One line for ``sub`` if its primary integers form a full product and every other
     integer follows one of them; None otherwise."""
-    if len(sub) < _MIN_FOLD:
+    if len(sub) < least:
         return None
     width = len(sub[0][2])
     columns = list(zip(*(member[2] for member in sub)))
@@ -320,14 +260,18 @@ def _fold_exact(templates, sub, primary: int) -> Group | None:
     for j in range(width):
         if len(lists[j]) == 1:
             text.append(lists[j][0])
-        elif j < primary:
-            text.append(brace([int(v) for v in lists[j]]))
+            continue
+        if j < primary:
+            values = [int(v) for v in lists[j]]
         else:
             follows = _follows(columns[j], [columns[d] for d in dims], [lists[d] for d in dims])
             if follows is None:
                 return None
             followers[j] = follows
-            text.append(brace([int(v) for v in follows[1]]))
+            values = [int(v) for v in follows[1]]
+        text.append(brace(values))
+        if not _fits(text[-1], len(values)):
+            return None
     patterns, at = [], 0
     for template in templates:
         n = len(template) - 1
@@ -411,6 +355,6 @@ def _merge(a: str, b: str) -> str | None:
         leaves = values
     else:
         return None
-    if leaf_b in leaves:
+    if leaf_b in leaves or len(leaves) >= MAX_LISTED:
         return None
     return f"{parent_a}.{{{','.join(leaves + [leaf_b])}}}"

@@ -1,17 +1,33 @@
 """Key patterns (select, exclude, keep), templates (rename, to, from) and renames.
 
-Keys are dotted names; a pattern is parsed into segments and compiled to one
-regex matched against ``"." + key``. The leading dot lets every segment compile to
-``\\.SEGMENT`` and ``**`` to ``(?:\\.[^.]+)*``, so "zero or more segments" needs no
-special case at either end. Character classes also exclude newlines, so that
-``KeyIndex`` can scan many keys joined by newlines in one regex pass.
+One grammar for what a recipe writes and what the plan text prints (``keys.folding``
+prints it): a pattern is dotted segments of literal text, ``*`` (any text within a
+segment), ``**`` (any number of whole segments) and braces:
+
+  ``{i}``                       a variable: one bare identifier, alone in its braces
+  ``{i+N}`` ``{i-N}`` ``{i*N}`` ``{i//N}``  arithmetic on a variable (replacements only)
+  ``{3..7}`` ``{7..3}`` ``{0..10..2}``  an integer range, inclusive, bash-style (a set)
+  ``{0,3,7}`` ``{weight,bias}``  texts listed (a set): a comma makes a set, so ``{i}`` is
+                                a variable and ``{i,j}`` matches the segment text ``i`` or ``j``
+
+A set matches any one of its values at that place of a key (never a part of a value);
+range values are integers written without leading zeros, listed values are matched as
+written. A range stands for at most ``MAX_VALUES`` values, a stepped range or a list
+for at most ``MAX_LISTED``; an integer in a pattern, or a key segment used in
+arithmetic, has at most ``MAX_DIGITS`` digits.
+
+A pattern is parsed into segments and compiled to one regex matched against
+``"." + key``. The leading dot lets every segment compile to ``\\.SEGMENT`` and ``**``
+to ``(?:\\.[^.]+)*``, so "zero or more segments" needs no special case at either end.
+Character classes also exclude newlines, so that ``KeyIndex`` can scan many keys
+joined by newlines in one regex pass. The regex matches in time linear in the key for
+globs (see ``_segments_regex``): keys come from checkpoints, which anyone may write.
 Regions (``[...]``) are split off before a text gets here.
 """
 
 from __future__ import annotations
 
 import bisect
-import functools
 import itertools
 import re
 import sys
@@ -19,20 +35,29 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+MAX_VALUES = 1_000_000  # values of one range {A..B}: its regex is a few classes per digit
+MAX_LISTED = 10_000  # values of a list, or a stepped range: their regex lists every value, and a
+# 10,000-value one takes 1 s to compile (100,000: 12 s)
+MAX_DIGITS = 100  # digits of an integer in a pattern, or of a key segment used in arithmetic
+
 
 class PatternError(ValueError):
-    """A malformed pattern or template, or a template that cannot be filled."""
+    """A malformed pattern or template, or a template that cannot be filled.
+    ``position``: which of several patterns given together (``KeyIndex.matches``) it is."""
+
+    position: int | None = None
 
 
 @dataclass(frozen=True)
 class _Brace:
-    """One ``{...}`` of a pattern: a variable, arithmetic on one, or a numeric choice."""
+    """One ``{...}`` of a pattern: a variable, arithmetic on one, or a set of values."""
 
     text: str  # as written, braces included, for error messages
-    name: str = ""  # variable name ("" for a choice)
+    name: str = ""  # variable name ("" for a set)
     op: str = ""  # "" for a plain variable; else one of + - * //
     operand: int = 0
-    choices: tuple[str, ...] = ()  # a range or set, as decimal strings
+    choices: Sequence[str] = ()  # a set's values, in the order written (a range in its order)
+    regex: str = ""  # a set's regex: one value of it
 
 
 _STAR = "*"
@@ -43,10 +68,12 @@ Segment = tuple[Part, ...]
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _VAR = re.compile(rf"\s*({_NAME})\s*")
 _ARITH = re.compile(rf"\s*({_NAME})\s*(\+|-|\*|//)\s*(\d+)\s*")
-_RANGE = re.compile(r"\s*(\d+)\s*\.\.\s*(\d+)\s*")
-_SET = re.compile(r"\s*\d+\s*(?:,\s*\d+\s*)+")
-_SYNTAX = ": expected {name}, {name+N}, {name-N}, {name*N}, {name//N}, {A..B} or {A,B,...}"
+_RANGE = re.compile(r"\s*(\d+)\s*\.\.\s*(\d+)\s*(?:\.\.\s*(\d+)\s*)?")
+_ITEM = re.compile(r"[^{}.,\s]+")  # a listed value: text of one segment
+_SYNTAX = (": expected {name}, {name+N}, {name-N}, {name*N}, {name//N}, {A..B}, {A..B..STEP} "
+           "or {a,b,...}")
 _END = r"(?=\.|\Z)"  # a match ends at a segment boundary
+_BOUNDARY = r"(?=[.\n]|\Z)"  # the same, where keys are lines of one text (KeyIndex)
 
 
 class KeyPattern:
@@ -64,7 +91,7 @@ class KeyPattern:
             self._match: Callable = self._regex.search
         else:
             self._segments = _parse(text)
-            self._body = _segments_regex(self._segments, lambda name: name)
+            self._body = _segments_regex(self._segments, lambda name: name, prefix=True)
             dotted = re.compile(self._body + _END).match
             self._match = lambda key: dotted("." + key)
 
@@ -102,6 +129,8 @@ class KeyIndex:
     runs of keys starting ``layers.0.mlp.`` and ``layers.1.mlp.``. ``re:`` patterns, and
     keys or patterns holding a newline, are matched key by key with ``KeyPattern``.
     The index is built on first use: keys that no non-regex pattern meets cost nothing.
+    Measured on the 100k-tensor dry run of ``tests/benchmarks/bench.py`` (50 rules):
+    ``plan()`` takes 2.65 s CPU with the index, 6.18 s matching key by key.
     """
 
     def __init__(self, keys: Sequence[str]):
@@ -116,7 +145,13 @@ class KeyIndex:
     def matches(self, patterns: Sequence[str]) -> list[list[int]]:
         """For each pattern, the positions in ``keys`` of the keys it matches, in no set
         order. Every pattern is compiled first: a malformed one fails before any is used."""
-        compiled = [KeyPattern(p) for p in patterns]
+        compiled = []
+        for position, text in enumerate(patterns):
+            try:
+                compiled.append(KeyPattern(text))
+            except PatternError as err:
+                err.position = position
+                raise
         return [self._matching(pattern) for pattern in compiled]
 
     def counts(self, patterns: Sequence[str]) -> list[int]:
@@ -283,7 +318,8 @@ class Template:
         ``variables`` (a repeated name is a backreference), so ``groupdict`` binds them."""
         if self._compiled is None:
             body = _segments_regex(self._segments, lambda name: name)
-            self._compiled = (re.compile(body), re.compile(body + _END))
+            prefix = _segments_regex(self._segments, lambda name: name, prefix=True)
+            self._compiled = (re.compile(body), re.compile(prefix + _END))
         return self._compiled
 
     def __repr__(self) -> str:
@@ -337,10 +373,8 @@ class Renamer:
         return key, None
 
 
-@functools.lru_cache(maxsize=4096)
 def _parse(text: str) -> tuple[Segment, ...]:
-    """Split a pattern into segments of literal runs, stars and braces. Cached: fifty
-    rules often repeat the same rename patterns, and the result is immutable."""
+    """Split a pattern into segments of literal runs, stars and braces."""
     segments: list[Segment] = []
     parts: list[Part] = []
     literal = ""
@@ -350,7 +384,7 @@ def _parse(text: str) -> tuple[Segment, ...]:
         if char == "{":
             end = text.find("}", at)
             if end < 0:
-                raise PatternError(f"'{text[at:]}'" + _SYNTAX)
+                raise PatternError(f"'{_short(text[at:])}'" + _SYNTAX)
             parts.extend([literal] if literal else [])
             parts.append(_parse_brace(text[at:end + 1]))
             literal, at = "", end + 1
@@ -378,44 +412,177 @@ def _parse_brace(text: str) -> _Brace:
     if m := _VAR.fullmatch(inner):
         return _Brace(text, name=m[1])
     if m := _ARITH.fullmatch(inner):
-        if m[2] == "//" and int(m[3]) == 0:
+        operand = _integer(m[3], text)
+        if m[2] == "//" and operand == 0:
             raise PatternError(f"'{text}': division by zero")
-        return _Brace(text, name=m[1], op=m[2], operand=int(m[3]))
+        return _Brace(text, name=m[1], op=m[2], operand=operand)
     if m := _RANGE.fullmatch(inner):
-        low, high = int(m[1]), int(m[2])
-        if low > high:
-            raise PatternError(f"'{text}': empty range")
-        return _Brace(text, choices=tuple(str(n) for n in range(low, high + 1)))
-    if _SET.fullmatch(inner):
-        numbers = [str(int(n)) for n in inner.split(",")]
-        return _Brace(text, choices=tuple(dict.fromkeys(numbers)))
-    raise PatternError(f"'{text}'" + _SYNTAX)
+        return _range(text, _integer(m[1], text), _integer(m[2], text), m[3])
+    if "," in inner:
+        items = [item.strip() for item in inner.split(",")]
+        if all(_ITEM.fullmatch(item) for item in items):
+            _check_size(text, len(items), MAX_LISTED, "a list")
+            values = tuple(items)  # repeats kept: a folded source key's brace follows another value for value
+            return _Brace(text, choices=values, regex=_alternatives(tuple(dict.fromkeys(values))))
+    raise PatternError(f"'{_short(text)}'" + _SYNTAX)
 
 
-def _segments_regex(segments: Sequence[Segment], group: Callable[[str], str]) -> str:
-    """The regex for ``"." + key``; ``group`` names capture groups (unique per alternative)."""
+def brace_values(content: str) -> list[str] | None:
+    """The values of a set written ``{content}``, in order (a range in its own order);
+    None if it is not a set (a variable, arithmetic). Raises ``PatternError`` if malformed."""
+    brace = _parse_brace("{" + content + "}")
+    return list(brace.choices) if not brace.name else None
+
+
+def _integer(digits: str, text: str) -> int:
+    if len(digits) > MAX_DIGITS:
+        raise PatternError(f"'{_short(text)}': integers have at most {MAX_DIGITS} digits")
+    return int(digits)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 60 else text[:28] + "..." + text[-28:]
+
+
+def _check_size(text: str, count: int, limit: int, what: str) -> None:
+    if count > limit:
+        raise PatternError(f"'{_short(text)}': {what} stands for at most {limit:,} values (this one for {count:,})")
+
+
+def _range(text: str, start: int, stop: int, step_text: str | None) -> _Brace:
+    """``{start..stop}`` or ``{start..stop..step}``: bash's ranges, counting down when stop < start."""
+    step = 1 if step_text is None else _integer(step_text, text)
+    if step == 0:
+        raise PatternError(f"'{text}': the step of a range is at least 1")
+    low, high = min(start, stop), max(start, stop)
+    if step == 1:
+        _check_size(text, high - low + 1, MAX_VALUES, "a range")
+    else:
+        _check_size(text, (high - low) // step + 1, MAX_LISTED, "a stepped range")
+    values = _Numbers(range(start, stop + 1, step) if stop >= start else range(start, stop - 1, -step))
+    regex = _integer_range(low, high) if step == 1 else _alternatives(values)
+    return _Brace(text, choices=values, regex=regex)
+
+
+class _Numbers(Sequence[str]):
+    """A range's values as text, made when asked: ``{0..999999}`` is not a million strings."""
+
+    def __init__(self, numbers: range):
+        self.numbers = numbers
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def __getitem__(self, i):  # an int: Sequence's iteration and membership use only those
+        return str(self.numbers[i])
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Numbers) and self.numbers == other.numbers
+
+    def __hash__(self) -> int:
+        return hash(self.numbers)
+
+
+def _alternatives(values: Sequence[str]) -> str:
+    return "(?:" + "|".join(map(re.escape, values)) + ")"
+
+
+def _integer_range(low: int, high: int) -> str:
+    """A regex for the integers ``low..high`` written without leading zeros, of a size
+    that grows with their digits, not their count: ``{0..99999}`` is not 100,000
+    alternatives (those take 12 s to compile and 2 ms per key to match)."""
+    alternatives = []
+    for length in range(len(str(low)), len(str(high)) + 1):  # numbers of one length at a time
+        lo = max(low, 10 ** (length - 1) if length > 1 else 0)
+        hi = min(high, 10**length - 1)
+        alternatives.append(_same_length(str(lo), str(hi)))
+    return "(?:" + "|".join(alternatives) + ")"
+
+
+def _same_length(lo: str, hi: str) -> str:
+    """A regex for the digit strings from ``lo`` to ``hi``, both of one length."""
+    if lo == hi:
+        return lo
+    rest = len(lo) - 1
+    if lo[1:] == "0" * rest and hi[1:] == "9" * rest:  # every tail: one class per digit
+        return f"[{lo[0]}-{hi[0]}]" + ("[0-9]" + (f"{{{rest}}}" if rest > 1 else "") if rest else "")
+    if lo[0] == hi[0]:
+        return lo[0] + _same_length(lo[1:], hi[1:])
+    parts = [lo[0] + _same_length(lo[1:], "9" * rest)]
+    if int(hi[0]) - int(lo[0]) > 1:
+        parts.append(f"[{int(lo[0]) + 1}-{int(hi[0]) - 1}]" + "[0-9]" + (f"{{{rest}}}" if rest > 1 else ""))
+    parts.append(hi[0] + _same_length("0" * rest, hi[1:]))
+    return "(?:" + "|".join(parts) + ")"
+
+
+def _segments_regex(segments: Sequence[Segment], group: Callable[[str], str], *, prefix: bool = False) -> str:
+    """The regex for ``"." + key``; ``group`` names capture groups (unique per alternative).
+    ``prefix``: the caller matches a dotted prefix of the key (a boundary follows).
+
+    Globs match in time linear in the key, not polynomial (``*attn*attn*proj*`` against
+    a 16,000-character key took 131 s): within a segment of literals and stars, each
+    literal before the last star is found leftmost and kept (an atomic group), which is
+    a match iff any is; after a ``**``, the segments up to the next ``**`` are found the
+    same way, leftmost, when they bind no variable (later text only needs them to end
+    as early as possible). Other parts backtrack as regexes do."""
+    blocks: list[list[Segment]] = [[]]  # runs of segments between globstars
+    for seg in segments:
+        if seg != _GLOBSTAR:
+            blocks[-1].append(seg)
+        elif blocks[-1] or len(blocks) == 1:  # "**.**" is one "**"
+            blocks.append([])
     out: list[str] = []
     bound: set[str] = set()
-    for seg in segments:
-        if seg == _GLOBSTAR:
-            out.append(r"(?:\.[^.\n]+)*")
-            continue
-        out.append(r"\.")
-        for i, part in enumerate(seg):
-            if part == _STAR:
-                if i == 0 or seg[i - 1] != _STAR:  # a run of stars is one star
-                    out.append(r"[^.\n]*")
-            elif isinstance(part, str):
-                out.append(re.escape(part))
-            elif part.choices:
-                out.append("(?:" + "|".join(part.choices) + ")")
-            elif part.op:
-                raise PatternError(f"'{part.text}': arithmetic is only allowed in replacements")
-            elif part.name in bound:
-                out.append(f"(?P={group(part.name)})")
-            else:
-                bound.add(part.name)
-                out.append(f"(?P<{group(part.name)}>[^.\\n]+)")
+    for n, block in enumerate(blocks):
+        body = "".join(_segment_regex(seg, group, bound) for seg in block)
+        if n == 0:
+            out.append(body)
+        elif block and (n + 1 < len(blocks) or prefix) and not _binds(block):
+            out.append(r"(?>(?:\.[^.\n]+)*?" + body + _BOUNDARY + ")")
+        else:
+            out.append(r"(?:\.[^.\n]+)*" + body)
+    return "".join(out)
+
+
+def _binds(block: Sequence[Segment]) -> bool:
+    return any(isinstance(part, _Brace) and part.name for seg in block for part in seg)
+
+
+def _segment_regex(seg: Segment, group: Callable[[str], str], bound: set[str]) -> str:
+    if _STAR in seg and all(isinstance(part, str) for part in seg):
+        return r"\." + _glob_regex(seg)
+    out = [r"\."]
+    for i, part in enumerate(seg):
+        if part == _STAR:
+            if i == 0 or seg[i - 1] != _STAR:  # a run of stars is one star
+                out.append(r"[^.\n]*")
+        elif isinstance(part, str):
+            out.append(re.escape(part))
+        elif part.choices:
+            out.append(part.regex)
+        elif part.op:
+            raise PatternError(f"'{part.text}': arithmetic is only allowed in replacements")
+        elif part.name in bound:
+            out.append(f"(?P={group(part.name)})")
+        else:
+            bound.add(part.name)
+            out.append(f"(?P<{group(part.name)}>[^.\\n]+)")
+    return "".join(out)
+
+
+def _glob_regex(seg: Segment) -> str:
+    """One segment of literals and stars: ``a*b*c`` is ``a``, then ``b`` found leftmost
+    and kept, then the rest of the segment ending in ``c``."""
+    literals = [""]
+    for part in seg:
+        if part == _STAR:
+            literals.append("")
+        else:
+            literals[-1] += part
+    first, *middle, last = [re.escape(text) for text in literals]  # there is a star: two or more
+    out = [first]
+    out += [r"(?>[^.\n]*?" + text + ")" for text in middle if text]
+    out.append(r"[^.\n]*" + last)
     return "".join(out)
 
 
@@ -432,9 +599,19 @@ def _fill(part: Part, bindings: Mapping[str, str]) -> str:
     if not part.op:
         return value
     if not re.fullmatch(r"-?\d+", value):
-        raise PatternError(f"{part.text} needs an integer but {part.name}='{value}'")
+        raise PatternError(f"{part.text} needs an integer but {part.name}='{_short(value)}'")
+    if len(value.lstrip("-")) > MAX_DIGITS:
+        raise PatternError(f"{part.text} needs an integer of at most {MAX_DIGITS} digits but "
+                           f"{part.name}='{_short(value)}'")
     number, n = int(value), part.operand
-    result = {"+": number + n, "-": number - n, "*": number * n, "//": number // n}[part.op]
+    if part.op == "+":  # only the operator written: {i//0} is refused at parsing, {i+0} is i
+        result = number + n
+    elif part.op == "-":
+        result = number - n
+    elif part.op == "*":
+        result = number * n
+    else:
+        result = number // n
     if result < 0:
         raise PatternError(f"{part.text} gives {result} for {part.name}={value}: "
                            "indices must be non-negative integers")

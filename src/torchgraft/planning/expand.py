@@ -4,7 +4,6 @@ sources paired and transforms' shapes checked. Reads headers only."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -13,7 +12,7 @@ from torchgraft.checkpoints import Reader
 from torchgraft.core.errors import PlanError
 from torchgraft.core.tensors import TensorInfo, is_floating
 from torchgraft.core.text import closest, shape_text
-from torchgraft.keys.patterns import KeyIndex, PatternError, Renamer, Template, select_keys
+from torchgraft.keys.patterns import KeyIndex, PatternError, Renamer, Template
 from torchgraft.keys.regions import Box, Region, describe, slot_maker, split_key_region
 from torchgraft.planning.adapters import RuleAdapters
 from torchgraft.planning.merging import LayerPositions, check_merge, gradient_variable, has_gradient, resolve
@@ -64,9 +63,6 @@ class _RuleOutput:
         return _RuleOutput(rule.field, transforms, tuple(t.spec for t in transforms), merge, each)
 
 
-_floating = functools.lru_cache(maxsize=None)(is_floating)  # per dtype name, not per tensor
-
-
 def _reads_text(reads: Sequence[Read]) -> str:
     return " + ".join(f"{r.source}:{r.key}{r.region or ''}" for r in reads)
 
@@ -74,7 +70,7 @@ def _reads_text(reads: Sequence[Read]) -> str:
 def _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms) -> str | None:
     """Why values of ``shape`` and ``dtype`` cannot go to ``key`` (its region ``box``), or None."""
     expected = box.shape if box is not None else target.shape
-    if shape == tuple(expected) and _floating(dtype) == _floating(target.dtype):
+    if shape == tuple(expected) and is_floating(dtype) == is_floating(target.dtype):
         return None
     source_text = _reads_text(reads)
     where = f"{key}{describe(box, target.shape) if box is not None else ''}"
@@ -85,6 +81,14 @@ def _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms) -> s
                     f"but {where} has shape {shape_text(expected)}")
         return f"{source_text} has shape {shape_text(shape)} but {where} has shape {shape_text(expected)}"
     return f"{source_text} is {dtype} but {where} is {target.dtype}"
+
+
+def pattern_matches(index: KeyIndex, patterns: Sequence[str], field: str) -> list[list[int]]:
+    """``index.matches(patterns)``; a malformed pattern is a user error naming ``field[i]``."""
+    try:
+        return index.matches(patterns)
+    except PatternError as err:
+        raise PlanError(f"{field}[{err.position}]", str(err)) from None
 
 
 class RuleExpander:
@@ -210,13 +214,14 @@ class RuleExpander:
         index = self._index(source)
         selected = index.keys
         if rule.select:
-            found = index.matches(rule.select)
+            found = pattern_matches(index, rule.select, f"{rule.field}.select")
             for i, positions in enumerate(found):
                 if not positions:
                     raise PlanError(f"{rule.field}.select[{i}]", f"'{rule.select[i]}' matches no tensor of source '{source}'")
             selected = index.keys_at(found)
         if rule.exclude:
-            excluded = set(select_keys(selected, rule.exclude))
+            among = KeyIndex(selected)
+            excluded = set(among.keys_at(pattern_matches(among, rule.exclude, f"{rule.field}.exclude")))
             selected = [k for k in selected if k not in excluded]
             self.excluded.update((source, k) for k in excluded)
         return selected

@@ -13,7 +13,7 @@ from torchgraft.core.text import shape_text
 from torchgraft.core.version import __version__
 from torchgraft.keys.patterns import KeyIndex, KeyPattern, PatternError
 from torchgraft.keys.regions import describe, uncovered
-from torchgraft.planning.expand import RuleExpander, _Assignment
+from torchgraft.planning.expand import RuleExpander, _Assignment, pattern_matches
 from torchgraft.planning.layout import resolve_layout
 from torchgraft.plans.fingerprints import inventory_sha256
 from torchgraft.plans.types import Entry, Piece, Plan, SourceRef, TargetRef, Unused
@@ -118,7 +118,7 @@ class _Planner(RuleExpander):
 
     def _kept(self, infos, by_key) -> set[str]:
         index = KeyIndex(list(infos))
-        found = index.matches(self.recipe.keep)
+        found = pattern_matches(index, self.recipe.keep, "keep")
         kept: set[str] = set()
         for i, positions in enumerate(found):
             if not positions:

@@ -26,6 +26,15 @@ class RunOptions:
     plan_dir: str | None = None
     verify_sources: str = "fast"
 
+    @property
+    def mode(self) -> str:
+        """What the run does: apply | check | dry_run | run."""
+        if self.apply:
+            return "apply"
+        if self.check:
+            return "check"
+        return "dry_run" if self.dry_run else "run"
+
 
 def flag(value: object, field: str) -> bool:
     """A true/false switch; null is false. ``dry_run=nope`` is refused, not truthy."""

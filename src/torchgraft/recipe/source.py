@@ -79,7 +79,14 @@ class RecipeSource(ConfigSource):
         path = self._resolve(self._normalize_file_name(config_path))
         return path is not None and path.is_file()
 
+    def _hidden(self) -> bool:
+        """The bundled examples are not listed in a project with its own ``recipes/``, so
+        ``recipe='glob(*)'`` sweeps the project's recipes only; by name they still load."""
+        return self.path.split("://", 1)[-1] == "bundled" and (Path(os.getcwd()) / "recipes").is_dir()
+
     def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
+        if self._hidden():
+            return []
         if config_path.strip("/") == "":
             return [GROUP] if self._root().is_dir() and results_filter in (None, ObjectType.GROUP) else []
         path = self._resolve(config_path)

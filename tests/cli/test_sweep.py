@@ -56,3 +56,52 @@ def test_jobs_of_one_recipe_do_not_overwrite_each_others_plan(graft, tmp_path):
     assert dtypes == ["float16", "bfloat16"]
     rerun = graft("-m", "recipe=conv_only", "dry_run=true", "plan_dir=plans")  # a later sweep may replace it
     assert rerun.returncode == 0, rerun.stderr
+
+
+def test_a_sweep_of_no_job_is_an_error(graft, tmp_path):
+    result = graft("-m", "sources.pretrained=glob(checkpoints/run*.pt)", "dry_run=true")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "error: sweep: 0 jobs to run: sources.pretrained=glob(checkpoints/run*.pt) matched nothing (glob(...) matches "
+        "the names of recipes, recipe='glob(*)', not files: list the values instead, e.g. sources.pretrained=a.pt,b.pt)"
+    )
+
+
+def test_a_fixed_output_path_shared_by_the_jobs_is_refused_before_the_first(graft, tmp_path):
+    result = graft("-m", "recipe=conv_only", "output.dtype=float16,bfloat16", "output.path=out/model.safetensors")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "error: output.path: every job of this sweep would write out/model.safetensors; jobs need an output.path each, "
+        "e.g. output.path='out/${hydra:job.num}/model.safetensors'"
+    )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "outputs").exists()
+    fixed = graft("-m", "recipe=conv_only", "output.dtype=float16,bfloat16", "output.path=out/${hydra:job.num}/model.safetensors")
+    assert fixed.returncode == 0, fixed.stderr
+    assert sorted(p.parent.name for p in tmp_path.glob("out/*/model.safetensors")) == ["0", "1"]
+
+
+def test_glob_in_a_project_sweeps_its_own_recipes_and_the_summary_shows_overrides_as_typed(graft, tmp_path):
+    (tmp_path / "recipes").mkdir()
+    for name in ("mine", "yours"):
+        (tmp_path / "recipes" / f"{name}.yaml").write_text(
+            "sources: {pretrained: '${example:convnet}'}\n"
+            "target: {_target_: torchgraft.examples.ConvNet, num_classes: 3}\n"
+            "rules: [{from: pretrained, select: conv1}]\n"
+            "keep: [conv2, 'fc*']\n"
+        )
+    result = graft("-m", "recipe=glob(*)", "dry_run=true", "policy.unused=ignore", "plan_dir=plans/${hydra:job.num}")
+    assert result.returncode == 0, result.stderr
+    (sweep_dir,) = tmp_path.glob("outputs/multirun/*")
+    jobs = json.loads((sweep_dir / "summary.json").read_text())["jobs"]
+    assert [j["recipe"] for j in jobs] == ["mine", "yours"]
+    assert jobs[0]["overrides"] == ["dry_run=true", "policy.unused=ignore", "plan_dir=plans/${hydra:job.num}"]
+    assert graft("recipe=partial_columns", "dry_run=true").returncode == 0  # the bundled ones still load by name
+
+
+def test_a_user_error_survives_the_trip_from_a_launcher_process():
+    import pickle
+
+    from torchgraft.core.errors import RecipeError
+
+    back = pickle.loads(pickle.dumps(RecipeError("dry_run", "must be true or false (got 'nope')")))
+    assert type(back) is RecipeError and (back.field, str(back)) == ("dry_run", "dry_run: must be true or false (got 'nope')")

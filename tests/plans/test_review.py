@@ -8,11 +8,11 @@ import json
 from dataclasses import replace
 
 import pytest
+from test_plan_text_folding import synthetic_plan
 from torch import nn
 
 import torchgraft
 import torchgraft.examples
-from test_render_grouping import synthetic_plan
 from torchgraft.cli.diff import main as graft_diff
 from torchgraft.cli.graft import refuse_overrides
 from torchgraft.core.errors import DriftError, PlanError, RecipeError
@@ -24,7 +24,7 @@ from torchgraft.plans.diff import diff_plans
 from torchgraft.plans.files import job_name, read_plan
 from torchgraft.plans.review import check_target
 from torchgraft.plans.types import Read
-from torchgraft.recipe.run_options import verify_mode
+from torchgraft.recipe.run_options import parse_run_options, verify_mode
 from torchgraft.recipe.source import bundled_recipes
 
 
@@ -170,15 +170,15 @@ def test_hash_mode_pins_every_byte(conv_plan):
 
 
 def test_apply_refuses_overrides_it_would_ignore():
-    refuse_overrides(["apply=p.plan.json", "output.path=x.pt", "output.overwrite=true", "dry_run=true", "hydra.verbose=true"], False)
+    refuse_overrides(["apply=p.plan.json", "output.path=x.pt", "output.overwrite=true", "dry_run=true", "hydra.verbose=true"])
     with pytest.raises(RecipeError) as info:
-        refuse_overrides(["apply=p.plan.json", "recipe=ft", "output.dtype=bfloat16"], False)
+        refuse_overrides(["apply=p.plan.json", "recipe=ft", "output.dtype=bfloat16"])
     assert str(info.value) == (
         "apply: a reviewed plan runs as it is; recipe=ft output.dtype=bfloat16 would not change it (only output.path, "
         "output.overwrite and dry_run apply; to change the transfer, make and review a new plan)"
     )
     with pytest.raises(RecipeError) as info:
-        refuse_overrides(["apply=p.plan.json", "check=p.plan.json"], True)
+        parse_run_options({"apply": "p.plan.json", "check": "p.plan.json"})
     assert str(info.value) == "check: cannot be combined with apply (check compares a recipe with a plan; apply runs a plan)"
 
 
@@ -199,13 +199,12 @@ def test_read_regions_count_only_their_bytes():
 
 
 def test_graft_diff_as_a_command(tmp_path):
-    """The graft-diff console script is ``torchgraft.cli.diff:main``; run its module as a command."""
-    import subprocess
-    import sys
+    """The installed graft-diff console script (a subprocess smoke test)."""
+    from conftest import run_cli
 
     write(tmp_path / "a.json", synthetic_plan(3))
     write(tmp_path / "b.json", synthetic_plan(4))
-    different = subprocess.run([sys.executable, "-m", "torchgraft.cli.diff", "a.json", "b.json"], cwd=tmp_path, capture_output=True, text=True)
+    different = run_cli("graft-diff", "a.json", "b.json", cwd=tmp_path)
     assert different.returncode == 1 and different.stdout.startswith("--- a.json  (plan ")
 
 

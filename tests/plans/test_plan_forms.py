@@ -197,28 +197,3 @@ def test_folding_checks_lines_on_integers_as_expanding_them_would(cells, mapping
     assert fast == slow
 
 
-SEGMENTS = st.sampled_from(["0", "7", "12", "007", "01", "\u0663", "w1", "a", "aa0", "", "{x}", "(1)", "\n"])  # \u0663: an Arabic 3
-
-
-@settings(max_examples=500, deadline=None)
-@given(st.lists(st.tuples(st.lists(SEGMENTS, min_size=1, max_size=3), st.lists(SEGMENTS, min_size=1, max_size=2),
-                          st.integers(0, 1)), min_size=1, max_size=40))
-def test_keys_matched_against_known_templates_split_as_in_full(items):
-    """A key matched against the template of a key split before gets that template and
-    its integers, as splitting it in full would."""
-    splitter = grouping._Splitter()
-    for target, source, kind in items:
-        keys = (".".join(target), ".".join(source))
-        full = [grouping._split_digits(key) for key in keys]
-        expected = (tuple(t for t, _ in full), tuple(v for _, digits in full for v in digits))
-        assert splitter.split(keys, kind) == expected
-
-
-def test_keys_like_a_known_template_but_not_of_it_are_split_in_full():
-    splitter = grouping._Splitter()
-    first = [("a.7", "b.(1).3"), ("x.0.y", "s.1")]  # templates to be kept
-    like = [("aa0", "b.(1).4"), ("a.07", "b.(1).4"), ("a.\u0663", "b.(1).4"), ("a.{1}", "b.(1).4"), ("a.7", "b(1)13"),
-            ("x.0.y.1", "s.1"), ("x.0.y", "s.1.2"), ("x.1.y", "s.1"), ("a.12", "b.(1).0")]
-    for keys in first + like:
-        full = [grouping._split_digits(key) for key in keys]
-        assert splitter.split(keys, "kind") == (tuple(t for t, _ in full), tuple(v for _, digits in full for v in digits))
