@@ -442,7 +442,7 @@ def test_missing_path(tmp_path):
 
 def test_unknown_format_value(tmp_path):
     path = write_safetensors(tmp_path / "m.safetensors", sample_tensors())
-    raises("unknown format 'xyz' (expected auto, safetensors, torch, hf or dcp)",
+    raises("unknown format 'xyz' (expected auto, safetensors, torch, hf, dcp or peft)",
            open_checkpoint, path, format="xyz", field=FIELD)
 
 
@@ -486,7 +486,7 @@ def test_key_and_format_mismatches(tmp_path):
            "checkpoint", open_checkpoint, path, key="state_dict", field=FIELD)
     raises(f"{path}: format hf expects a directory", open_checkpoint, path, format="hf",
            field=FIELD)
-    raises(f"{tmp_path}: is a directory (set format: hf, dcp or auto)", open_checkpoint, tmp_path,
+    raises(f"{tmp_path}: is a directory (set format: hf, dcp, peft or auto)", open_checkpoint, tmp_path,
            format="torch", field=FIELD)
 
 
