@@ -21,6 +21,16 @@ Cases
   cast    the ~2 GB checkpoint cast to bfloat16
   rss     the same copy and cast at 1 GB and 4 GB: peak RSS must not grow
   dry     100k-tensor checkpoint (60 layers x 256 experts), 50 rules: dry run only
+          (``--keys N``: as many experts per layer as make about N tensors; one file's
+          header passes the 100 MB safetensors limit near 900k tensors, so a 1M case
+          needs a sharded source, which this script does not build yet)
+  mean    mean of 3 x 512 MiB (64 float32 tensors each) against a safetensors script
+          (load_file x3 -> in-place mean -> save_file), API and CLI
+  convert the ~2 GB pytorch_model.bin (torch.save zip) -> model.safetensors through the
+          CLI, against cp + sync and the safetensors project's torch.load + save_file
+
+``--trim-every BYTES`` sets ``core.heap.HeapTrimmer.EVERY`` in torchgraft's children
+(how the trim policy was chosen: docs/performance.md).
   stack   48 layers x 128 experts stacked by 3 rules: plan time against a plain rename
 """
 
@@ -47,10 +57,10 @@ GENERATE = """
 import sys, torch
 from torchgraft.checkpoints import open_writer
 from torchgraft.core.tensors import TensorInfo
-path, count, rows, cols = sys.argv[1], *map(int, sys.argv[2:5])
+path, count, rows, cols, seed = sys.argv[1], *map(int, sys.argv[2:6])
 infos = [TensorInfo(f"model.layers.{i}.weight", (rows, cols), "float32") for i in range(count)]
 def value(i):
-    return torch.rand(rows, cols, generator=torch.Generator().manual_seed(i))
+    return torch.rand(rows, cols, generator=torch.Generator().manual_seed(seed + i))
 if path.endswith(".safetensors"):  # streamed: never the whole checkpoint in memory
     with open_writer(path, infos, {}) as writer:
         for i, info in enumerate(infos):
@@ -59,10 +69,11 @@ else:
     torch.save({info.key: value(i) for i, info in enumerate(infos)}, path)
 """
 
-# 60 layers x 256 experts x 7 tensors + 7 per layer + 3 = 107,943 tensors. The data
+# 60 layers x E experts x 7 tensors + 7 per layer + 3 (E=256: 107,943 tensors). The data
 # section is a hole (a sparse file): a dry run must not read it, so it costs no disk.
 GENERATE_MOE = """
 import json, struct, sys
+experts = int(sys.argv[2])
 def tensors():
     yield "model.embed_tokens.weight", [32000, 64]
     for l in range(60):
@@ -72,7 +83,7 @@ def tensors():
         yield f"{p}.input_layernorm.weight", [64]
         yield f"{p}.post_attention_layernorm.weight", [64]
         yield f"{p}.mlp.gate.weight", [256, 64]
-        for e in range(256):
+        for e in range(experts):
             for proj in ("gate_proj", "up_proj", "down_proj"):
                 yield f"{p}.mlp.experts.{e}.{proj}.weight", [256, 64]
                 yield f"{p}.mlp.experts.{e}.{proj}.scale", [256]
@@ -118,6 +129,35 @@ src, dst, job = sys.argv[1:4]
 state = load_file(src)
 """ + _EDIT + """
 save_file(state, dst)
+"""
+
+TRIM: list[int] = []  # --trim-every, patched into torchgraft's children
+
+MEAN_SCRIPT = """
+import sys, torch
+from safetensors.torch import load_file, save_file
+*srcs, dst = sys.argv[1:]
+states = [load_file(s) for s in srcs]
+out = states[0]
+for k, v in out.items():
+    for other in states[1:]:
+        v.add_(other[k])
+    v.div_(len(states))
+save_file(out, dst)
+"""
+
+CONVERT_SCRIPT = """
+import sys, torch
+from safetensors.torch import save_file
+state = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+save_file({k: v.contiguous() for k, v in state.items()}, sys.argv[2])
+"""
+
+GRAFT_MAIN = """
+import sys
+from torchgraft.cli.graft import main
+sys.argv = ["graft", *sys.argv[1:]]
+main()
 """
 
 TORCHGRAFT = """
@@ -182,6 +222,17 @@ with safe_open(sys.argv[1], "pt") as f:
 """
 
 
+def tg(script: str) -> list[str]:
+    """A torchgraft child: ``python -c script``, with the trim policy of --trim-every."""
+    patch = f"from torchgraft.core.heap import HeapTrimmer; HeapTrimmer.EVERY = {TRIM[0]}\n" if TRIM else ""
+    return [PYTHON, "-c", patch + script]
+
+
+def graft(*args: str) -> list[str]:
+    """The ``graft`` CLI (as a script when the trim policy is patched)."""
+    return [*tg(GRAFT_MAIN), *args] if TRIM else [GRAFT, *args]
+
+
 def recipe(src: Path, job: str) -> dict:
     rule: dict = {"from": "src", "rename": {"model.layers.{i}": "blocks.{i}"}}
     out: dict = {}
@@ -231,11 +282,12 @@ class Bench:
             if proc.returncode != 0:
                 err.seek(0)
                 sys.exit(f"failed ({proc.returncode}): {' '.join(argv)}\n{err.read().decode()[-3000:]}")
+        self.cpu = usage.ru_utime + usage.ru_stime  # steadier than wall time on a busy machine
         return wall, usage.ru_maxrss * 1024 / MiB
 
     def measure(self, case: str, label: str, argv: list[str], outputs: list[Path], *, cwd: Path | None = None,
                 note: str = "") -> tuple[float, float]:
-        walls, peaks = [], []
+        walls, peaks, cpus = [], [], []
         for _ in range(self.runs):
             for out in outputs:
                 remove(out)
@@ -243,9 +295,11 @@ class Bench:
             wall, peak = self.run(argv, cwd=cwd)
             walls.append(wall)
             peaks.append(peak)
+            cpus.append(self.cpu)
         for out in outputs:
             remove(out)
         os.sync()
+        note = f"cpu {statistics.median(cpus):.2f} s" + (f"; {note}" if note else "")
         row = (case, label, statistics.median(walls), statistics.median(peaks), note)
         self.rows.append(row)
         print(f"  {label:<44} {row[2]:7.2f} s  {row[3]:8.0f} MiB  {note}", flush=True)
@@ -269,10 +323,10 @@ def warm(*paths: Path) -> None:
                 pass
 
 
-def make(path: Path, count: int, rows: int, cols: int) -> Path:
+def make(path: Path, count: int, rows: int, cols: int, seed: int = 0) -> Path:
     if not path.exists():
         print(f"  building {path.name} ({count} x [{rows}, {cols}] float32)", flush=True)
-        subprocess.run([PYTHON, "-c", GENERATE, str(path), str(count), str(rows), str(cols)], check=True)
+        subprocess.run([PYTHON, "-c", GENERATE, str(path), str(count), str(rows), str(cols), str(seed)], check=True)
     return path
 
 
@@ -310,18 +364,19 @@ def transfer_case(bench: Bench, case: str, job: str, st: Path, pt: Path) -> dict
     r["st"] = bench.measure(case, "safetensors load_file -> save_file",
                             [PYTHON, "-c", SAFETENSORS, str(st), str(out_st), job], [out_st])
     r["tg_st"] = bench.measure(case, "torchgraft API, .safetensors source",
-                               [PYTHON, "-c", TORCHGRAFT, json.dumps(recipe(st, job)), str(out_st)], [out_st])
+                               [*tg(TORCHGRAFT), json.dumps(recipe(st, job)), str(out_st)], [out_st])
     r["tg_pt"] = bench.measure(case, "torchgraft API, .pt source",
-                               [PYTHON, "-c", TORCHGRAFT, json.dumps(recipe(pt, job)), str(out_st)], [out_st])
-    if job == "rename":
+                               [*tg(TORCHGRAFT), json.dumps(recipe(pt, job)), str(out_st)], [out_st])
+    if job in ("rename", "cast"):
         recipes = d / "recipes"
         recipes.mkdir(exist_ok=True)
-        (recipes / "bench_full.yaml").write_text("# graft recipe=bench_full\n" + json.dumps(recipe(st, job)) + "\n")
+        (recipes / f"bench_{job}.yaml").write_text(f"# graft recipe=bench_{job}\n" + json.dumps(recipe(st, job)) + "\n")
         r["tg_cli"] = bench.measure(case, "torchgraft `graft` CLI, .safetensors source",
-                                    [GRAFT, "recipe=bench_full", f"output.path={out_st}",
+                                    [*graft(), f"recipe=bench_{job}", f"output.path={out_st}",
                                      f"hydra.run.dir={d / 'runs'}"], [out_st, d / "runs"], cwd=d)
+    if job == "rename":
         r["tg_pt_pt"] = bench.measure(case, "torchgraft API, .pt -> .pt (whole output in memory)",
-                                      [PYTHON, "-c", TORCHGRAFT, json.dumps(recipe(pt, job)), str(out_pt)], [out_pt])
+                                      [*tg(TORCHGRAFT), json.dumps(recipe(pt, job)), str(out_pt)], [out_pt])
     return r
 
 
@@ -333,23 +388,63 @@ def rss_case(bench: Bench, small: tuple[Path, Path], large: tuple[Path, Path]) -
         warm(st, pt)
         r[size] = {
             "copy_st": bench.measure("rss", f"torchgraft copy, .safetensors, {size}",
-                                     [PYTHON, "-c", TORCHGRAFT, json.dumps(recipe(st, "rename")), str(out)], [out]),
+                                     [*tg(TORCHGRAFT), json.dumps(recipe(st, "rename")), str(out)], [out]),
             "copy_pt": bench.measure("rss", f"torchgraft copy, .pt, {size}",
-                                     [PYTHON, "-c", TORCHGRAFT, json.dumps(recipe(pt, "rename")), str(out)], [out]),
+                                     [*tg(TORCHGRAFT), json.dumps(recipe(pt, "rename")), str(out)], [out]),
             "cast_pt": bench.measure("rss", f"torchgraft cast bf16, .pt, {size}",
-                                     [PYTHON, "-c", TORCHGRAFT, json.dumps(recipe(pt, "cast")), str(out)], [out]),
+                                     [*tg(TORCHGRAFT), json.dumps(recipe(pt, "cast")), str(out)], [out]),
             "seed": bench.measure("rss", f"seed: torch.load -> torch.save, {size}",
                                   [PYTHON, "-c", SEED, str(pt), str(d / "out.pt"), "rename"], [d / "out.pt"]),
         }
     return r
 
 
-def dry_case(bench: Bench) -> dict:
+def mean_case(bench: Bench, srcs: list[Path]) -> dict:
+    """Mean of three checkpoints: the safetensors script, torchgraft's API and CLI."""
     d = bench.root
-    src = d / "moe.safetensors"
+    out = d / "out.safetensors"
+    warm(*srcs)
+    names = ("a", "b", "c")
+    rec = {"sources": dict(zip(names, map(str, srcs))), "target": None,
+           "rules": [{"from": list(names), "merge": "mean"}]}
+    recipes = d / "recipes"
+    recipes.mkdir(exist_ok=True)
+    (recipes / "bench_mean.yaml").write_text("# graft recipe=bench_mean\n" + json.dumps(rec) + "\n")
+    return {
+        "cp_sync": bench.measure("mean", "cp + sync of one source", ["sh", "-c", f"cp {srcs[0]} {out} && sync {out}"], [out]),
+        "st": bench.measure("mean", "safetensors load_file x3 -> in-place mean -> save_file",
+                            [PYTHON, "-c", MEAN_SCRIPT, *map(str, srcs), str(out)], [out]),
+        "tg": bench.measure("mean", "torchgraft API", [*tg(TORCHGRAFT), json.dumps(rec), str(out)], [out]),
+        "tg_cli": bench.measure("mean", "torchgraft `graft` CLI", [*graft(), "recipe=bench_mean", f"output.path={out}",
+                                                                  f"hydra.run.dir={d / 'runs'}"], [out, d / "runs"], cwd=d),
+    }
+
+
+def convert_case(bench: Bench, pt: Path) -> dict:
+    """pytorch_model.bin -> model.safetensors: a byte copy for torchgraft (no torch import)."""
+    d = bench.root
+    out = d / "model.safetensors"
+    warm(pt)
+    recipes = d / "recipes"
+    recipes.mkdir(exist_ok=True)
+    rec = {"sources": {"src": str(pt)}, "target": None, "rules": [{"from": "src"}]}
+    (recipes / "bench_convert.yaml").write_text("# graft recipe=bench_convert\n" + json.dumps(rec) + "\n")
+    return {
+        "cp_sync": bench.measure("convert", "cp + sync of the .bin", ["sh", "-c", f"cp {pt} {out} && sync {out}"], [out]),
+        "st": bench.measure("convert", "torch.load -> save_file (safetensors' convert)",
+                            [PYTHON, "-c", CONVERT_SCRIPT, str(pt), str(out)], [out]),
+        "tg_cli": bench.measure("convert", "torchgraft `graft` CLI", [*graft(), "recipe=bench_convert", f"output.path={out}",
+                                                                     f"hydra.run.dir={d / 'runs'}"], [out, d / "runs"], cwd=d),
+    }
+
+
+def dry_case(bench: Bench, keys: int = 107_943) -> dict:
+    d = bench.root
+    experts = max(1, round((keys - 3 - 60 * 7) / (60 * 7)))
+    src = d / f"moe{experts}.safetensors"
     if not src.exists():
-        print("  building moe.safetensors (107,943 tensors; sparse data section)", flush=True)
-        subprocess.run([PYTHON, "-c", GENERATE_MOE, str(src)], check=True)
+        print(f"  building {src.name} ({60 * 7 * experts + 423:,} tensors; sparse data section)", flush=True)
+        subprocess.run([PYTHON, "-c", GENERATE_MOE, str(src), str(experts)], check=True)
     recipes = d / "recipes"
     recipes.mkdir(exist_ok=True)
     (recipes / "moe.yaml").write_text(moe_recipe(src))
@@ -360,15 +455,15 @@ def dry_case(bench: Bench) -> dict:
     runs = d / "runs"
     r = {"import": bench.measure("dry", "python -c 'import torch' (start-up alone)", [PYTHON, "-c", "import torch"], []),
          "startup": bench.measure("dry", "graft dry run of a 1-tensor recipe (start-up)",
-                                  [GRAFT, "recipe=tiny", "dry_run=true", f"hydra.run.dir={runs}"], [runs], cwd=d),
+                                  [*graft(), "recipe=tiny", "dry_run=true", f"hydra.run.dir={runs}"], [runs], cwd=d),
          "keys": bench.measure("dry", "safetensors safe_open().keys()", [PYTHON, "-c", LIST_KEYS, str(src)], []),
          "plan": bench.measure("dry", "torchgraft.plan() (API: plan only)",
                                [PYTHON, "-c", PLAN_ONLY, str(recipes / "moe.yaml")], [], cwd=d)}
     r["dry"] = bench.measure("dry", "graft recipe=moe dry_run=true (CLI)",
-                             [GRAFT, "recipe=moe", "dry_run=true", f"hydra.run.dir={runs}"], [runs], cwd=d)
+                             [*graft(), "recipe=moe", "dry_run=true", f"hydra.run.dir={runs}"], [runs], cwd=d)
     evict(src)
     before = cached_bytes(src)
-    bench.run([GRAFT, "recipe=moe", "dry_run=true", f"hydra.run.dir={runs}"], cwd=d)
+    bench.run([*graft(), "recipe=moe", "dry_run=true", f"hydra.run.dir={runs}"], cwd=d)
     after = cached_bytes(src)
     remove(runs)
     size = src.stat().st_size
@@ -400,6 +495,27 @@ def report(results: dict) -> None:
         start = results.get("dry", {}).get("import", (None,))[0]
         if start:
             print(f"  (python + import torch alone: {start:.2f} s)")
+    if "cast" in results and "tg_cli" in results["cast"]:
+        c = results["cast"]
+        wall, rss = c["tg_cli"]
+        print(f"cast 2 GB to bf16, graft CLI: {wall:.2f} s = {wall / c['cp_sync'][0]:.2f}x cp+sync "
+              f"({verdict(wall <= 1.6 * c['cp_sync'][0])}: <= 1.6x), peak RSS {rss:.0f} MiB ({verdict(rss <= 400)}: <= 400)")
+    if "mean" in results:
+        m = results["mean"]
+        for key, label in (("tg", "API"), ("tg_cli", "graft CLI")):
+            wall, rss = m[key]
+            print(f"mean 3 x 512 MiB, {label}: {wall:.2f} s = {wall / m['st'][0]:.2f}x the safetensors script "
+                  f"({verdict(wall <= 0.7 * m['st'][0])}: <= 0.7x), peak RSS {rss:.0f} MiB ({verdict(rss <= 400)}: <= 400)")
+    if "convert" in results:
+        c = results["convert"]
+        wall, rss = c["tg_cli"]
+        print(f".pt -> .safetensors 2 GB, graft CLI: {wall:.2f} s = {wall / c['cp_sync'][0]:.2f}x cp+sync "
+              f"({verdict(wall <= 1.3 * c['cp_sync'][0])}: <= 1.3x), {c['st'][0] / wall:.2f}x faster than torch.load + "
+              f"save_file, peak RSS {rss:.0f} MiB")
+    for key in sorted(k for k in results if k.startswith("dry") and k != "dry"):
+        if "dry" in results:
+            base, big = results["dry"]["dry"][0], results[key]["dry"][0]
+            print(f"{key[3:]}-key dry run: {big:.2f} s = {big / base:.2f}x the first dry run ({verdict(big <= 12 * base)}: <= 12x)")
     if "rss" in results:
         r = results["rss"]
         for key in ("copy_st", "copy_pt", "cast_pt"):
@@ -416,14 +532,14 @@ def report(results: dict) -> None:
         print(f"48 x 128 experts: stacking plans in {stacked:.2f} s, a plain rename in {renamed:.2f} s: "
               f"{stacked / renamed:.2f}x ({verdict(stacked <= 2 * renamed)}: <= 2x)")
     print("\n== table (median of runs) ==")
-    print("| case | command | wall s | peak RSS MiB | x cp | seed / this |")
-    print("|---|---|---:|---:|---:|---:|")
-    for case, label, wall, rss, _ in ROWS:
-        res = results.get(case, {}) if case in ("full", "select", "cast") else {}
+    print("| case | command | wall s | peak RSS MiB | x cp | seed / this | note |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for case, label, wall, rss, note in ROWS:
+        res = results.get(case, {}) if case in ("full", "select", "cast", "convert") else {}
         cp, seed = res.get("cp", (None,))[0], res.get("seed", (None,))[0]
         x_cp = f"{wall / cp:.2f}" if cp else ""
         x_seed = f"{seed / wall:.2f}" if seed else ""
-        print(f"| {case} | {label} | {wall:.2f} | {rss:.0f} | {x_cp} | {x_seed} |")
+        print(f"| {case} | {label} | {wall:.2f} | {rss:.0f} | {x_cp} | {x_seed} | {note} |")
 
 
 ROWS: list = []
@@ -435,10 +551,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cases", default="full,select,cast,rss,dry")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
+    parser.add_argument("--keys", type=int, action="append", help="tensors in the dry-run case (repeatable; default 107,943)")
+    parser.add_argument("--trim-every", type=int, help="HeapTrimmer.EVERY in torchgraft's children (bytes)")
     args = parser.parse_args()
+    if args.trim_every is not None:
+        TRIM.append(args.trim_every)
     cases = args.cases.split(",")
     args.dir.mkdir(parents=True, exist_ok=True)
-    need = (8 if {"full", "cast"} & set(cases) else 0) + (4 if "select" in cases else 0) + (12 if "rss" in cases else 0)
+    need = ((8 if {"full", "cast"} & set(cases) else 0) + (4 if "select" in cases else 0) + (12 if "rss" in cases else 0)
+            + (3 if "mean" in cases else 0) + (4 if "convert" in cases else 0))
     free = shutil.disk_usage(args.dir).free / 2**30
     if free < need + 2:
         sys.exit(f"{args.dir}: {free:.0f} GiB free, these cases need about {need + 2} GiB")
@@ -464,9 +585,18 @@ def main() -> None:
             large = (make(d / "g4.safetensors", 400, 2560, 1024), make(d / "g4.pt", 400, 2560, 1024))
             print("rss: peak RSS at 1 GB and 4 GB")
             results["rss"] = rss_case(bench, small, large)
+        if "mean" in cases:
+            srcs = [make(d / f"mean{i}.safetensors", 64, 2048, 1024, seed=100 * i) for i in range(3)]
+            print("mean: 3 x 64 tensors, 512 MiB each")
+            results["mean"] = mean_case(bench, srcs)
+        if "convert" in cases:
+            pt = make(d / "full.pt", 200, 2560, 1024)
+            print("convert: the 2000 MiB .pt (zip) -> .safetensors")
+            results["convert"] = convert_case(bench, pt)
         if "dry" in cases:
-            print("dry: 107,943 tensors, 50 rules, dry run")
-            results["dry"] = dry_case(bench)
+            for n in args.keys or [107_943]:
+                print(f"dry: about {n:,} tensors, 50 rules, dry run")
+                results["dry" if n == (args.keys or [107_943])[0] else f"dry{n}"] = dry_case(bench, n)
         if "stack" in cases:
             print("stack: 48 x 128 experts stacked by 3 rules, against a plain rename of the same checkpoint")
             out = subprocess.run([PYTHON, "-c", PLAN_STACK, str(d / "stack.safetensors")], check=True,
@@ -475,9 +605,10 @@ def main() -> None:
     finally:
         ROWS.extend(bench.rows)
         if not args.keep:
-            for name in ("full", "sel", "g1", "g4", "moe", "tiny", "stack"):
-                for ext in (".safetensors", ".pt"):
-                    remove(d / f"{name}{ext}")
+            for path in d.glob("*.safetensors"):
+                remove(path)
+            for path in d.glob("*.pt"):
+                remove(path)
             remove(d / "recipes")
             remove(d / "outputs")
     report(results)

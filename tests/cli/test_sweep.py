@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def test_a_failing_job_does_not_hide_the_others(graft, tmp_path):
@@ -105,3 +106,17 @@ def test_a_user_error_survives_the_trip_from_a_launcher_process():
 
     back = pickle.loads(pickle.dumps(RecipeError("dry_run", "must be true or false (got 'nope')")))
     assert type(back) is RecipeError and (back.field, str(back)) == ("dry_run", "dry_run: must be true or false (got 'nope')")
+
+
+def test_a_literal_output_path_in_the_recipe_shared_by_a_sweep_is_refused_before_it_writes(graft, tmp_path):
+    (tmp_path / "recipes").mkdir()
+    bundled = (Path(__file__).parents[2] / "src/torchgraft/recipes/conv_only.yaml").read_text()
+    (tmp_path / "recipes" / "fixed.yaml").write_text(bundled + "output:\n  path: out/model.safetensors\n")
+    result = graft("-m", "recipe=fixed", "output.dtype=float16,bfloat16")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "error: output.path: every job of this sweep would write out/model.safetensors; jobs need an output.path each, "
+        "e.g. output.path='out/${hydra:job.num}/model.safetensors'"
+    )
+    assert not (tmp_path / "out").exists()
+    assert graft("-m", "recipe=fixed", "output.dtype=float16,bfloat16", "dry_run=true").returncode == 0  # writes no checkpoint

@@ -55,8 +55,8 @@ def _recipe(src: Path) -> dict:
                       {"from": "src", "select": "model.embed"}]}
 
 
-def test_plan_render_and_byte_copy_run_without_torch(tmp_path):
-    src, state = _source(tmp_path)
+def _copied_without_torch(tmp_path: Path, src: Path, state: dict[str, torch.Tensor]) -> None:
+    """The API run of ``_recipe(src)`` with torch blocked; every tensor equals the source's."""
     out = tmp_path / "out" / "model.safetensors"
     out.parent.mkdir()
     result = subprocess.run([sys.executable, "-c", API, json.dumps(_recipe(src)), str(out)],
@@ -64,9 +64,15 @@ def test_plan_render_and_byte_copy_run_without_torch(tmp_path):
     assert result.returncode == 0, result.stderr
     got = load_file(out)
     assert sorted(got) == ["blocks.0.b", "blocks.0.w", "blocks.2.b", "blocks.2.w", "model.embed.weight"]
-    assert torch.equal(got["blocks.2.w"], state["model.layers.2.w"])
+    for key in ("0.w", "2.w", "2.b"):
+        assert torch.equal(got[f"blocks.{key}"], state[f"model.layers.{key}"])
     assert torch.equal(got["model.embed.weight"], state["model.embed.weight"])
     assert (tmp_path / "out" / "plan.json").exists()
+
+
+def test_plan_render_and_byte_copy_run_without_torch(tmp_path):
+    src, state = _source(tmp_path)
+    _copied_without_torch(tmp_path, src, state)
 
 
 def test_cli_dry_run_without_torch(tmp_path):
@@ -82,7 +88,7 @@ def test_cli_dry_run_without_torch(tmp_path):
 
 
 def test_a_transform_still_imports_torch_when_it_runs(tmp_path):
-    """The block is real: a cast needs torch, and the same script then fails."""
+    """The block is real: a cast of a bfloat16 tensor to float16 needs torch, and the same script then fails."""
     src, _ = _source(tmp_path)
     recipe = _recipe(src) | {"output": {"dtype": "float16"}}
     out = tmp_path / "model.safetensors"
@@ -90,3 +96,34 @@ def test_a_transform_still_imports_torch_when_it_runs(tmp_path):
     assert result.returncode == 1
     assert "ImportError: torch imported on a path that must not need it" in result.stderr
     assert not out.exists()
+
+
+def test_a_torch_zip_source_is_copied_without_torch(tmp_path):
+    """pytorch_model.bin -> model.safetensors: torch_pickle reads data.pkl, the tensors are byte ranges."""
+    _, state = _source(tmp_path)
+    state["model.layers.0.w"] = torch.nn.Parameter(state["model.layers.0.w"])  # saved as _rebuild_parameter
+    src = tmp_path / "pytorch_model.bin"
+    torch.save(state, src)
+    _copied_without_torch(tmp_path, src, state)
+
+
+def test_a_float32_cast_runs_without_torch(tmp_path):
+    """output.dtype bfloat16 / float16 of float32 tensors: rounded in numpy (execution.casts), as torch rounds."""
+    generator = torch.Generator().manual_seed(1)
+    state = {f"model.layers.{i}.{p}": torch.randn(8, 4, generator=generator) * 1e4 for i in range(3) for p in ("w", "b")}
+    state["model.layers.0.w"][0, :4] = torch.tensor([float("nan"), float("inf"), 1e-40, 65520.0])
+    state["model.embed.weight"] = torch.randn(5, 4, generator=generator).to(torch.bfloat16)  # already bf16: copied
+    src = tmp_path / "src.pt"
+    torch.save(state, src)
+    for dtype in ("bfloat16", "float16"):
+        out = tmp_path / dtype / "model.safetensors"
+        out.parent.mkdir()
+        recipe = _recipe(src) | {"output": {"dtype": dtype}}
+        if dtype == "float16":
+            recipe["rules"] = recipe["rules"][:1]  # bf16 -> f16 would need torch
+        result = subprocess.run([sys.executable, "-c", API, json.dumps(recipe), str(out)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        got = load_file(out)
+        for key in ("0.w", "0.b", "2.w"):
+            want = state[f"model.layers.{key[0]}.{key[2]}"].to(getattr(torch, dtype))
+            assert torch.equal(got[f"blocks.{key}"].view(torch.int16), want.view(torch.int16)), (dtype, key)

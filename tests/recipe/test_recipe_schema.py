@@ -52,7 +52,7 @@ BAD = [
     (cfg(sources={"pre": {"format": "torch"}}), "sources.pre.path: missing value"),
     (cfg(sources={"pre": {"path": None}}), "sources.pre.path: missing value"),
     (cfg(sources={"pre": {"path": "a", "format": "x"}}),
-     "sources.pre.format: must be one of auto, safetensors, torch, hf, dcp (got 'x')"),
+     "sources.pre.format: must be one of auto, safetensors, torch, hf, dcp, peft (got 'x')"),
     (cfg(sources={"pretrained": {"path": "a", "formt": "torch"}}),
      "sources.pretrained.formt: unknown field (did you mean 'format'?)"),
     (cfg(sources={"pre": {"path": "a", "key": 1}}), "sources.pre.key: expected a string, got int"),

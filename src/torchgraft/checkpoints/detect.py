@@ -10,11 +10,12 @@ from torchgraft.checkpoints.base import Reader
 from torchgraft.checkpoints.dcp import METADATA, DCPReader
 from torchgraft.checkpoints.formats import SOURCE_SUFFIXES
 from torchgraft.checkpoints.hf_dir import HFReader
+from torchgraft.checkpoints.peft import PeftReader, is_adapter_dir
 from torchgraft.checkpoints.safetensors_file import HeaderError, SafetensorsReader, read_header
 from torchgraft.checkpoints.torch_file import ZIP_MAGIC, TorchReader
 from torchgraft.core.errors import SourceError
 
-FORMATS = ("auto", "safetensors", "torch", "hf", "dcp")
+FORMATS = ("auto", "safetensors", "torch", "hf", "dcp", "peft")
 # torch.save's pre-1.6 format starts with this pickled magic number.
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
 
@@ -29,7 +30,7 @@ def open_checkpoint(path: str | os.PathLike, *, format: str = "auto",
     shown = os.fspath(path)
     if format not in FORMATS:
         raise SourceError(field, f"unknown format '{format}' "
-                                 "(expected auto, safetensors, torch, hf or dcp)")
+                                 "(expected auto, safetensors, torch, hf, dcp or peft)")
     p = Path(path)
     if not p.exists():
         raise SourceError(field, f"{shown}: no such file or directory")
@@ -38,9 +39,9 @@ def open_checkpoint(path: str | os.PathLike, *, format: str = "auto",
         raise SourceError(field, f"{shown}: is a {kind}, not a checkpoint file or directory")
     try:
         fmt = detect_format(p, shown=shown, field=field) if format == "auto" else format
-        if p.is_dir() and fmt not in ("hf", "dcp"):
-            raise SourceError(field, f"{shown}: is a directory (set format: hf, dcp or auto)")
-        if not p.is_dir() and fmt in ("hf", "dcp"):
+        if p.is_dir() and fmt not in ("hf", "dcp", "peft"):
+            raise SourceError(field, f"{shown}: is a directory (set format: hf, dcp, peft or auto)")
+        if not p.is_dir() and fmt in ("hf", "dcp", "peft"):
             raise SourceError(field, f"{shown}: format {fmt} expects a directory")
         if key is not None and fmt not in ("torch", "dcp"):
             raise SourceError(field, f"{shown}: 'key' applies only to torch and DCP checkpoints, "
@@ -51,6 +52,8 @@ def open_checkpoint(path: str | os.PathLike, *, format: str = "auto",
             return TorchReader(p, field=field, shown=shown, key=key)
         if fmt == "dcp":
             return DCPReader(p, field=field, shown=shown, key=key)
+        if fmt == "peft":
+            return PeftReader(p, field=field, shown=shown)
         return HFReader(p, field=field, shown=shown)
     except OSError as e:  # permissions, a file vanishing mid-open...
         raise SourceError(field, f"{shown}: cannot read ({e.strerror or e})") from None
@@ -69,9 +72,12 @@ def special_kind(path: Path) -> str | None:
 
 
 def detect_format(path: Path, *, shown: str, field: str) -> str:
-    """Directory -> dcp (with a ``.metadata`` file) or hf; known extension; else sniff the first bytes."""
+    """Directory -> dcp (with a ``.metadata`` file), peft (with adapter_config.json and
+    adapter_model.safetensors) or hf; known extension; else sniff the first bytes."""
     if path.is_dir():
-        return "dcp" if (path / METADATA).is_file() else "hf"
+        if (path / METADATA).is_file():
+            return "dcp"
+        return "peft" if is_adapter_dir(path) else "hf"
     by_suffix = SOURCE_SUFFIXES.get(path.suffix.lower())
     if by_suffix:
         return by_suffix

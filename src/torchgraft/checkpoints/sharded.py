@@ -84,6 +84,9 @@ class ShardedWriter(Writer):
     def _copy(self, info: TensorInfo, source: ByteRange) -> None:
         self._next().copy(info.key, source)
 
+    def _write_bytes(self, info: TensorInfo, data: memoryview) -> None:
+        self._next().write_bytes(info.key, data)
+
     def _finish(self) -> None:
         if self._current is None:  # no tensors at all: still one (empty) file
             self._current = SafetensorsWriter(self.path / self.names[0], [], self.metadata)

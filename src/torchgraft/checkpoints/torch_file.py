@@ -1,33 +1,38 @@
 """Reader for ``torch.save`` pickles (.pt .pth .bin .ckpt), with ``weights_only=True`` only.
 
-The file is opened once, here; every load below reads that descriptor. The inventory
-is a ``map_location="meta"`` load: the pickle is walked, no tensor data is read. A
-whole tensor stored contiguously (most of a zip checkpoint) is a ``pread`` of its
-bytes; any other read comes from one ``mmap=True`` load, done on the first such read
-and kept, so reading a tensor touches only its pages.
+The file is opened once, here; every read below goes through that descriptor. The
+inventory of a zip checkpoint comes from ``torch_pickle``, without torch: its tensors
+are byte ranges of the file, so copying them imports nothing, and reading a whole one
+is a ``pread`` of its bytes. What that module does not describe (a legacy file, a
+compressed member, a tensor subclass...) falls back to a ``map_location="meta"`` load,
+as does reading a non-contiguous view or a region: the data is one ``mmap=True`` load,
+done on the first such ``read`` and kept, so reading a tensor touches only its pages.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import pickle
 import re
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
+from torchgraft.checkpoints import torch_pickle
 from torchgraft.checkpoints.base import Reader, as_index
 from torchgraft.checkpoints.byteranges import ByteRange, OpenFile, read_range
+from torchgraft.checkpoints.torch_pickle import ZIP_MAGIC, StoredTensor
 from torchgraft.core.errors import SourceError
 from torchgraft.core.tensors import TensorInfo, dtype_name
 
-ZIP_MAGIC = b"PK\x03\x04"
+log = logging.getLogger(__name__)
 # Where users' trainers put the state dict, most likely first (Lightning, DDP, timm...).
 HINT_ENTRIES = ("state_dict", "model", "module")
 MAX_LISTED = 10
@@ -48,15 +53,36 @@ class TorchReader(Reader):
         self._read_or_close(self._read_inventory)
 
     def _read_inventory(self) -> None:
-        tensors = self._state_dict(self._load(map_location="meta"))
-        infos = self._tensor_infos(tensors)
+        tensors, infos, self._ranges = self._walk()
+        if self._ranges is None:
+            # Meta tensors hold no data; they say where each tensor's bytes are (byte_range).
+            self._meta = {info.key: tensors[info.key] for info in infos}
         self._set_inventory(infos)
         self._metadata = _torchgraft_metadata(tensors)
-        # Meta tensors hold no data; they say where each tensor's bytes are (byte_range).
-        self._meta = {info.key: tensors[info.key] for info in infos}
         self._listed = (_changes(self._file.stat()), _listing_sha256(infos))
 
-    def _tensor_infos(self, tensors: Mapping) -> list[TensorInfo]:
+    def _walk(self) -> tuple[Mapping, list[TensorInfo], dict[str, ByteRange | None] | None]:
+        """The state dict, its tensors and their byte ranges, read from the file held
+        open by ``torch_pickle``; what it does not describe, by a meta load (whose
+        tensors are the state dict's, and no ranges yet)."""
+        try:
+            described = torch_pickle.load(self._file)
+        except torch_pickle.Refused as e:
+            raise self._error(_refusal(e.culprit)) from None
+        except torch_pickle.Undescribed as e:
+            log.debug("%s: read with torch (%s)", self.shown, e)
+            tensors = self._state_dict(self._load(map_location="meta"), _is_torch_tensor)
+            return tensors, self._torch_infos(tensors), None
+        tensors = self._state_dict(described.top, _is_stored)
+        infos = [TensorInfo(name, value.shape, value.dtype) for name, value in tensors.items()
+                 if isinstance(name, str) and isinstance(value, StoredTensor)]
+        ranges: dict[str, ByteRange | None] = {}
+        for info in infos:
+            span = described.byte_span(tensors[info.key])
+            ranges[info.key] = None if span is None else ByteRange(self._file.path, self._file.fd, *span)
+        return tensors, infos, ranges
+
+    def _torch_infos(self, tensors: Mapping) -> list[TensorInfo]:
         import torch
 
         infos = []
@@ -87,13 +113,12 @@ class TorchReader(Reader):
 
     def _header_sha256(self) -> str:
         # A pickle has no header to hash; the inventory is what planning depends on. It
-        # is walked again only if the file was written to since it was opened: a meta
-        # load is what planning a .pt costs.
+        # is walked again only if the file was written to since it was opened.
         changes, digest = self._listed
         if _changes(self._file.stat()) == changes:
             return digest
         try:
-            return _listing_sha256(self._tensor_infos(self._state_dict(self._load(map_location="meta"))))
+            return _listing_sha256(self._walk()[1])
         except SourceError:
             return ""  # no longer a readable checkpoint: differs from any hash
 
@@ -107,9 +132,9 @@ class TorchReader(Reader):
             if where is not None:
                 return read_range(where, info.dtype, info.shape)
         if self._data is None:
-            self._data = self._state_dict(self._load_data())
+            self._data = self._state_dict(self._load_data(), _is_torch_tensor)
         tensor = self._data.get(key)
-        if not isinstance(tensor, torch.Tensor):
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != self._info(key).shape:
             raise self._error(f"no tensor '{key}' (did the file change since it was opened?)")
         if index is not None:
             tensor = tensor[index]
@@ -128,8 +153,10 @@ class TorchReader(Reader):
     # -- loading ----------------------------------------------------------------------
 
     def _load_data(self) -> Any:
-        # mmap needs the zip format torch.save writes since 1.6; legacy files load whole.
-        return self._load(map_location="cpu", mmap=self._file.pread(4, 0) == ZIP_MAGIC)
+        # mmap needs the zip format torch.save writes since 1.6; legacy files load whole. It
+        # maps each member's bytes as they are in the file: a compressed member would read
+        # as garbage (seen with torch 2.13), so such a file loads whole too.
+        return self._load(map_location="cpu", mmap=_all_stored(self._file))
 
     def _load(self, **kwargs: Any) -> Any:
         """``torch.load`` of the file held open (through a path that opens that very
@@ -158,12 +185,12 @@ class TorchReader(Reader):
 
     # -- finding the state dict -------------------------------------------------------
 
-    def _state_dict(self, top: Any) -> Mapping:
+    def _state_dict(self, top: Any, is_tensor: Callable[[Any], bool]) -> Mapping:
         obj = self._follow(top, self.key) if self.key else top
-        if _is_state_dict(obj):
+        if _is_state_dict(obj, is_tensor):
             return obj
         if isinstance(obj, Mapping):
-            under = _find_state_dict(obj)
+            under = _find_state_dict(obj, is_tensor)
             if under is not None:
                 where = f"{self.key}.{under}" if self.key else under
                 how = f"--key {where}" if self.field == "graft-inspect" else f"set key: {where}"  # the CLI's flag
@@ -189,6 +216,17 @@ class TorchReader(Reader):
             obj = obj[part]
             walked.append(part)
         return obj
+
+
+def _all_stored(file: OpenFile) -> bool:
+    """A zip file whose members are all stored uncompressed."""
+    try:
+        if file.pread(4, 0) != ZIP_MAGIC:
+            return False
+        with open(file.fd, "rb", closefd=False) as f, zipfile.ZipFile(f) as archive:
+            return all(item.compress_type == zipfile.ZIP_STORED for item in archive.infolist())
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError):
+        return False  # torch.load names the problem
 
 
 def _changes(st) -> tuple[int, int, int]:
@@ -239,29 +277,35 @@ def _byte_ranges(file: OpenFile, tensors: Mapping[str, torch.Tensor]) -> dict[st
     return ranges
 
 
-def _is_state_dict(obj: Any) -> bool:
-    """A flat mapping: some tensors (or nothing at all), and no nested tensor mapping."""
+def _is_stored(value: Any) -> bool:
+    return isinstance(value, StoredTensor)
+
+
+def _is_torch_tensor(value: Any) -> bool:
     import torch
 
+    return isinstance(value, torch.Tensor)
+
+
+def _is_state_dict(obj: Any, is_tensor: Callable[[Any], bool]) -> bool:
+    """A flat mapping: some tensors (or nothing at all), and no nested tensor mapping."""
     if not isinstance(obj, Mapping):
         return False
     values = list(obj.values())
-    if any(isinstance(v, Mapping) and _has_tensors(v) for v in values):
+    if any(isinstance(v, Mapping) and _has_tensors(v, is_tensor) for v in values):
         return False
-    return not values or any(isinstance(v, torch.Tensor) for v in values)
+    return not values or any(is_tensor(v) for v in values)
 
 
-def _has_tensors(obj: Any, depth: int = 4) -> bool:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
+def _has_tensors(obj: Any, is_tensor: Callable[[Any], bool], depth: int = 4) -> bool:
+    if is_tensor(obj):
         return True
     if isinstance(obj, Mapping) and depth > 0:
-        return any(_has_tensors(v, depth - 1) for v in obj.values())
+        return any(_has_tensors(v, is_tensor, depth - 1) for v in obj.values())
     return False
 
 
-def _find_state_dict(obj: Mapping, depth: int = 3) -> str | None:
+def _find_state_dict(obj: Mapping, is_tensor: Callable[[Any], bool], depth: int = 3) -> str | None:
     """The dotted path of the most likely state dict nested in ``obj``, if any."""
     found = []
 
@@ -269,7 +313,7 @@ def _find_state_dict(obj: Mapping, depth: int = 3) -> str | None:
         for name in sorted(k for k in node if isinstance(k, str)):
             value = node[name]
             if isinstance(value, Mapping) and value:
-                if _is_state_dict(value):
+                if _is_state_dict(value, is_tensor):
                     found.append(prefix + name)
                 elif left > 0:
                     walk(value, f"{prefix}{name}.", left - 1)
@@ -299,6 +343,16 @@ def _torchgraft_metadata(state_dict: Mapping) -> dict[str, str]:
     if not isinstance(entry, Mapping):
         return {}
     return {str(k): str(v) for k, v in entry.items()}
+
+
+def _refusal(culprit: str | None) -> str:
+    """What torch.load(weights_only=True) names (builtins without their module), else a phrase."""
+    if culprit is None:
+        culprit = "an unsupported object"
+    elif culprit.startswith("builtins."):
+        culprit = culprit.removeprefix("builtins.")
+    return (f"refused to unpickle {culprit}: torch.load(weights_only=True) allows only tensors and "
+            "plain containers, and torchgraft never runs code from a checkpoint")
 
 
 def _a(noun: str) -> str:

@@ -26,7 +26,7 @@ from torchgraft.checkpoints.byteranges import ByteRange, read_range
 from torchgraft.checkpoints.formats import OUTPUT_SUFFIXES
 from torchgraft.checkpoints.safetensors_file import MAX_HEADER
 from torchgraft.core.errors import OutputError
-from torchgraft.core.tensors import TensorInfo, dtype_name, safetensors_code
+from torchgraft.core.tensors import TensorInfo, dtype_name, safetensors_code, torch_dtype
 
 
 class Writer(abc.ABC):
@@ -55,6 +55,20 @@ class Writer(abc.ABC):
         info = self._expect(key, tensor)
         self._write(info, tensor.detach().cpu())
         self._written += 1
+
+    def write_bytes(self, key: str, data: memoryview) -> None:
+        """Write ``key`` from its raw little-endian bytes (computed without torch)."""
+        info = self._expect(key, None)
+        if memoryview(data).nbytes != info.nbytes:
+            raise RuntimeError(f"'{key}' needs {info.nbytes} bytes, got {memoryview(data).nbytes}")
+        self._write_bytes(info, memoryview(data).cast("B"))
+        self._written += 1
+
+    def _write_bytes(self, info: TensorInfo, data: memoryview) -> None:
+        import torch
+
+        tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8) if len(data) else torch.empty(0, dtype=torch.uint8)
+        self._write(info, tensor.view(torch_dtype(info.dtype)).reshape(info.shape))
 
     def copy(self, key: str, source: ByteRange) -> None:
         """Write ``key`` from the bytes at ``source`` (its data, stored whole and
@@ -169,6 +183,9 @@ class SafetensorsWriter(Writer):
 
     def _copy(self, info: TensorInfo, source: ByteRange) -> None:
         self._file.copy(source.fd, source.offset, source.length)
+
+    def _write_bytes(self, info: TensorInfo, data: memoryview) -> None:
+        self._file.write(data)
 
     def _finish(self) -> None:
         try:

@@ -201,6 +201,8 @@ def _job(cfg: DictConfig, call: _Call) -> sweep.Outcome | None:
         options = read_options(cfg)
         mode = call.mode = options.mode
         call.debug = options.debug
+        if call.multirun and not options.dry_run:
+            sweep.refuse_recipe_output(cfg, call.argv)
         outcome = run(cfg, options, run_dir)
     except Exception as err:
         sweep.write_status(mode, None, err, call.argv)

@@ -21,7 +21,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from torchgraft.cli.exits import one_line
 from torchgraft.core.errors import RecipeError
@@ -98,9 +98,27 @@ def refuse_shared_output(argv: list[str]) -> None:
     value = str(path.value())
     if "${" in value:
         return  # an interpolation (${hydra:job.num} ...) can differ per job
+    raise _shared_output(value)
+
+
+def refuse_recipe_output(cfg: Any, argv: list[str]) -> None:
+    """The same refusal for a literal ``output.path`` written in the recipe, in a sweep of
+    several jobs of that one recipe: every job raises it before it writes anything."""
+    overrides = _sweep_overrides(argv)
+    many = [o for o in overrides if _is_one_of_many(o)]
+    if not many or any(o.key_or_group in ("output.path", "recipe") for o in many) or \
+            any(o.key_or_group == "output.path" for o in overrides):
+        return  # set on the command line (checked above), or each recipe's own path
+    output = cfg.get("output")
+    if output is None or output.get("path") is None or OmegaConf.is_interpolation(output, "path"):
+        return
+    raise _shared_output(str(output.path))
+
+
+def _shared_output(value: str) -> RecipeError:
     where = Path(value)
     fix = str(where.parent / "${hydra:job.num}" / where.name) if str(where.parent) != "." else "${hydra:job.num}/" + where.name
-    raise RecipeError(
+    return RecipeError(
         "output.path",
         f"every job of this sweep would write {value}; jobs need an output.path each, e.g. output.path='{fix}'",
     )

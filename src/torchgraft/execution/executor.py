@@ -11,6 +11,7 @@ own (see ``Reader.read``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -32,12 +33,14 @@ from torchgraft.core.heap import HeapTrimmer
 from torchgraft.core.paths import overlap
 from torchgraft.core.target import build_model
 from torchgraft.core.tensors import TensorInfo, torch_dtype
+from torchgraft.execution.casts import CASTS, read_cast
 from torchgraft.execution.initial import check_initial, initial_values
+from torchgraft.execution.merges import merge
 from torchgraft.execution.outputs import copy_files, replaceable
 from torchgraft.execution.progress import Progress
 from torchgraft.execution.sources import check_sources_unchanged, open_plan_sources
 from torchgraft.keys.regions import Region
-from torchgraft.plans.types import Entry, Piece, Plan
+from torchgraft.plans.types import Entry, Piece, Plan, Read
 from torchgraft.transforms import compile_transform
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,21 @@ def _unchanged(entry: Entry, readers: Mapping[str, Reader]) -> ByteRange | None:
     if read.dtype != entry.dtype or tuple(read.shape) != tuple(entry.shape):
         return None
     return readers[read.source].byte_range(read.key)
+
+
+def _cast_only(entry: Entry, readers: Mapping[str, Reader]) -> tuple[ByteRange, str] | None:
+    """The stored bytes and dtype of the one whole source tensor that ``entry`` only casts,
+    when numpy can do that cast as torch does (``casts.CASTS``): no torch needed."""
+    if len(entry.pieces) != 1 or entry.uncovered:
+        return None
+    piece = entry.pieces[0]
+    read = piece.reads[0]
+    if piece != Piece((read,), piece.rule) or read.region is not None or tuple(read.shape) != tuple(entry.shape):
+        return None
+    if (read.dtype, entry.dtype) not in CASTS:
+        return None
+    where = readers[read.source].byte_range(read.key)
+    return None if where is None else (where, read.dtype)
 
 
 def _stored_as(entry: Entry, reader: Reader, infos: Mapping[str, TensorInfo]) -> ByteRange | None:
@@ -76,28 +94,26 @@ def _first_copy_page_offset(plan: Plan, readers: Mapping[str, Reader]) -> int | 
     return None
 
 
-def _values(piece: Piece, readers: Mapping[str, Reader], initial: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
+def _values(piece: Piece, readers: Mapping[str, Reader], initial: Callable[[], torch.Tensor] | None = None,
+            key: str = "") -> torch.Tensor:
     """A piece's values. ``initial`` gives the destination's initial value, for a transform
-    that fills from it (pad_rows with fill: init); it is called only then."""
-    import torch
-
-    tensors = []
-    for read in piece.reads:
-        index = Region.parse(read.region).box(read.shape).index() if read.region else None
-        tensors.append(readers[read.source].read(read.key, index))
+    that fills from it (pad_rows with fill: init); it is called only then. ``key`` (the
+    target's) seeds random merges."""
+    loaders = [functools.partial(_read, read, readers) for read in piece.reads]
     if isinstance(piece.merge, dict) and "each" in piece.merge:  # {concat: DIM} | {stack: DIM}
-        value = join(piece.merge, tensors, piece.rule)
-    elif len(tensors) == 1:
-        value = tensors[0]
-    else:
-        weights = [1 / len(tensors)] * len(tensors) if piece.merge == "mean" else piece.merge["weights"]
-        # Accumulate in float32 (float64 sources in float64); integer buffers are rounded back.
-        acc = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
-        value = sum(w * t.to(acc) for w, t in zip(weights, tensors))
-        value = (value if tensors[0].is_floating_point() else value.round()).to(tensors[0].dtype)
+        value = join(piece.merge, [load() for load in loaders], piece.rule)
+    elif len(loaders) == 1:
+        value = loaders[0]()
+    else:  # merged: the sources are read one by one as the method needs them
+        value = merge(piece.merge, loaders, key + (piece.region or ""), piece.rule)
     for spec in piece.transforms:
         value = compile_transform(spec, piece.rule).apply(value, initial)
     return value
+
+
+def _read(read: Read, readers: Mapping[str, Reader]) -> torch.Tensor:
+    index = Region.parse(read.region).box(read.shape).index() if read.region else None
+    return readers[read.source].read(read.key, index)
 
 
 def join(merge: dict, tensors: list, rule: str):
@@ -118,12 +134,12 @@ def materialize(entry: Entry, readers: Mapping[str, Reader], initial) -> torch.T
     dtype = torch_dtype(entry.dtype)
     whole = [p for p in entry.pieces if p.region is None]
     if whole:
-        out = _values(whole[0], readers, lambda: initial[entry.key]).to(dtype)
+        out = _values(whole[0], readers, lambda: initial[entry.key], entry.key).to(dtype)
     else:
         out = initial[entry.key].to(dtype, copy=True)
         for piece in entry.pieces:
             index = Region.parse(piece.region).box(entry.shape).index()
-            out[index] = _values(piece, readers, lambda: out[index]).to(dtype)  # noqa: B023 -- called now; regions are disjoint: still initial
+            out[index] = _values(piece, readers, lambda: out[index], entry.key).to(dtype)  # noqa: B023 -- called now; regions are disjoint: still initial
     if tuple(out.shape) != tuple(entry.shape):
         raise RuntimeError(f"{entry.key}: produced shape {list(out.shape)}, plan says {list(entry.shape)}")
     return out.contiguous()
@@ -140,8 +156,13 @@ def _stream(plan: Plan, writer, readers: Mapping[str, Reader], initial, progress
         unchanged = _unchanged(entry, readers)
         if unchanged is None and entry.kept and base is not None:
             unchanged = _stored_as(entry, base, base_infos)  # patching: the base as it is
+        cast = None if unchanged is not None or entry.kept else _cast_only(entry, readers)
         if unchanged is not None:
             writer.copy(entry.key, unchanged)
+        elif cast is not None:
+            where, dtype = cast
+            writer.write_bytes(entry.key, read_cast(where, dtype, entry.dtype))
+            heap.freed(nbytes)
         else:
             writer.write(entry.key, _value(entry, readers, initial))
             heap.freed(nbytes)

@@ -14,6 +14,8 @@ from torchgraft.core.tensors import TensorInfo, is_floating
 from torchgraft.core.text import closest, shape_text
 from torchgraft.keys.patterns import KeyIndex, PatternError, Renamer, Template
 from torchgraft.keys.regions import Box, Region, describe, slot_maker, split_key_region
+from torchgraft.planning.adapters import RuleAdapters
+from torchgraft.planning.merging import LayerPositions, check_merge, gradient_variable, has_gradient, resolve
 from torchgraft.planning.selection import TargetFilter
 from torchgraft.plans.types import Piece, Read, Skipped
 from torchgraft.recipe.parse import BulkRule, ExplicitRule, Recipe
@@ -123,6 +125,7 @@ class RuleExpander:
 
     def bulk(self, rule: BulkRule) -> None:
         field = rule.field
+        check_merge(rule.merge, rule.sources, field)
         output = _RuleOutput.of(rule)
         for pattern, replacement in rule.rename:  # every entry checked before any key reaches it
             try:
@@ -142,13 +145,32 @@ class RuleExpander:
         if only is not None and not taken[0]:
             raise PlanError(field, f"no tensor of source '{lead}' lands on a target tensor that types/kind select")
         others = list(zip(rule.sources[1:], taken[1:]))
+        base = rule.merge.get("base") if isinstance(rule.merge, Mapping) else None
+        if base is not None:  # the base's tensor for each new key, read last
+            base_keys = self._bulk_keys(rule, base, renamer, only)
+            extra = next((k for k in taken[0] if k not in base_keys), None)
+            if extra is not None:
+                raise PlanError(f"{field}.merge.base", f"{lead}:{taken[0][extra][0]} -> '{extra}' has no counterpart "
+                                                       f"in base '{base}'")
+            others.append((base, base_keys))
+        if has_gradient(rule.merge) and gradient_variable(rule.merge):
+            raise PlanError(f"{field}.merge", "over: applies to explicit rules (a bulk rule's gradients run over the "
+                                              "first number in each key)")
+        positions = LayerPositions([LayerPositions.number_in(k) for k in taken[0]]) if has_gradient(rule.merge) else None
+        adapters = RuleAdapters(rule, self.readers, self.recipe.policy.unused) if rule.adapters else None
         from_field = f"{field}.from"
         for new_key, (key, blame, target) in taken[0].items():
             reads = (self._read(lead, key),)
             if others:  # merged: the tensor each other source gives for the same new key
                 reads += tuple(self._read(source, keys[new_key][0]) for source, keys in others)
             shape = self._merged_shape(reads, from_field)
-            self._assign(new_key, None, target, reads, output, blame, shape)
+            merge = rule.merge if positions is None else resolve(rule.merge, positions.t(LayerPositions.number_in(new_key)))
+            if adapters is not None:
+                reads, merge = adapters.apply(reads[0], shape)
+                shape = self._read_shape(reads[0], from_field) if merge is None else shape  # modules_to_save
+            self._assign(new_key, None, target, reads, output, blame, shape, merge)
+        if adapters is not None:
+            adapters.check_used()
 
     def _bulk_keys(self, rule: BulkRule, source: str, renamer: Renamer, only) -> dict[str, tuple[str, str, TensorInfo | None]]:
         """The tensors ``rule`` takes from ``source``: new key -> (source key, field to blame, target tensor)."""
@@ -217,7 +239,9 @@ class RuleExpander:
 
     def explicit(self, rule: ExplicitRule) -> None:
         field = rule.field
+        check_merge(rule.merge, [ref.partition(":")[0] for ref in rule.sources], field)
         output = _RuleOutput.of(rule)
+        base = rule.merge.get("base") if isinstance(rule.merge, Mapping) else None
         to_key, to_region = self._split(rule.to, f"{field}.to")
         froms = [self._parse_from(text, f"{field}.from") for text in rule.sources]
         to_template = Template(to_key)
@@ -227,7 +251,19 @@ class RuleExpander:
         self._check_bound(sides, at)
         slots: dict[tuple[str, Box], tuple] = {}  # (key, slot) -> the reads a bound index wrote there
         makers: dict = {}  # target shape -> slot_maker of the to region
-        for bindings, to_text in self._expand(rule, field, sides, at, froms):
+        pairs = self._expand(rule, field, sides, at, froms)
+        positions, over = None, None
+        if has_gradient(rule.merge):
+            over = gradient_variable(rule.merge) or next(iter(pairs[0][0]), None)
+            if over is not None and over not in pairs[0][0]:
+                raise PlanError(f"{field}.merge", f"over: {over} is not a variable of this rule")
+            if over is not None:
+                odd = next((b[over] for b, _ in pairs if not str(b[over]).isdigit()), None)
+                if odd is not None:
+                    raise PlanError(f"{field}.merge", f"a gradient over {over} needs layer numbers, but {over} binds {odd!r}")
+            numbers = [int(b[over]) if over is not None else LayerPositions.number_in(to) for b, to in pairs]
+            positions = LayerPositions(numbers)
+        for bindings, to_text in pairs:
             target = self._target_info(to_text, f"{field}.to", rule.missing, rule.to)
             if target is None and self.target is not None:
                 continue
@@ -250,10 +286,21 @@ class RuleExpander:
                     region = bound
                 reads.append(Read(source, key, info.shape, info.dtype, str(region) if region else None))
             else:
+                if base is not None:
+                    first = reads[0]
+                    info = self.inventories[base].get(first.key)
+                    if info is None:
+                        raise PlanError(f"{field}.merge.base", f"base '{base}' has no tensor '{first.key}'"
+                                                               f"{closest(first.key, list(self.inventories[base]))}")
+                    reads.append(Read(base, first.key, info.shape, info.dtype, first.region))
                 if isinstance(rule.merge, Mapping) and "each" in rule.merge:
                     src_shape = self._joined_shape(reads, rule, output)
                 else:
                     src_shape = self._merged_shape(reads, f"{field}.from")
+                merge = output.merge
+                if positions is not None:
+                    number = int(bindings[over]) if over is not None else LayerPositions.number_in(to_text)
+                    merge = resolve(rule.merge, positions.t(number))
                 box = text = None
                 if to_region is not None:
                     if target is None:
@@ -270,7 +317,7 @@ class RuleExpander:
                     box, text = made
                     if to_region.variables:
                         self._one_write_per_slot(slots, to_text, box, reads, f"{field}.to", target.shape)
-                self._assign(to_text, box, target, tuple(reads), output, f"{field}.to", src_shape, text)
+                self._assign(to_text, box, target, tuple(reads), output, f"{field}.to", src_shape, merge, text)
 
     def _binder(self, sides: _Sides) -> int | None:
         """The side that binds the variables: -1 for ``to``, else the index of a ``from``;
@@ -360,7 +407,7 @@ class RuleExpander:
                                    f"and by {_reads_text(reads)} (two bindings give the same index)")
         slots[slot] = reads
 
-    def _assign(self, key, box, target, reads, output: _RuleOutput, blame, shape, region_text: str | None = None):
+    def _assign(self, key, box, target, reads, output: _RuleOutput, blame, shape, merge, region_text: str | None = None):
         field, transforms = output.field, output.transforms
         src_shape, dtype = tuple(shape), reads[0].dtype
         for i, transform in enumerate(transforms):
@@ -389,7 +436,7 @@ class RuleExpander:
                 raise PlanError(blame, f"{problem} ({fix}, or set policy.mismatch=skip to leave out every mismatch)")
             if box is not None:
                 region = region_text or describe(box, target.shape)
-        piece = Piece(reads, field, region, output.specs, output.merge)
+        piece = Piece(reads, field, region, output.specs, merge)
         self.assignments.append(_Assignment(key, box, piece, blame))
 
     def _read(self, source: str, key: str) -> Read:

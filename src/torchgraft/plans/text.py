@@ -21,6 +21,7 @@ from torchgraft.core.text import human_bytes, printable, shape_text
 from torchgraft.keys.folding import Group, brace, fold, fold_keyed, merge_leaves
 from torchgraft.keys.regions import Region
 from torchgraft.plans.forms import Forms
+from torchgraft.plans.merge_text import merge_text
 from torchgraft.plans.types import Entry, Piece, Plan, Read, entry_parts
 from torchgraft.transforms import describe as describe_transform
 
@@ -94,15 +95,15 @@ def _per_plan(make: Callable[[Plan], R]) -> Callable[[Plan], R]:
 def piece_text(piece: Piece, entry: Entry, keys: Sequence[str] | None = None) -> str:
     """``[:, :10] ← src:fc.weight[:, :10] | transpose``; ``keys`` replaces the read keys (patterns)."""
     keys = list(keys) if keys is not None else [r.key for r in piece.reads]
-    reads = " + ".join(f"{r.source}:{k}{r.region or ''}" for r, k in zip(piece.reads, keys))
     if isinstance(piece.merge, dict) and "each" in piece.merge:  # concat(0: a | rope(...), b, c)
         how = "concat" if "concat" in piece.merge else "stack"
         texts = [f"{r.source}:{k}{r.region or ''}" + (" | " + ", ".join(describe_transform(t) for t in specs) if specs else "")
                  for r, k, specs in zip(piece.reads, keys, piece.merge["each"])]
         reads = f"{how}({piece.merge[how]}: {'; '.join(texts)})"
     elif len(piece.reads) > 1:
-        merge = piece.merge if piece.merge == "mean" else f"weights {piece.merge['weights']}"
-        reads = f"{merge}({reads})"
+        reads = merge_text(piece.merge, [f"{r.source}:{k}{r.region or ''}" for r, k in zip(piece.reads, keys)], keys)
+    else:
+        reads = f"{piece.reads[0].source}:{keys[0]}{piece.reads[0].region or ''}"
     text = f"{piece.region + ' ' if piece.region else ''}← {reads}"
     steps = [describe_transform(t) for t in piece.transforms]
     source_dtype = piece.reads[0].dtype

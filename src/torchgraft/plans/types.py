@@ -36,7 +36,7 @@ class Piece:
     rule: str  # "rules[0]"
     region: str | None = None  # destination region; None = the whole tensor
     transforms: tuple[Any, ...] = ()  # canonical transform specs, applied in order
-    merge: Any = None  # None | "mean" | {"weights": [...]}
+    merge: Any = None  # None | "mean" | {"weights": [...]} | {"method": ..., every parameter} (core/merge_methods.py)
 
     @property
     def reads_initial(self) -> bool:

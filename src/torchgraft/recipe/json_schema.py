@@ -57,7 +57,8 @@ def recipe_schema() -> dict:
     }, required=("path",))
     common = {
         "from": {**_STRINGS, "description": "a source name (bulk), or SOURCE:KEY[REGION] (explicit); several are merged"},
-        "merge": {"description": "mean, or {weights: [...]}"},
+        "merge": {"description": "mean, {weights: [...]}, {concat: DIM} or {stack: DIM} (explicit), "
+                           "or {method: NAME, ...} (linear, task_arithmetic, ties, dare_ties, slerp...)"},
         "missing": _enum(MISSING_MODES, "a renamed key the target lacks"),
         "transform": {"description": "a transform, or a list applied in order"},
     }
@@ -68,6 +69,8 @@ def recipe_schema() -> dict:
         "rename": {"type": "object", "additionalProperties": {"type": "string"}, "description": "pattern: replacement, first match wins"},
         "types": {**_STRINGS, "description": "module classes of the target tensors to take (subclasses too)"},
         "kind": _enum(KINDS, "parameters, buffers or all"),
+        "adapter": {"anyOf": [{"type": "string"}, {"type": "array"}],
+                    "description": "PEFT LoRA adapter source(s) to merge in: NAME, or a list of NAME / {name, scale}"},
     }, required=("from",))
     explicit = _section("explicit", {**common, "to": {"type": "string", "description": "TARGET_KEY[REGION]"}}, required=("to", "from"))
     policy = _section("policy", {

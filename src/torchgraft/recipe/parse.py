@@ -30,13 +30,14 @@ from torchgraft.core.fields import (
 )
 from torchgraft.core.tensors import DTYPE_NAMES, is_floating, parse_dtype
 from torchgraft.core.text import did_you_mean
+from torchgraft.recipe.merge_spec import JOINS, parse_merge
 from torchgraft.recipe.run_options import RUN_FIELDS
 
 # Run-time switches composed into the same config; they are not part of the recipe.
 RECIPE_FIELDS = ("sources", "target", "rules", "keep", "base", "policy", "output", "target_seed", "target_init", "vars")
 
 # The first value of each choice is its default.
-SOURCE_FORMATS = ("auto", "safetensors", "torch", "hf", "dcp")
+SOURCE_FORMATS = ("auto", "safetensors", "torch", "hf", "dcp", "peft")
 MISSING_MODES = ("error", "skip")
 UNASSIGNED_MODES = ("error", "keep")
 UNUSED_MODES = ("warn", "ignore", "error")
@@ -45,7 +46,8 @@ INIT_MODES = ("full", "per_module")  # how kept tensors get initial values witho
 KINDS = ("all", "parameters", "buffers")
 
 _SOURCE_FIELDS = ("path", "format", "key")
-_BULK_FIELDS = ("from", "select", "exclude", "rename", "types", "kind", "merge", "missing", "transform")
+_BULK_FIELDS = ("from", "select", "exclude", "rename", "types", "kind", "merge", "missing", "transform", "adapter")
+_ADAPTER_FIELDS = ("name", "scale")
 _EXPLICIT_FIELDS = ("to", "from", "merge", "missing", "transform")
 _POLICY_FIELDS = ("unassigned", "unused", "mismatch")
 _OUTPUT_FIELDS = ("path", "dtype", "overwrite", "shard_size", "copy_files")
@@ -77,11 +79,12 @@ class BulkRule:
     # Raw specs (names or one-key dicts), validated by transforms.py; dicts are not
     # hashable, so they stay out of the hash but still count for equality.
     transforms: tuple = dataclasses.field(default=(), hash=False)
-    merge: object = dataclasses.field(default=None, hash=False)  # None | "mean" | {"weights": [floats]}
+    merge: object = dataclasses.field(default=None, hash=False)  # None | "mean" | {"weights": [...]} | {"method": ...}
     # Filters on the target tensor a key lands on: module classes (dotted paths,
     # subclasses match), and parameters or buffers.
     types: tuple[str, ...] = ()
     kind: str = "all"  # all | parameters | buffers
+    adapters: tuple[tuple[str, float], ...] = ()  # PEFT sources applied to the tensors taken: (name, scale)
 
     @property
     def field(self) -> str:
@@ -93,7 +96,7 @@ class ExplicitRule:
     index: int
     to: str  # "fc.weight[:, :10]", "blocks.{i}.qkv.weight[0:384]"
     sources: tuple[str, ...]  # `from`: "source:key[region]" strings, several to merge
-    merge: object = dataclasses.field(default=None, hash=False)  # None | "mean" | {"weights": [floats]}
+    merge: object = dataclasses.field(default=None, hash=False)  # as BulkRule.merge
     missing: str = "error"
     transforms: tuple = dataclasses.field(default=(), hash=False)
 
@@ -223,6 +226,7 @@ def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | Expli
     if not isinstance(raw, Mapping):
         raise wrong_type(raw, field, "a mapping")
     explicit = "to" in raw
+    checker = lambda name, path: _check_source(name, path, sources)
     known = _EXPLICIT_FIELDS if explicit else _BULK_FIELDS
     for key in raw:
         if key in known:
@@ -242,11 +246,11 @@ def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | Expli
             if not colon or not key or not _SOURCE_NAME.fullmatch(name):
                 raise RecipeError(path, f"expected 'source:key' (got {ref!r})")
             _check_source(name, path, sources)
-        merge = _parse_merge(raw.get("merge"), f"{field}.merge", len(refs))
-        if any(each) and not (isinstance(merge, Mapping) and _JOINS & set(merge)):
+        merge = parse_merge(raw.get("merge"), f"{field}.merge", len(refs), checker)
+        if any(each) and not (isinstance(merge, Mapping) and JOINS & set(merge)):
             at = next(i for i, t in enumerate(each) if t)
             raise RecipeError(f"{field}.from[{at}].transform", "per-source transforms need merge: {concat: DIM} or {stack: DIM}")
-        if isinstance(merge, Mapping) and _JOINS & set(merge):
+        if isinstance(merge, Mapping) and JOINS & set(merge):
             merge = {**merge, "each": [list(t) for t in each]}
         return ExplicitRule(
             index, to, tuple(ref for _, ref in refs),
@@ -269,13 +273,14 @@ def _parse_rule(index: int, raw: object, sources: list[str]) -> BulkRule | Expli
         if not _CLASS_PATH.fullmatch(text):
             raise RecipeError(path, f"expected a module class such as torch.nn.Conv2d (got {text!r})")
         types.append(text)
-    merge = _parse_merge(raw.get("merge"), f"{field}.merge", len(names))
-    if isinstance(merge, Mapping) and _JOINS & set(merge):
+    merge = parse_merge(raw.get("merge"), f"{field}.merge", len(names), checker)
+    if isinstance(merge, Mapping) and JOINS & set(merge):
         raise RecipeError(f"{field}.merge", "concat and stack join the tensors of an explicit rule (with 'to')")
     return BulkRule(
         index, tuple(name for _, name in names), select=select, exclude=exclude, rename=rename,
         types=tuple(types), kind=choice(raw.get("kind"), f"{field}.kind", KINDS),
         merge=merge,
+        adapters=_parse_adapters(raw.get("adapter"), f"{field}.adapter", sources),
         missing=choice(raw.get("missing"), f"{field}.missing", MISSING_MODES),
         transforms=_parse_transforms(raw.get("transform"), f"{field}.transform"))
 
@@ -292,7 +297,23 @@ def _parse_rename(value: object, field: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-_JOINS = {"concat", "stack"}  # merges that join the sources' values along a dimension
+def _parse_adapters(value: object, field: str, sources: list[str]) -> tuple[tuple[str, float], ...]:
+    """``adapter: NAME`` or a list of names and ``{name: NAME, scale: S}`` -> ((name, scale), ...)."""
+    adapters = []
+    for path, item in one_or_many(value, field):
+        scale = 1.0
+        if isinstance(item, Mapping):
+            reject_unknown(item, _ADAPTER_FIELDS, path)
+            raw_scale = item.get("scale", 1.0)
+            if isinstance(raw_scale, bool) or not isinstance(raw_scale, (int, float)) or not math.isfinite(raw_scale):
+                raise wrong_type(raw_scale, f"{path}.scale", "a finite number")
+            scale, item, path = float(raw_scale), item.get("name"), f"{path}.name"
+        name = expect_str(item, path)
+        _check_source(name, path, sources)
+        if name in (a for a, _ in adapters):
+            raise RecipeError(path, f"adapter '{name}' is listed twice")
+        adapters.append((name, scale))
+    return tuple(adapters)
 
 
 def _explicit_sources(value: object, field: str) -> tuple[list[tuple[str, str]], list[tuple]]:
@@ -310,41 +331,6 @@ def _explicit_sources(value: object, field: str) -> tuple[list[tuple[str, str]],
             refs.append((path, expect_str(item, path)))
             each.append(())
     return refs, each
-
-
-def _parse_merge(value: object, field: str, count: int) -> object:
-    if value is None:
-        if count > 1:
-            raise RecipeError(field, "missing value (several sources need mean or {weights: [...]})")
-        return None
-    if count < 2:
-        raise RecipeError(field, "needs several sources in from")
-    if isinstance(value, str):
-        if value != "mean":
-            raise RecipeError(field, f"must be mean or {{weights: [...]}} (got {value!r})")
-        return value
-    if not isinstance(value, Mapping):
-        raise wrong_type(value, field, "a string or a mapping")
-    if len(value) == 1 and next(iter(value)) in _JOINS:  # {concat: DIM} | {stack: DIM}
-        ((how, dim),) = value.items()
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise wrong_type(dim, f"{field}.{how}", "a dimension (an integer)")
-        return {how: dim}
-    reject_unknown(value, ("weights",) + tuple(sorted(_JOINS)), field)
-    weights = value.get("weights")
-    if weights is None:
-        raise RecipeError(f"{field}.weights", "missing value")
-    if not is_list(weights):
-        raise wrong_type(weights, f"{field}.weights", "a list")
-    for i, weight in enumerate(weights):
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise wrong_type(weight, f"{field}.weights[{i}]", "a number")
-        if not math.isfinite(weight):
-            raise RecipeError(f"{field}.weights[{i}]", f"must be a finite number (got {weight!r})")
-    if len(weights) != count:
-        raise RecipeError(f"{field}.weights",
-                          f"expected {count} weights, one per source (got {len(weights)})")
-    return {"weights": [float(w) for w in weights]}
 
 
 def _parse_transforms(value: object, field: str) -> tuple:
