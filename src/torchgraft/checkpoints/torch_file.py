@@ -76,6 +76,9 @@ class TorchReader(Reader):
         tensors = self._state_dict(described.top, _is_stored)
         infos = [TensorInfo(name, value.shape, value.dtype) for name, value in tensors.items()
                  if isinstance(name, str) and isinstance(value, StoredTensor)]
+        file_bytes = self._file.stat().st_size
+        for info in infos:
+            self._check_fits(info, file_bytes)
         ranges: dict[str, ByteRange | None] = {}
         for info in infos:
             span = described.byte_span(tensors[info.key])
@@ -99,11 +102,16 @@ class TorchReader(Reader):
                 raise self._error(f"tensor '{name}' has dtype {value.dtype}, "
                                   "which torchgraft does not support") from None
             info = TensorInfo(name, tuple(value.shape), dtype)
-            if info.nbytes > file_bytes:  # a stride-0 or overlapping view: never expanded in memory
-                raise self._error(f"tensor '{name}' declares {info.nbytes} bytes of values, more than the "
-                                  f"{file_bytes} bytes of the file (a stride-0 or overlapping view)")
+            self._check_fits(info, file_bytes)
             infos.append(info)
         return infos
+
+    def _check_fits(self, info: TensorInfo, file_bytes: int) -> None:
+        """A stride-0 or overlapping view declares more values than its file holds: refused,
+        never expanded in memory."""
+        if info.nbytes > file_bytes:
+            raise self._error(f"tensor '{info.key}' declares {info.nbytes} bytes of values, more than the "
+                              f"{file_bytes} bytes of the file (a stride-0 or overlapping view)")
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
