@@ -177,11 +177,7 @@ class TorchReader(Reader):
             if "Weights only load failed" not in str(e):
                 raise self._error(f"not a readable torch checkpoint ({_first_line(e)})") from None
             found = re.search(r"GLOBAL (\S+)", str(e))
-            culprit = found.group(1) if found else "an unsupported object"
-            raise self._error(
-                f"refused to unpickle {culprit}: torch.load(weights_only=True) allows only "
-                f"tensors and plain containers, and torchgraft never runs code from a checkpoint{_refusal_hint(culprit)}"
-            ) from None
+            raise self._error(_refusal(found.group(1) if found else None)) from None
         except OSError as e:
             raise self._error(f"cannot read ({e.strerror or e})") from None
         except MemoryError:
@@ -360,7 +356,7 @@ def _refusal(culprit: str | None) -> str:
     elif culprit.startswith("builtins."):
         culprit = culprit.removeprefix("builtins.")
     return (f"refused to unpickle {culprit}: torch.load(weights_only=True) allows only tensors and "
-            "plain containers, and torchgraft never runs code from a checkpoint")
+            f"plain containers, and torchgraft never runs code from a checkpoint{_refusal_hint(culprit)}")
 
 
 def _a(noun: str) -> str:
