@@ -32,13 +32,21 @@ def test_a_key_with_a_newline_cannot_forge_a_plan_line(tmp_path):
 def test_a_key_with_a_fence_and_details_stays_inside_its_code_block(tmp_path):
     md = render_markdown(plan_of(tmp_path, [FENCE, "`" * 5]))
     lines = md.splitlines()
-    opened = [i for i, line in enumerate(lines) if line.startswith("```")]
+    opened = [i for i, line in enumerate(lines) if line.startswith("```") and line.endswith("text")]
     fence = lines[opened[0]].removesuffix("text")
     assert fence == "`" * 6  # longer than any run of backticks in the block
     assert lines.count(fence) == 1 and lines.count(fence + "text") == 1
     inside = lines[opened[0] + 1: lines.index(fence)]
     assert any("x\\n```\\n</details>\\n<img src=x onerror=alert(1)>\\n```" in line for line in inside)
     assert lines.count("</details>") == 1  # only the block's own
+
+
+def test_a_key_in_the_flowchart_cannot_end_its_label_or_the_chart(tmp_path):
+    md = render_markdown(plan_of(tmp_path, ['a"]\n```\n<b>.weight']))
+    chart = md[md.index("```mermaid"):]
+    chart = chart[:chart.index("\n```\n") + 4].splitlines()
+    assert chart[-1] == "```" and sum(line.startswith("```") for line in chart) == 2
+    assert any('["a#quot;]\\n#96;#96;#96;\\n#lt;b#gt;"]' in line for line in chart)
 
 
 def test_terminal_escapes_in_a_key_are_shown_not_sent(tmp_path):

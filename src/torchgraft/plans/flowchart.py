@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from torchgraft.core.text import printable
 from torchgraft.plans.types import Plan
 
 MAX_NODES = 30
@@ -41,6 +42,15 @@ def _nodes(edges: set[tuple[str, str, str]]) -> int:
     return len({(s, m) for s, m, _ in edges}) + len({t for _, _, t in edges})
 
 
+_ENTITIES = {'"': "#quot;", "`": "#96;", "<": "#lt;", ">": "#gt;", "&": "#amp;"}
+
+
+def _label(text: str) -> str:
+    """A key or source name (from a file) as a mermaid node label: one line, no quote to
+    end the label, no backtick run to close the block, no HTML (mermaid's entity codes)."""
+    return "".join(_ENTITIES.get(c, c) for c in printable(text))
+
+
 def flowchart(plan: Plan) -> list[str]:
     """The Markdown lines of the chart (a mermaid block), or none for an empty plan."""
     edges: set[tuple[str, str, str]] = set()
@@ -61,11 +71,11 @@ def flowchart(plan: Plan) -> list[str]:
     for i, source in enumerate(sources):
         modules = sorted({m for s, m, _ in edges if s == source})
         if modules:
-            lines += [f'  subgraph source{i}["{source}"]', *(f'    {node(source, m)}["{m}"]' for m in modules), "  end"]
+            lines += [f'  subgraph source{i}["{_label(source)}"]', *(f'    {node(source, m)}["{_label(m)}"]' for m in modules), "  end"]
     if any(s == "" for s, _, _ in edges):
         lines.append(f'  {node("", "")}(["initial values"])')
     targets = list(dict.fromkeys(_module(e.key, depth) for e in plan.entries))
-    lines += ['  subgraph target["target"]', *(f'    {node(None, t)}["{t}"]' for t in targets), "  end"]
+    lines += ['  subgraph target["target"]', *(f'    {node(None, t)}["{_label(t)}"]' for t in targets), "  end"]
     for source, module, to in sorted(edges, key=lambda e: (e[0] == "", sources.index(e[0]) if e[0] else 0, e[1], targets.index(e[2]))):
         lines.append(f"  {node(source, module)} {'-.->' if source == '' else '-->'} {node(None, to)}")
     return [*lines, "```", ""]
