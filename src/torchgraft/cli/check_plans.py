@@ -5,7 +5,6 @@ its recipe, as ``graft recipe=NAME check=PATH`` does one; the pre-commit hook
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,18 +28,10 @@ def check_one(path: str) -> int:
     if name is None:
         print(f"error: graft-check: {path}: a committed plan is named RECIPE.plan.json (as plan_dir writes it)", file=sys.stderr)
         return 1
-    argv, sys.argv = sys.argv, ["graft", f"recipe={name}", f"check={path}"]
-    full_error = os.environ.get("HYDRA_FULL_ERROR")  # graft.main sets it for Hydra's sake
     try:
-        graft.main()
+        graft.main([f"recipe={name}", f"check={path}"])  # restores sys.argv and the environment itself
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = argv
-        if full_error is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = full_error
     return 0
 
 
