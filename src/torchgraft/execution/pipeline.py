@@ -41,7 +41,7 @@ class Settings:
     def chunk(self) -> int:
         """The bytes of one row chunk of a large tensor: a quarter of the bound, so
         reads ahead, the chunk computed and the one written fit together."""
-        return max(1 << 20, self.in_flight // 4)
+        return max(4096, self.in_flight // 4)
 
 
 @dataclass
