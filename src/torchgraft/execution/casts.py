@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import errno
 import os
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from torchgraft.checkpoints.byteranges import ByteRange
+
+if TYPE_CHECKING:  # imported where a cast runs: a plan that only copies bytes never needs numpy (~0.1 s)
+    import numpy as np
 
 CASTS = frozenset({("float32", "bfloat16"), ("float32", "float16")})
 CHUNK = 1 << 18  # items per pass: 1 MiB of float32, which stays in cache through the passes (3x faster than 16 MiB)
@@ -29,6 +31,8 @@ CHUNK = 1 << 18  # items per pass: 1 MiB of float32, which stays in cache throug
 
 def cast_float32(bits: np.ndarray, dtype: str) -> np.ndarray:
     """float32 values given as uint32 ``bits`` -> the uint16 bits of ``dtype``, as torch rounds."""
+    import numpy as np
+
     nan = (bits & 0x7FFFFFFF) > 0x7F800000
     if dtype == "bfloat16":
         rounded = bits >> 16
@@ -59,6 +63,8 @@ def read_cast(where: ByteRange, src: str, dst: str) -> np.ndarray:
 
 def read_bits(where: ByteRange) -> np.ndarray:
     """The float32 items stored at ``where``, as uint32 bits (one ``pread``)."""
+    import numpy as np
+
     bits = np.empty(where.length // 4, dtype=np.uint32)
     _pread_into(where.fd, memoryview(bits).cast("B"), where.offset, where)
     return bits
@@ -66,6 +72,8 @@ def read_bits(where: ByteRange) -> np.ndarray:
 
 def cast_bits(bits: np.ndarray, dst: str) -> np.ndarray:
     """float32 ``bits`` cast to ``dst``, ``CHUNK`` items at a time: the bytes, as uint8."""
+    import numpy as np
+
     out = np.empty(len(bits), dtype=np.uint16)
     for start in range(0, len(bits), CHUNK):
         out[start:start + CHUNK] = cast_float32(bits[start:start + CHUNK], dst)
