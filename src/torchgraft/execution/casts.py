@@ -1,4 +1,5 @@
-"""Float casts in numpy, bit-identical to torch's, so a plan that only casts imports no torch.
+"""Float casts and means in numpy, bit-identical to torch's, so a plan that only casts or
+averages float32 tensors imports no torch.
 
 Importing torch costs ~1.4 s and ~220 MiB; a float32 checkpoint cast to bfloat16 or
 float16 needs none of it: each output tensor is its source's bytes, rounded. The rules
@@ -9,6 +10,12 @@ NaN payloads, infinities, subnormals and ties included):
 - float32 -> float16: numpy's rounding (nearest, ties to even, subnormals, overflow to
   infinity); a NaN keeps its sign and top payload bits and is made quiet, as the F16C
   instruction torch uses does (numpy keeps a signalling NaN signalling instead).
+
+A mean of float32 tensors is computed as ``merges.merge("mean", ...)`` computes it: each
+source times the float32 weight ``1/n`` (one rounding), added in order into the first
+term; numpy's float32 multiply and add round as torch's kernels do (a property test).
+Where two NaNs meet, torch keeps one payload or the other depending on where the element
+falls in its vector loop: such a tensor is averaged by torch instead.
 
 The source is read whole (the executor reads a large tensor in row chunks) and cast
 ``CHUNK`` items at a time, each slice staying in cache through the passes.
@@ -87,3 +94,23 @@ def _pread_into(fd: int, view: memoryview, offset: int, where: ByteRange) -> Non
         if n == 0:
             raise OSError(errno.EIO, f"{where.path}: ended early (truncated since it was opened?)")
         done += n
+
+
+def mean_bits(sources: list[np.ndarray], dst: str) -> np.ndarray | None:
+    """The mean of float32 tensors given as uint32 bits, as ``merges.merge("mean")`` makes
+    it, in ``dst`` (float32, or a cast of it): its bytes, as uint8. None where a NaN meets
+    a NaN: which payload torch keeps then depends on its vector width; compute it there."""
+    import numpy as np
+
+    weight = np.float32(1 / len(sources))
+    with np.errstate(invalid="ignore", over="ignore"):  # infinities and NaNs are values here
+        total = sources[0].view(np.float32) * weight
+        scratch = np.empty_like(total)
+        for bits in sources[1:]:
+            np.multiply(bits.view(np.float32), weight, out=scratch)
+            if (np.isnan(total) & np.isnan(scratch)).any():
+                return None
+            total += scratch
+    if dst == "float32":
+        return total.view(np.uint8)
+    return cast_bits(total.view(np.uint32), dst)

@@ -70,7 +70,7 @@ def _stream(plan: Plan, writer, readers: Mapping[str, Reader], initial, progress
             writer.copy(unit.entry.key, unit.where)
         elif unit.rows is not None:
             writer.write_part(unit.entry.key, as_bytes(data))
-        elif unit.kind == "cast":
+        elif unit.kind in ("cast", "mean"):  # numpy bytes
             writer.write_bytes(unit.entry.key, data)
         else:
             writer.write(unit.entry.key, data)

@@ -3,7 +3,7 @@ from its reads, or taken whole), split into the read, compute and write steps th
 ``pipeline`` overlaps, and into row chunks where the tensor is large.
 
 A unit is one tensor, or one chunk of its leading rows. Only work that is the same
-row by row is chunked: a numpy cast, and a piece whose reads are whole tensors of the
+row by row is chunked: a numpy cast or mean, and a piece whose reads are whole tensors of the
 output's shape, merged by ``mean`` or ``linear`` (or not merged), with ``cast`` and
 ``scale`` transforms. Anything else (a transpose, a concat, a region, a kept tensor,
 another merge method) is one unit however large, computed as before. Reads happen in
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 from torchgraft.checkpoints import Reader
 from torchgraft.checkpoints.byteranges import ByteRange, read_range
 from torchgraft.core.tensors import TensorInfo, itemsize, torch_dtype
-from torchgraft.execution.casts import CASTS, cast_bits, read_bits
+from torchgraft.execution.casts import CASTS, cast_bits, mean_bits, read_bits
 from torchgraft.execution.merges import merge
 from torchgraft.keys.regions import Region
 from torchgraft.plans.types import Entry, Piece, Plan, Read
@@ -141,15 +141,16 @@ ROW_WISE_TRANSFORMS = frozenset({"cast", "scale"})
 
 @dataclass(frozen=True)
 class Unit:
-    """``entry``'s work (``kind``: copy | cast | piece | whole), or the part of it for
+    """``entry``'s work (``kind``: copy | cast | mean | piece | whole), or the part of it for
     ``rows`` (first, end) of dim 0; ``out_bytes`` it writes, ``cost``: bytes it holds."""
 
     entry: Entry
     kind: str
     out_bytes: int
     cost: int
-    where: ByteRange | None = None  # copy: the bytes; cast: the float32 source's (rows: those rows)
+    where: ByteRange | None = None  # copy: the bytes; cast, mean: the (first) float32 source's (rows: those rows)
     rows: tuple[int, int] | None = None
+    sources: tuple[ByteRange, ...] = ()  # mean: every source's bytes
 
 
 def units(plan: Plan, readers: Mapping[str, Reader], chunk: int | None) -> Iterator[Unit]:
@@ -166,8 +167,12 @@ def units(plan: Plan, readers: Mapping[str, Reader], chunk: int | None) -> Itera
             yield Unit(entry, "copy", out, 0, where)
             continue
         cast = None if entry.kept else cast_only(entry, readers)
+        sources = None if entry.kept or cast is not None else _float32_mean(entry, readers)
         if cast is not None:
             yield from _chunks(entry, "cast", cast[0], 6 * (out // itemsize(entry.dtype)), chunk)
+        elif sources is not None:
+            items = out // itemsize(entry.dtype)
+            yield from _chunks(entry, "mean", sources[0], (4 * len(sources) + 8) * items + out, chunk, sources)
         elif _separable(entry):
             row_wise = _row_wise(entry)
             yield from _chunks(entry, "piece", None, _piece_cost(entry), chunk if row_wise else None)
@@ -175,20 +180,43 @@ def units(plan: Plan, readers: Mapping[str, Reader], chunk: int | None) -> Itera
             yield Unit(entry, "whole", out, 2 * out)
 
 
-def _chunks(entry: Entry, kind: str, where: ByteRange | None, cost: int, chunk: int | None) -> Iterator[Unit]:
+def _chunks(entry: Entry, kind: str, where: ByteRange | None, cost: int, chunk: int | None,
+            sources: tuple[ByteRange, ...] = ()) -> Iterator[Unit]:
     out = TensorInfo(entry.key, tuple(entry.shape), entry.dtype).nbytes
     rows = entry.shape[0] if entry.shape else 0
     if chunk is None or cost <= chunk or rows < 2:
-        yield Unit(entry, kind, out, cost, where)
+        yield Unit(entry, kind, out, cost, where, None, sources)
         return
     per_row, out_row = cost // rows, out // rows
     step = max(1, chunk // max(1, per_row))
     in_row = where.length // rows if where is not None else 0
     for first in range(0, rows, step):
         end = min(rows, first + step)
-        part = None if where is None else ByteRange(where.path, where.fd, where.offset + first * in_row,
-                                                     (end - first) * in_row)
-        yield Unit(entry, kind, (end - first) * out_row, (end - first) * per_row, part, (first, end))
+        part = None if where is None else _rows(where, first, end, in_row)
+        yield Unit(entry, kind, (end - first) * out_row, (end - first) * per_row, part, (first, end),
+                   tuple(_rows(source, first, end, in_row) for source in sources))
+
+
+def _rows(where: ByteRange, first: int, end: int, row: int) -> ByteRange:
+    return ByteRange(where.path, where.fd, where.offset + first * row, (end - first) * row)
+
+
+def _float32_mean(entry: Entry, readers: Mapping[str, Reader]) -> tuple[ByteRange, ...] | None:
+    """The stored bytes of the float32 tensors that ``entry`` only averages (``mean``, no
+    transform, each whole and of the output's shape), when numpy can do it as torch does."""
+    if len(entry.pieces) != 1 or entry.uncovered:
+        return None
+    piece = entry.pieces[0]
+    if piece.merge != "mean" or piece.transforms or piece.region is not None or len(piece.reads) < 2:
+        return None
+    if entry.dtype != "float32" and ("float32", entry.dtype) not in CASTS:
+        return None
+    if any(r.dtype != "float32" or r.region is not None or tuple(r.shape) != tuple(entry.shape) for r in piece.reads):
+        return None
+    if Piece(piece.reads, piece.rule, merge="mean") != piece:  # any other field: not only a mean
+        return None
+    found = tuple(readers[r.source].byte_range(r.key) for r in piece.reads)
+    return None if any(where is None for where in found) else found
 
 
 def _separable(entry: Entry) -> bool:
@@ -196,8 +224,7 @@ def _separable(entry: Entry) -> bool:
     destination's initial values): its reads can be made ahead of its computation."""
     if entry.kept or len(entry.pieces) != 1 or entry.uncovered or entry.pieces[0].region is not None:
         return False
-    piece = entry.pieces[0]
-    return not any(compile_transform(spec, piece.rule).reads_initial for spec in piece.transforms)
+    return not entry.pieces[0].reads_initial
 
 
 def _row_wise(entry: Entry) -> bool:
@@ -230,6 +257,8 @@ def read_unit(unit: Unit, readers: Mapping[str, Reader], initial) -> Any:
         return None
     if unit.kind == "cast":
         return read_bits(unit.where)
+    if unit.kind == "mean":
+        return [read_bits(where) for where in unit.sources]
     if unit.kind == "piece":
         return [_read(read, readers) if unit.rows is None else _read_rows(read, readers, unit.rows)
                 for read in unit.entry.pieces[0].reads]
@@ -252,6 +281,9 @@ def compute_unit(unit: Unit, data: Any) -> Any:
     """The compute step: what the writer takes (numpy bytes for a cast, else a tensor)."""
     if unit.kind == "cast":
         return cast_bits(data, unit.entry.dtype)
+    if unit.kind == "mean":
+        out = mean_bits(data, unit.entry.dtype)
+        return out if out is not None else as_bytes(_torch_mean(unit, data))
     if unit.kind != "piece":
         return data
     entry = unit.entry
@@ -266,6 +298,16 @@ def compute_unit(unit: Unit, data: Any) -> Any:
     if tuple(out.shape) != shape:
         raise RuntimeError(f"{entry.key}: produced shape {list(out.shape)}, plan says {list(shape)}")
     return out.contiguous()
+
+
+def _torch_mean(unit: Unit, sources: list) -> torch.Tensor:
+    """``unit``'s mean from its sources' float32 bits, through torch (``casts.mean_bits``
+    declined: NaNs meet)."""
+    import torch
+
+    tensors = [torch.from_numpy(bits).view(torch.float32) for bits in sources]
+    value = merge("mean", [lambda t=t: t for t in tensors], unit.entry.key, unit.entry.pieces[0].rule)
+    return value.to(torch_dtype(unit.entry.dtype)).contiguous()
 
 
 def as_bytes(data: Any) -> memoryview:
