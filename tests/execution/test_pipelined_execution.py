@@ -171,3 +171,24 @@ def test_an_error_in_the_middle_of_an_overlapped_run_is_one_line_and_publishes_n
     assert "Traceback" not in ran.stderr
     assert list(out.parent.iterdir()) == []  # nothing published, no temporary file left
     assert len(calls) == 5  # the stages stopped at the failure
+
+
+def test_an_interrupt_in_a_stage_stops_every_stage_and_leaves_nothing(models, tmp_path, monkeypatch):
+    import threading
+
+    real, calls = units.cast_bits, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(units, "cast_bits", interrupted)
+    plan = torchgraft.plan({"sources": {"a": models[0]}, "target": None, "rules": [{"from": "a"}], "output": {"dtype": "bfloat16"}})
+    out = tmp_path / "out" / "model.safetensors"
+    out.parent.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        execute(plan, out, settings=SMALL)
+    assert list(out.parent.iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("torchgraft-")]
