@@ -147,8 +147,9 @@ def test_a_tensor_larger_than_the_bound_is_computed_in_row_chunks_within_it(tmp_
             assert torch.equal(f.get_slice("embed.weight")[rows], (values * 0.5).to(torch.bfloat16))
 
 
-@pytest.mark.parametrize("stage", ["read_bits", "cast_bits"])
-def test_an_error_in_the_middle_of_an_overlapped_run_is_one_line_and_publishes_nothing(stage, models, graft,
+@pytest.mark.parametrize(("stage", "rule"), [("read_bits", {"from": ["a", "b"], "merge": "mean", "exclude": "steps"}),
+                                             ("read_cast", {"from": "a"})])  # a read thread's, a compute thread's
+def test_an_error_in_the_middle_of_an_overlapped_run_is_one_line_and_publishes_nothing(stage, rule, models, graft,
                                                                                        tmp_path, monkeypatch):
     real, calls = getattr(units, stage), []
 
@@ -163,8 +164,8 @@ def test_an_error_in_the_middle_of_an_overlapped_run_is_one_line_and_publishes_n
     out.parent.mkdir()
     recipe = tmp_path / "recipes" / "cast.yaml"
     recipe.parent.mkdir()
-    recipe.write_text(json.dumps({"sources": {"a": models[0]}, "target": None, "rules": [{"from": "a"}],
-                                  "output": {"dtype": "bfloat16"}}))
+    recipe.write_text(json.dumps({"sources": {"a": models[0], "b": models[1]}, "target": None, "rules": [rule],
+                                  "output": {"dtype": "bfloat16"}, "policy": {"unused": "ignore"}}))
     ran = graft("recipe=cast", f"output.path={out}", "in_flight=16KiB")
     assert ran.returncode == 1
     assert ran.stderr.strip().splitlines()[-1] == "error: sources.a: m0.safetensors: ended early (truncated since it was opened?)"
@@ -176,7 +177,7 @@ def test_an_error_in_the_middle_of_an_overlapped_run_is_one_line_and_publishes_n
 def test_an_interrupt_in_a_stage_stops_every_stage_and_leaves_nothing(models, tmp_path, monkeypatch):
     import threading
 
-    real, calls = units.cast_bits, []
+    real, calls = units.read_cast, []
 
     def interrupted(*args):
         calls.append(1)
@@ -184,7 +185,7 @@ def test_an_interrupt_in_a_stage_stops_every_stage_and_leaves_nothing(models, tm
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(units, "cast_bits", interrupted)
+    monkeypatch.setattr(units, "read_cast", interrupted)
     plan = torchgraft.plan({"sources": {"a": models[0]}, "target": None, "rules": [{"from": "a"}], "output": {"dtype": "bfloat16"}})
     out = tmp_path / "out" / "model.safetensors"
     out.parent.mkdir()

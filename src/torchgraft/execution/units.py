@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 from torchgraft.checkpoints import Reader
 from torchgraft.checkpoints.byteranges import ByteRange, read_range
 from torchgraft.core.tensors import TensorInfo, itemsize, torch_dtype
-from torchgraft.execution.casts import CASTS, cast_bits, mean_bits, read_bits
+from torchgraft.execution.casts import CASTS, mean_bits, read_bits, read_cast
 from torchgraft.execution.merges import merge
 from torchgraft.keys.regions import Region
 from torchgraft.plans.types import Entry, Piece, Plan, Read
@@ -169,7 +169,7 @@ def units(plan: Plan, readers: Mapping[str, Reader], chunk: int | None) -> Itera
         cast = None if entry.kept else cast_only(entry, readers)
         sources = None if entry.kept or cast is not None else _float32_mean(entry, readers)
         if cast is not None:
-            yield from _chunks(entry, "cast", cast[0], 6 * (out // itemsize(entry.dtype)), chunk)
+            yield from _chunks(entry, "cast", cast[0], out, chunk)  # plus one 1 MiB buffer
         elif sources is not None:
             items = out // itemsize(entry.dtype)
             yield from _chunks(entry, "mean", sources[0], (4 * len(sources) + 8) * items + out, chunk, sources)
@@ -255,8 +255,8 @@ def read_unit(unit: Unit, readers: Mapping[str, Reader], initial) -> Any:
     """The read step: the bytes or tensors ``unit`` computes from (a whole unit: its values)."""
     if unit.kind == "copy":
         return None
-    if unit.kind == "cast":
-        return read_bits(unit.where)
+    if unit.kind == "cast":  # read as it is cast (casts.read_cast): a fresh buffer would cost a page fault per 4 KiB
+        return None
     if unit.kind == "mean":
         return [read_bits(where) for where in unit.sources]
     if unit.kind == "piece":
@@ -280,7 +280,7 @@ def _read_rows(read: Read, readers: Mapping[str, Reader], rows: tuple[int, int])
 def compute_unit(unit: Unit, data: Any) -> Any:
     """The compute step: what the writer takes (numpy bytes for a cast, else a tensor)."""
     if unit.kind == "cast":
-        return cast_bits(data, unit.entry.dtype)
+        return read_cast(unit.where, "float32", unit.entry.dtype)
     if unit.kind == "mean":
         out = mean_bits(data, unit.entry.dtype)
         return out if out is not None else as_bytes(_torch_mean(unit, data))
