@@ -8,9 +8,12 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
+import pytest
 from safetensors import safe_open
 
 from conftest import graft_in_process
+
+pytestmark = pytest.mark.slow  # 8 processes at once: run by `pytest -m slow` (CI runs both tiers)
 
 N = 8
 
