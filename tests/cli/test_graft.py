@@ -178,6 +178,18 @@ def test_a_failed_run_and_a_check_leave_no_run_directory(graft, tmp_path):
     assert (tmp_path / kept / "graft.log").exists()
 
 
+@pytest.mark.parametrize("where", ["parent-is-a-file", "output-is-a-directory"])
+def test_an_output_that_cannot_be_written_is_one_line_and_leaves_no_run_directory(graft, tmp_path, where):
+    (tmp_path / "taken").write_text("")
+    (tmp_path / "m.safetensors").mkdir()
+    out = {"parent-is-a-file": "taken/m.safetensors", "output-is-a-directory": "m.safetensors"}[where]
+    result = graft(f"output.path={out}", "output.overwrite=true")
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and errors[0].startswith("error: output.path: ") and "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists()  # no plan files of a run that wrote nothing
+
+
 def test_runs_in_the_same_second_get_a_directory_each_and_latest_points_at_the_newest(graft, tmp_path):
     same = "hydra.run.dir=${fresh_dir:outputs/conv_only/2026-01-02_03-04-05}"
     for _ in range(2):
