@@ -17,7 +17,6 @@ import torchgraft
 from torchgraft.checkpoints import open_writer
 from torchgraft.checkpoints.writers import SafetensorsWriter
 from torchgraft.core.errors import SourceError
-from torchgraft.core.heap import HeapTrimmer
 from torchgraft.core.tensors import TensorInfo
 from torchgraft.execution import units
 from torchgraft.execution.executor import execute
@@ -139,8 +138,9 @@ def test_a_tensor_larger_than_the_bound_is_computed_in_row_chunks_within_it(tmp_
     report = json.loads(result.stdout.strip().splitlines()[-1])
     growth = report["after"] - report["before"]
     # Whole, the tensor would take 640 MiB (256 read, 256 scaled, 128 cast); in chunks: the
-    # bytes in flight, plus what is freed and not yet trimmed (HeapTrimmer.EVERY).
-    assert growth < bound + HeapTrimmer.EVERY, f"peak RSS grew by {growth / MiB:.0f} MiB"
+    # bytes in flight, plus what is freed and not yet trimmed (HeapTrimmer.EVERY) and what
+    # the three threads' malloc arenas hold apart (measured 81-99 MiB in all).
+    assert growth < 2 * bound, f"peak RSS grew by {growth / MiB:.0f} MiB"
     with safe_open(out, "pt") as f:
         for rows in (slice(0, 3), slice(ROWS // 2, ROWS // 2 + 3), slice(ROWS - 3, ROWS)):
             values = torch.arange(rows.start * COLS, rows.stop * COLS, dtype=torch.float32).view(-1, COLS)
@@ -193,3 +193,16 @@ def test_an_interrupt_in_a_stage_stops_every_stage_and_leaves_nothing(models, tm
         execute(plan, out, settings=SMALL)
     assert list(out.parent.iterdir()) == []
     assert not [t for t in threading.enumerate() if t.name.startswith("torchgraft-")]
+
+
+def test_the_caller_keeps_its_torch_threads(models, tmp_path):
+    """The compute thread runs torch on one thread; the caller's setting is put back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        plan = torchgraft.plan({"sources": dict(zip("ab", models)), "target": None, "policy": {"unused": "ignore"},
+                                "rules": [{"from": ["a", "b"], "merge": {"weights": [0.25, 0.75]}}]})
+        execute(plan, tmp_path / "out.safetensors", settings=SMALL)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -80,7 +80,10 @@ def _stream(plan: Plan, writer, readers: Mapping[str, Reader], initial, progress
 
     stage = pipeline.Stage(functools.partial(read_unit, readers=readers, initial=initial),
                            compute_unit, write, lambda unit: unit.cost)
-    pipeline.run(todo, stage, settings)
+    try:
+        pipeline.run(todo, stage, settings)
+    finally:
+        work.restore_threads()
 
 
 def _write_dcp(plan: Plan, tmp: Path, infos: list[TensorInfo], readers: Mapping[str, Reader], initial,
