@@ -2,11 +2,12 @@
 
 While the main thread writes item ``i``, a compute thread works on ``i + 1`` and a read
 thread reads ``i + 2`` (or further ahead, while the budget allows). ``pread``, file writes,
-numpy's and torch's kernels all release the GIL, so on two cores the stages run at
-once: the cast of 2 GB (200 tensors) to bfloat16 through the API took 2.09 s sequential
-and 1.43 s overlapped, and the mean of 3 x 512 MiB 2.51 s and 1.72 s (CPU time hardly
-changes; docs/performance.md). A plan that only copies bytes has nothing to overlap and
-runs sequentially: threads would only add a hand-off per tensor.
+numpy's and torch's kernels all release the GIL, so on two cores the stages run at once.
+Measured on the shared 2-core machine (load average 8-10, so wall times are inflated;
+three runs each, sequential / overlapped): a cast of 256 MiB to bfloat16 took 1.60-3.20 s
+/ 1.09-2.48 s at the same CPU time; a linear merge of 3 x 256 MiB 9.9 s / 3.0 s wall and
+9.5 / 3.3 CPU s (docs/performance.md). A plan that only copies bytes has nothing to
+overlap and runs sequentially: threads would only add a hand-off per tensor.
 
 Memory: an item is admitted to the read stage only while the items in flight (read, not
 yet written) cost at most ``in_flight`` bytes, as the caller prices them; one item alone
