@@ -68,9 +68,11 @@ def _reads_text(reads: Sequence[Read]) -> str:
     return " + ".join(f"{r.source}:{r.key}{r.region or ''}" for r in reads)
 
 
-def _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms) -> str | None:
-    """Why values of ``shape`` and ``dtype`` cannot go to ``key`` (its region ``box``), or None."""
-    expected = box.shape if box is not None else target.shape
+def _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms, expected=None) -> str | None:
+    """Why values of ``shape`` and ``dtype`` cannot go to ``key`` (its region ``box``, of shape
+    ``expected`` when the caller knows it), or None."""
+    if expected is None:
+        expected = box.shape if box is not None else target.shape
     if shape == tuple(expected) and is_floating(dtype) == is_floating(target.dtype):
         return None
     source_text = _reads_text(reads)
@@ -301,7 +303,7 @@ class RuleExpander:
                 if positions is not None:
                     number = int(bindings[over]) if over is not None else LayerPositions.number_in(to_text)
                     merge = resolve(rule.merge, positions.t(number))
-                box = text = None
+                box = text = expected = None
                 if to_region is not None:
                     if target is None:
                         raise PlanError(f"{field}.to", f"'{rule.to}': a region needs a target tensor to write into (set target or base)")
@@ -311,13 +313,14 @@ class RuleExpander:
                             makers[target.shape] = slot_maker(to_region, target.shape)
                         maker = makers[target.shape]
                         made = maker([bindings.get(v, "") for v in to_region.variables]) if maker else None
+                        expected = maker.shape if made is not None else None
                     if made is None:  # the slow way, which says what is wrong
                         bound = self._bind_region(to_region, bindings, f"{field}.to", rule.to)
                         made = self._box(bound, target.shape, f"{field}.to", to_text, to_region, bindings, reads), None
                     box, text = made
                     if to_region.variables:
                         self._one_write_per_slot(slots, to_text, box, reads, f"{field}.to", target.shape)
-                self._assign(to_text, box, target, tuple(reads), output, f"{field}.to", src_shape, merge, text)
+                self._assign(to_text, box, target, tuple(reads), output, f"{field}.to", src_shape, merge, text, expected)
 
     def _binder(self, sides: _Sides) -> int | None:
         """The side that binds the variables: -1 for ``to``, else the index of a ``from``;
@@ -401,13 +404,14 @@ class RuleExpander:
     @staticmethod
     def _one_write_per_slot(slots: dict, key: str, box: Box, reads, field: str, shape) -> None:
         """Two bindings of one rule must not write the same slot (``experts.1`` and ``experts.01``)."""
-        slot = (key, box)
+        slot = (key, box.bounds)
         if slot in slots:
             raise PlanError(field, f"{key}{describe(box, shape)} is written twice by this rule: by {_reads_text(slots[slot])} "
                                    f"and by {_reads_text(reads)} (two bindings give the same index)")
         slots[slot] = reads
 
-    def _assign(self, key, box, target, reads, output: _RuleOutput, blame, shape, merge, region_text: str | None = None):
+    def _assign(self, key, box, target, reads, output: _RuleOutput, blame, shape, merge, region_text: str | None = None,
+                expected: tuple[int, ...] | None = None):
         field, transforms = output.field, output.transforms
         src_shape, dtype = tuple(shape), reads[0].dtype
         for i, transform in enumerate(transforms):
@@ -424,7 +428,7 @@ class RuleExpander:
         if target is None:  # extraction: the rule defines the output tensor, so its values fit
             self.extracted.setdefault(key, TensorInfo(key, shape, dtype))  # a second, conflicting rule fails the overlap check
         else:
-            problem = _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms)
+            problem = _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms, expected)
             if problem:
                 if self.recipe.policy.mismatch == "skip":
                     self.skipped.append(Skipped(key, field, problem))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -204,7 +205,46 @@ def group_entries(entries: Sequence[Entry], forms: Forms | None = None) -> list[
     fold only when everything but their keys (``entry_form``) is equal. ``forms``: the
     entries' keys and forms if already made (``Plan.entry_forms``)."""
     forms = forms if forms is not None else Forms.of(entries, entry_parts)
-    return merge_leaves(fold_keyed(entries, forms.keys, forms.numbers), _same_kept)
+    keys, rests = forms.keys, forms.numbers
+    if any(_index_region(r.region) for e in entries for p in e.pieces for r in p.reads):
+        keys, rests = _index_regions_as_keys(entries, keys, rests)
+    return merge_leaves(fold_keyed(entries, keys, rests), _same_kept)
+
+
+def _index_region(region: str | None) -> bool:
+    """Whether a read's region only indexes with integers (``[3]``, ``[:, 3]``): unstacked
+    experts, which fold across the index as they fold across a key's number."""
+    if not region:
+        return False
+    items = region[1:-1].split(", ")
+    return any(i.isdigit() for i in items) and all(i.isdigit() or i in (":", "...") for i in items)
+
+
+def _region_key(region: str) -> str:
+    """``[:, 3]`` -> ``:.3``: its items as dotted segments, which fold as a key's do."""
+    return ".".join("~" if item == "..." else item for item in region[1:-1].split(", "))
+
+
+def _region_of(key: str) -> str:
+    items = re.split(r"\.(?![^{]*\})", key)  # not at the dots of a brace: {0..127}
+    return "[" + ", ".join("..." if item == "~" else item for item in items) + "]"
+
+
+def _index_regions_as_keys(entries: Sequence[Entry], keys, rests) -> tuple[list, list]:
+    """Keys and forms for folding in which each index region of a read is one more key
+    (after the entry's keys), and not part of the form: ``experts.{0..127}.w ← x.w[{0..127}]``."""
+    new_keys, new_rests = [], []
+    for entry, entry_keys, rest in zip(entries, keys, rests):
+        regions = tuple(_region_key(r.region) for p in entry.pieces for r in p.reads if _index_region(r.region))
+        if not regions:
+            new_keys.append(entry_keys)
+            new_rests.append(("form", rest))
+            continue
+        reads = [replace(p, reads=tuple(replace(r, region="[]") if _index_region(r.region) else r for r in p.reads))
+                 for p in entry.pieces]
+        new_keys.append((*entry_keys, *regions))
+        new_rests.append(("indexed", entry_parts(replace(entry, pieces=tuple(reads)))[1]))
+    return new_keys, new_rests
 
 
 def group_unused(plan: Plan) -> list[Group]:
@@ -287,7 +327,14 @@ def header(plan: Plan) -> list[str]:
 def entry_row(group: Group[Entry]) -> tuple[str, str, str, str, str]:
     """(key pattern, shape, dtype, origin, rules) of a line of entries."""
     first = group.members[0]
-    return (group.patterns[0], shape_text(first.shape), short_dtype(first.dtype), origin_text(first, group.patterns[1:]), rules_text(first))
+    reads = [r for p in first.pieces for r in p.reads]
+    keys = group.patterns[1 : 1 + len(reads)]
+    regions = iter(group.patterns[1 + len(reads):])  # the folded index regions (group_entries)
+    if len(group.patterns) > 1 + len(reads):
+        first = replace(first, pieces=tuple(
+            replace(p, reads=tuple(replace(r, region=_region_of(next(regions))) if _index_region(r.region) else r for r in p.reads))
+            for p in first.pieces))
+    return (group.patterns[0], shape_text(first.shape), short_dtype(first.dtype), origin_text(first, keys), rules_text(first))
 
 
 def align(rows: Sequence[tuple[str, str, str, str, str]], prefix: str = "") -> list[str]:
