@@ -110,6 +110,9 @@ class RuleExpander:
         self.target = {t.key: t for t in target} if target is not None else None
         self.extracted: dict[str, TensorInfo] = {}  # the output's tensors when there is no target
         self.assignments: list[_Assignment] = []
+        # explicit rules that index a region with a bound variable (stacking): each checked
+        # that no two of its bindings write one slot, so their slots need no second check
+        self.slot_checked: set[str] = set()
         self.skipped: list[Skipped] = []
 
     # -- the target's tensors ------------------------------------------------------
@@ -265,8 +268,12 @@ class RuleExpander:
                     raise PlanError(f"{field}.merge", f"a gradient over {over} needs layer numbers, but {over} binds {odd!r}")
             numbers = [int(b[over]) if over is not None else LayerPositions.number_in(to) for b, to in pairs]
             positions = LayerPositions(numbers)
+        to_field, from_field = f"{field}.to", f"{field}.from"  # made once: a stacking rule loops 18k times
+        joined = isinstance(rule.merge, Mapping) and "each" in rule.merge
+        if to_region is not None and to_region.variables:
+            self.slot_checked.add(to_field)
         for bindings, to_text in pairs:
-            target = self._target_info(to_text, f"{field}.to", rule.missing, rule.to)
+            target = self._target_info(to_text, to_field, rule.missing, rule.to)
             if target is None and self.target is not None:
                 continue
             reads = []
@@ -274,7 +281,7 @@ class RuleExpander:
                 try:
                     key = template.format(bindings)
                 except PatternError as err:
-                    raise PlanError(f"{field}.from", f"{err} (filling '{text}' for {to_text})") from None
+                    raise PlanError(from_field, f"{err} (filling '{text}' for {to_text})") from None
                 info = self.inventories[source].get(key)
                 if info is None:
                     if rule.missing == "skip":
@@ -295,10 +302,12 @@ class RuleExpander:
                         raise PlanError(f"{field}.merge.base", f"base '{base}' has no tensor '{first.key}'"
                                                                f"{closest(first.key, list(self.inventories[base]))}")
                     reads.append(Read(base, first.key, info.shape, info.dtype, first.region))
-                if isinstance(rule.merge, Mapping) and "each" in rule.merge:
+                if joined:
                     src_shape = self._joined_shape(reads, rule, output)
+                elif len(reads) == 1 and reads[0].region is None:
+                    src_shape = reads[0].shape
                 else:
-                    src_shape = self._merged_shape(reads, f"{field}.from")
+                    src_shape = self._merged_shape(reads, from_field)
                 merge = output.merge
                 if positions is not None:
                     number = int(bindings[over]) if over is not None else LayerPositions.number_in(to_text)
@@ -319,8 +328,8 @@ class RuleExpander:
                         made = self._box(bound, target.shape, f"{field}.to", to_text, to_region, bindings, reads), None
                     box, text = made
                     if to_region.variables:
-                        self._one_write_per_slot(slots, to_text, box, reads, f"{field}.to", target.shape)
-                self._assign(to_text, box, target, tuple(reads), output, f"{field}.to", src_shape, merge, text, expected)
+                        self._one_write_per_slot(slots, to_text, box, reads, to_field, target.shape)
+                self._assign(to_text, box, target, tuple(reads), output, to_field, src_shape, merge, text, expected)
 
     def _binder(self, sides: _Sides) -> int | None:
         """The side that binds the variables: -1 for ``to``, else the index of a ``from``;

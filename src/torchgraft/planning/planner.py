@@ -97,11 +97,19 @@ class _Planner(RuleExpander):
         """The assignments to each key, in rule order; two that overlap are an error."""
         by_key: dict[str, list[_Assignment]] = {}
         slotted: dict[str, _Slots] = {}  # keys written region by region: candidates by index
+        # keys that only one stacking rule writes so far: it checked its slots itself
+        single: dict[str, str] = {}
         for a in self.assignments:
             others = by_key.get(a.key)
             if others is None:
                 by_key[a.key] = [a]
+                if a.field in self.slot_checked:
+                    single[a.key] = a.field
                 continue
+            if single.get(a.key) == a.field:
+                others.append(a)
+                continue
+            single.pop(a.key, None)
             slots = slotted.get(a.key)
             if slots is None:
                 slots = slotted[a.key] = _Slots(others)
