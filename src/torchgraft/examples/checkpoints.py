@@ -174,6 +174,19 @@ def _moe_llama(path: Path) -> None:
     _save_safetensors(_random_state(lambda: MoELlama(**MOE_LLAMA), seed=18, spread=0.5), path)
 
 
+HF_BERT = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 64,
+           "max_position_embeddings": 32, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+def _hf_bert(path: Path) -> None:
+    """A Hugging Face model folder of a random 4-layer ``BertModel``, saved by transformers."""
+    import transformers
+
+    model = transformers.BertModel(transformers.BertConfig(**HF_BERT))
+    model.load_state_dict(_random_state(lambda: model, seed=19), strict=True)
+    model.save_pretrained(str(path))
+
+
 EXAMPLES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "convnet": ("convnet.safetensors", _convnet),
     "sequential": ("sequential.pt", _sequential),
@@ -187,6 +200,7 @@ EXAMPLES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "meta_llama": ("meta_llama.safetensors", _meta_llama),
     "hf_mixtral": ("hf_mixtral", _hf_mixtral),
     "moe_llama": ("moe_llama.safetensors", _moe_llama),
+    "hf_bert": ("hf_bert", _hf_bert),
     **{f"run_step{step}": (f"run_step{step}.pt", _training_run(step)) for step in (3000, 4000, 5000)},
 }
 

@@ -340,7 +340,8 @@ class RuleExpander:
         region_vars = sides.to_region.variables if sides.to_region is not None else ()
         if to_vars and self.target is not None and all(v in to_vars for v in region_vars):
             return -1
-        plain = next((i for i, t in enumerate(sides.from_templates) if t.variables), None)
+        plain = next((i for i, (t, r) in enumerate(zip(sides.from_templates, sides.from_regions))
+                      if t.variables or (r is not None and r.variables)), None)
         if plain is not None:
             return plain
         return -1 if to_vars or region_vars else None

@@ -133,30 +133,46 @@ def origin_text(entry: Entry, keys: Sequence[str] | None = None) -> str:
 
 
 def _index_step(a: Piece, a_keys: Sequence[str], b: Piece, b_keys: Sequence[str]):
-    """``(region item, key segments, a's index, b's index)`` when ``b`` is ``a`` at another
-    integer index of one region item, that index also being the one segment in which each
-    read key differs; else None."""
+    """``(region item, where each read shows the index, a's index, b's index)`` when ``b``
+    is ``a`` at another integer index of one region item, that index also being the one
+    segment in which a read key differs (stacked experts) or the one item in which a read's
+    region differs (rows of a table); reads that do neither must be the same. Else None."""
     if not (a.region and b.region) or (a.rule, a.transforms, a.merge) != (b.rule, b.transforms, b.merge):
         return None
-    if [(r.source, r.shape, r.dtype, r.region) for r in a.reads] != [(r.source, r.shape, r.dtype, r.region) for r in b.reads]:
+    if [(r.source, r.shape, r.dtype) for r in a.reads] != [(r.source, r.shape, r.dtype) for r in b.reads]:
         return None
     items_a, items_b = a.region[1:-1].split(", "), b.region[1:-1].split(", ")
     differ = [i for i, (x, y) in enumerate(zip(items_a, items_b)) if x != y]
     if len(items_a) != len(items_b) or len(differ) != 1 or not (items_a[differ[0]].isdigit() and items_b[differ[0]].isdigit()):
         return None
     item = differ[0]
-    segments = []
-    for key_a, key_b in zip(a_keys, b_keys):
-        seg_a, seg_b = key_a.split("."), key_b.split(".")
-        diff = [i for i, (x, y) in enumerate(zip(seg_a, seg_b)) if x != y]
-        if len(seg_a) != len(seg_b) or len(diff) != 1 or (seg_a[diff[0]], seg_b[diff[0]]) != (items_a[item], items_b[item]):
+    values = (items_a[item], items_b[item])
+    where: list[tuple[str, int] | None] = []
+    for read_a, read_b, key_a, key_b in zip(a.reads, b.reads, a_keys, b_keys):
+        if key_a != key_b and read_a.region == read_b.region:
+            seg_a, seg_b = key_a.split("."), key_b.split(".")
+            diff = [i for i, (x, y) in enumerate(zip(seg_a, seg_b)) if x != y]
+            if len(seg_a) != len(seg_b) or len(diff) != 1 or (seg_a[diff[0]], seg_b[diff[0]]) != values:
+                return None
+            where.append(("key", diff[0]))
+        elif key_a == key_b and read_a.region != read_b.region and read_a.region and read_b.region:
+            reg_a, reg_b = read_a.region[1:-1].split(", "), read_b.region[1:-1].split(", ")
+            diff = [i for i, (x, y) in enumerate(zip(reg_a, reg_b)) if x != y]
+            if len(reg_a) != len(reg_b) or len(diff) != 1 or (reg_a[diff[0]], reg_b[diff[0]]) != values:
+                return None
+            where.append(("region", diff[0]))
+        elif key_a == key_b and read_a.region == read_b.region:
+            where.append(None)  # the same read in every piece (a bias row added to each)
+        else:
             return None
-        segments.append(diff[0])
-    return item, tuple(segments), int(items_a[item]), int(items_b[item])
+    if all(w is None for w in where):
+        return None
+    return item, tuple(where), int(values[0]), int(values[1])
 
 
 def _index_runs(pieces: Sequence[Piece], keys: Sequence[Sequence[str]]) -> list[tuple[Piece, list[str], str | None]]:
-    """Pieces as shown: ``(piece, read keys, region)``, runs of three or more folded."""
+    """Pieces as shown: ``(piece, read keys, region)``, runs of three or more folded (the
+    piece returned then has its reads' regions folded too)."""
     out: list[tuple[Piece, list[str], str | None]] = []
     i = 0
     while i < len(pieces):
@@ -173,16 +189,23 @@ def _index_runs(pieces: Sequence[Piece], keys: Sequence[Sequence[str]]) -> list[
             out.append((pieces[i], list(keys[i]), pieces[i].region))
             i += 1
             continue
-        item, segments = shape
+        item, where = shape
         braced = brace(values)
         items = pieces[i].region[1:-1].split(", ")
         items[item] = braced
-        folded = []
-        for key, seg in zip(keys[i], segments):
-            parts = key.split(".")
-            parts[seg] = braced
-            folded.append(".".join(parts))
-        out.append((pieces[i], folded, "[" + ", ".join(items) + "]"))
+        folded, reads = [], []
+        for key, read, at in zip(keys[i], pieces[i].reads, where):
+            if at is not None and at[0] == "key":
+                parts = key.split(".")
+                parts[at[1]] = braced
+                key = ".".join(parts)
+            elif at is not None:
+                region = read.region[1:-1].split(", ")
+                region[at[1]] = braced
+                read = replace(read, region="[" + ", ".join(region) + "]")
+            folded.append(key)
+            reads.append(read)
+        out.append((replace(pieces[i], reads=tuple(reads)), folded, "[" + ", ".join(items) + "]"))
         i = j
     return out
 
@@ -321,7 +344,24 @@ def header(plan: Plan) -> list[str]:
     written = (plan.recipe.get("output") or {}).get("path")
     if written:  # a literal output.path is part of the plan (the run directory's is not)
         lines.append(f"output  {shown_path(written)}")
+    files = layout_text(plan)
+    if files:
+        lines.append(f"files   {files}")
     return lines
+
+
+def layout_text(plan: Plan) -> str:
+    """The files a directory output gets besides its tensors, for review:
+    ``config.json, generation_config.json (from the target's config); tokenizer.json (copied from ~/hf)``."""
+    parts = []
+    if plan.layout.config:
+        parts.append(", ".join(printable(f.name) for f in plan.layout.config) + " (from the target's config)")
+    by_origin: dict[str, list[str]] = {}
+    for f in plan.layout.files:
+        origin = shown_path(f.folder) if f.folder is not None else f.source
+        by_origin.setdefault(printable(origin or ""), []).append(printable(f.name))
+    parts += [f"{', '.join(names)} (copied from {origin})" for origin, names in by_origin.items()]
+    return "; ".join(parts)
 
 
 def entry_row(group: Group[Entry]) -> tuple[str, str, str, str, str]:
