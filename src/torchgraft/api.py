@@ -66,7 +66,7 @@ def _load(recipe: RecipeLike, **fill: Any) -> tuple[Recipe, dict]:
     except OmegaConfBaseException as err:
         raise RecipeError("recipe", str(err).strip().splitlines()[0]) from None
     output = merged.get("output")
-    path = output._get_node("path")._value() if isinstance(output, DictConfig) and "path" in output else None
+    path = OmegaConf.to_container(output, resolve=False).get("path") if isinstance(output, DictConfig) else None
     if isinstance(path, str) and "${hydra:" in path:  # a recipe's path in the run directory, which only the CLI has
         merged.output.path = None
     data = resolve(merged)

@@ -96,7 +96,27 @@ class TransformerBlock(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
-class MetaLlama(nn.Module):
+class RotaryDecoder(nn.Module):
+    """What Meta-layout decoders share: token embeddings, blocks taking the rotary angles,
+    a final norm and the output head (set by the subclass)."""
+
+    head_dim: int
+    rope_theta: float
+
+    def angles(self, seq_len: int, device: torch.device) -> torch.Tensor:
+        freqs = 1.0 / self.rope_theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
+        t = torch.outer(torch.arange(seq_len, device=device).float(), freqs)
+        return torch.polar(torch.ones_like(t), t)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.tok_embeddings(tokens)
+        angles = self.angles(tokens.shape[1], tokens.device)
+        for layer in self.layers:
+            x = layer(x, angles)
+        return self.output(self.norm(x))
+
+
+class MetaLlama(RotaryDecoder):
     """``MetaLlama(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, hidden_dim=96)``;
     ``fused_qkv=True``: torchtitan's one ``attention.wqkv`` in place of ``wq/wk/wv``."""
 
@@ -111,15 +131,3 @@ class MetaLlama(nn.Module):
                                      for _ in range(n_layers)])
         self.norm = RMSNorm(dim, norm_eps)
         self.output = nn.Linear(dim, vocab_size, bias=False)
-
-    def angles(self, seq_len: int, device: torch.device) -> torch.Tensor:
-        freqs = 1.0 / self.rope_theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
-        t = torch.outer(torch.arange(seq_len, device=device).float(), freqs)
-        return torch.polar(torch.ones_like(t), t)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.tok_embeddings(tokens)
-        angles = self.angles(tokens.shape[1], tokens.device)
-        for layer in self.layers:
-            x = layer(x, angles)
-        return self.output(self.norm(x))

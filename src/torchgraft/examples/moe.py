@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from torchgraft.examples.llama import Attention, RMSNorm
+from torchgraft.examples.llama import Attention, RMSNorm, RotaryDecoder
 
 
 class Router(nn.Module):
@@ -69,7 +69,7 @@ class MoEBlock(nn.Module):
         return x + self.moe(self.ffn_norm(x))
 
 
-class MoELlama(nn.Module):
+class MoELlama(RotaryDecoder):
     """``MoELlama(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, hidden_dim=48, n_experts=4, top_k=2)``."""
 
     def __init__(self, dim: int = 32, n_layers: int = 2, n_heads: int = 4, n_kv_heads: int | None = None,
@@ -83,15 +83,3 @@ class MoELlama(nn.Module):
                                      for _ in range(n_layers)])
         self.norm = RMSNorm(dim, norm_eps)
         self.output = nn.Linear(dim, vocab_size, bias=False)
-
-    def angles(self, seq_len: int, device: torch.device) -> torch.Tensor:
-        freqs = 1.0 / self.rope_theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
-        t = torch.outer(torch.arange(seq_len, device=device).float(), freqs)
-        return torch.polar(torch.ones_like(t), t)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.tok_embeddings(tokens)
-        angles = self.angles(tokens.shape[1], tokens.device)
-        for layer in self.layers:
-            x = layer(x, angles)
-        return self.output(self.norm(x))
