@@ -36,7 +36,7 @@ from torchgraft.core.tensors import TensorInfo, torch_dtype
 from torchgraft.execution.casts import CASTS, read_cast
 from torchgraft.execution.initial import check_initial, initial_values
 from torchgraft.execution.merges import merge
-from torchgraft.execution.outputs import copy_files, replaceable
+from torchgraft.execution.outputs import replaceable, side_files
 from torchgraft.execution.progress import Progress
 from torchgraft.execution.sources import check_sources_unchanged, open_plan_sources
 from torchgraft.keys.regions import Region
@@ -239,7 +239,7 @@ def execute(plan: Plan, output: str | Path, *, overwrite: bool = False) -> Path:
         if how:
             raise OutputError("output.path", f"{path} {how} '{ref.name}' ({ref.path}); sources are never overwritten")
     fmt = output_format(path)
-    reason = directory_needed(path, sharded=plan.layout.shard_size is not None, copies=bool(plan.layout.files))
+    reason = directory_needed(path, sharded=plan.layout.shard_size is not None, copies=bool(plan.layout.names))
     if reason:
         raise OutputError("output.path", reason)
     readers = open_plan_sources(plan)
@@ -266,7 +266,7 @@ def execute(plan: Plan, output: str | Path, *, overwrite: bool = False) -> Path:
                 with writer, Progress(sum(i.nbytes for i in infos), f"writing {path.name}") as progress:
                     _stream(plan, writer, readers, initial, progress)
             if fmt == "directory":
-                copy_files(plan, tmp)
+                side_files(plan, tmp)
             _verify(tmp, fmt, plan, metadata)
             check_sources_unchanged(plan, readers)  # what was read is what was checked
         return path
