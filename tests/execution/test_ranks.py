@@ -16,8 +16,9 @@ from safetensors.torch import save_file
 import torchgraft
 from torchgraft.checkpoints import open_checkpoint
 from torchgraft.checkpoints.sharded import ShardedWriter, split, write_index
+from torchgraft.core.errors import GraftError, RankFailed
 from torchgraft.core.tensors import TensorInfo
-from torchgraft.execution.ranks import World, deal
+from torchgraft.execution.ranks import Failure, World, deal
 
 
 def test_deal_puts_the_largest_first_onto_the_least_loaded_rank_ties_to_the_lower():
@@ -132,3 +133,52 @@ def test_a_tensor_rank_1_cannot_read_stops_both_ranks_and_publishes_nothing(tmp_
             "(UnpicklingError) (rank 1 of 2)")
     assert [stderr[rank].strip().splitlines()[-1] for rank in (0, 1)] == [line, line]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs2", "recipes", "src"]  # no output, no temporary
+
+
+# -- failing together (the exchange, with torch.distributed's gather played by the test) ----
+
+
+@pytest.fixture
+def peer(monkeypatch):
+    """Rank 1 of 2 (this process is rank 0): what it gives at each exchange."""
+    import torch.distributed as dist
+
+    given: list = []
+
+    def all_gather_object(out, mine):
+        out[0], out[1] = mine, given.pop(0)
+
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    return given
+
+
+def test_a_rank_that_fails_stops_the_others_at_the_same_step_with_its_message(peer):
+    world = World(0, 2)
+    peer += [(None, "made"), (Failure(1, "sources.src", "src.dcp: 'w2' is not a readable tensor", True), None)]
+    with world.step() as first:
+        first.value = "mine"
+    assert first.values == ["mine", "made"]
+    with pytest.raises(RankFailed) as failed, world.step():
+        pass
+    assert str(failed.value) == "sources.src: src.dcp: 'w2' is not a readable tensor (rank 1 of 2)"
+    assert world.failed and not peer  # one exchange each; none after
+
+
+def test_a_bug_here_is_raised_as_it_is_here_and_a_user_error_elsewhere_comes_first(peer):
+    peer.append((None, None))
+    with pytest.raises(ZeroDivisionError), World(0, 2).step():
+        1 / 0  # noqa: B018
+    peer.append((Failure(1, "output.path", "out: cannot write (No space left on device, ENOSPC)", True), None))
+    with pytest.raises(RankFailed, match=r"^output.path: out: cannot write .* \(rank 1 of 2\)$"), World(0, 2).step():
+        1 / 0  # noqa: B018
+
+
+def test_ranks_that_disagree_on_the_output_path_are_refused(peer):
+    world = World(0, 2)
+    peer.append((None, ("abc", "outputs/split/2026-12-02_00-31-45_2/model.safetensors")))
+    with world.step() as same:
+        same.value = ("abc", "outputs/split/2026-12-02_00-31-45/model.safetensors")
+    with pytest.raises(GraftError, match=r"^output.path: the 2 ranks disagree on the output path \(rank 0: outputs/split/2026-12-02_00-31-45/"
+                                         r"model.safetensors, rank 1: outputs/split/2026-12-02_00-31-45_2/model.safetensors\); give output.path$"):
+        world.same("output path", "output.path", [v[1] for v in same.values], "; give output.path")
+    assert world.failed

@@ -242,8 +242,9 @@ def execute(plan: Plan, output: str | Path, *, overwrite: bool = False, world: W
             _check_path(plan, path, overwrite)
             readers = open_plan_sources(plan)
             check_initial(plan)
+        world.same("output path", "output.path", [v[1] for v in same.values],
+                   "; give output.path, on a filesystem every rank sees (the default is in each rank's run directory)")
         world.same("plan sha256", "plan", [v[0] for v in same.values])
-        world.same("output path", "output.path", [v[1] for v in same.values])
         fmt = output_format(path)
         initial = initial_values(plan, readers)
         infos = [TensorInfo(e.key, tuple(e.shape), e.dtype) for e in plan.entries]

@@ -18,8 +18,10 @@ Failing together. The ranks exchange their outcome at fixed steps (``step``), ea
 one ``all_gather_object`` of ``(failure or None, value)``. A rank that fails makes its
 next exchange with its failure instead, so every rank learns of it at the same step
 and raises the same ``RankFailed``; rank 0's temporary directory is removed as that
-unwinds, and after it no rank exchanges again but for the closing barrier
-(``close``), which keeps every rank alive until rank 0 has cleaned up.
+unwinds, and after it no rank exchanges again. At the end (``close``) every rank that
+has not failed yet exchanges once more, so a rank that failed outside any step is heard
+too, then after a failure all meet at a barrier, which keeps every rank alive until
+rank 0 has cleaned up.
 """
 
 from __future__ import annotations
@@ -63,14 +65,14 @@ class Share:
 
 
 @dataclass
-class _Failure:
+class Failure:
     rank: int
     field: str | None
     message: str
     user: bool  # the user's to fix (a GraftError or the environment), not a bug
 
     @classmethod
-    def of(cls, err: BaseException, rank: int) -> _Failure:
+    def of(cls, err: BaseException, rank: int) -> Failure:
         if isinstance(err, RankFailed):
             return cls(err.rank, err.field, err.reason, True)
         if isinstance(err, GraftError):
@@ -111,7 +113,7 @@ class World:
             return [value]
         import torch.distributed as dist
 
-        mine = (None, value) if error is None else (_Failure.of(error, self.rank), None)
+        mine = (None, value) if error is None else (Failure.of(error, self.rank), None)
         everyone: list = [None] * self.size
         dist.all_gather_object(everyone, mine)
         failures = [f for f, _ in everyone if f is not None]
@@ -141,13 +143,13 @@ class World:
             raise
         box.values = self.exchange(None, box.value)
 
-    def same(self, what: str, field_name: str, values: list) -> None:
+    def same(self, what: str, field_name: str, values: list, hint: str = "") -> None:
         """Every rank gave the same value (values from ``step``), else every rank refuses."""
         if any(v != values[0] for v in values):
             other = next(r for r, v in enumerate(values) if v != values[0])
             self.failed = True
             raise GraftError(field_name, f"the {self.size} ranks disagree on the {what} (rank 0: {values[0]}, "
-                                         f"rank {other}: {values[other]})")
+                                         f"rank {other}: {values[other]}){hint}")
 
     def share(self, plan: Plan, fmt: str) -> Share:
         """This rank's part of the plan's output (``fmt``: directory, dcp, or a file's)."""
@@ -193,14 +195,16 @@ class World:
             pass
 
     def close(self, error: BaseException | None) -> None:
-        """At the end of the run: a rank whose failure no exchange carried yet gives it
-        now; after any failure, every rank waits here for every other (so no rank
-        exits, and torchrun stops the rest, while rank 0 still cleans up)."""
+        """At the end of the run, every rank: unless a failure was agreed already, one last
+        exchange of the run's outcome (so a rank that failed outside any step, before or
+        after the others' steps, is heard and none waits for it); then, after any failure,
+        a barrier, so that no rank exits (and torchrun stops the rest) while rank 0 still
+        cleans up."""
         if self.alone or isinstance(error, KeyboardInterrupt):
             return
         try:
-            if error is not None and not self.failed:
-                with contextlib.suppress(Exception):  # it raises what it agreed: this error
+            if not self.failed:
+                with contextlib.suppress(Exception):  # it raises the failure it agrees on
                     self.exchange(error)
             if self.failed:
                 import torch.distributed as dist
