@@ -15,8 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 BIN = Path(sys.executable).parent
+
+
+# Property tests: 40 examples each in the everyday run, a thousand with
+# `pytest --hypothesis-profile=thorough` (before a release, or after touching keys/ or plans/).
+settings.register_profile("default", max_examples=40, deadline=None)  # no deadline: a loaded CI machine is not a bug
+settings.register_profile("thorough", max_examples=1000, deadline=None)
+settings.load_profile("default")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import torchgraft
-from conftest import run_cli
+from conftest import graft_in_process
 from torchgraft.core.errors import PlanError
 from torchgraft.examples import ConvNet
 from torchgraft.examples.checkpoints import example_path
@@ -20,14 +20,15 @@ from torchgraft.recipe.source import bundled_recipes
 BUNDLED = sorted(p.stem for p in bundled_recipes().glob("*.yaml"))
 
 
-def test_every_bundled_recipe_gets_the_cli_s_plan_byte_for_byte(tmp_path):
-    result = run_cli("graft", "-m", "recipe=glob(*)", "dry_run=true", "plan_dir=plans/${hydra:job.num}", cwd=tmp_path)
+def test_every_bundled_recipe_plans_cleanly_and_gets_the_cli_s_plan_byte_for_byte(tmp_path):
+    result = graft_in_process("-m", "recipe=glob(*)", "dry_run=true", "plan_dir=plans/${hydra:job.num}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     cli = {p.name.removesuffix(".plan.json"): p.read_text() for p in tmp_path.glob("plans/*/*.plan.json")}
     assert sorted(cli) == BUNDLED
     for name in BUNDLED:
         assert torchgraft.plan(bundled_recipes() / f"{name}.yaml").to_json() == cli[name], name
     assert "warning" not in result.stderr  # no bundled recipe warns
+    assert not list(tmp_path.rglob("*.safetensors"))  # a dry run writes no checkpoint
 
 
 def test_a_recipe_name_is_found_as_recipe_name_finds_it(tmp_path, monkeypatch):

@@ -82,3 +82,31 @@ def test_a_weights_file_linking_out_of_the_folder_leaks_nothing(tmp_path):
     message = error_of(folder)
     assert message == f"sources.s: {folder}: model.safetensors names model.safetensors, a link out of this directory"
     assert "header length" not in message
+
+
+def _folder(tmp_path, kind):
+    """A folder of each kind whose side file (found by its name) is replaced by a link."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / kind
+    folder.mkdir()
+    if kind == "dcp":
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save({"w": torch.zeros(2)}, checkpoint_id=str(folder), no_dist=True)
+        return folder, ".metadata"
+    if kind == "hf":
+        save_file({"w": torch.zeros(2)}, str(folder / "model-00001-of-00001.safetensors"))
+        return folder, "model.safetensors.index.json"
+    save_file({"base_model.model.fc.lora_A.weight": torch.zeros(2, 2)}, str(folder / "adapter_model.safetensors"))
+    return folder, "adapter_config.json"
+
+
+@pytest.mark.parametrize("kind", ["dcp", "hf", "peft"])
+def test_a_side_file_linking_out_of_the_folder_is_never_read(tmp_path, kind):
+    folder, name = _folder(tmp_path, kind)
+    secret = tmp_path / "secret"
+    secret.write_text('{"weight_map": {}, "r": 8}')  # would parse: only the refusal keeps it out
+    (folder / name).unlink(missing_ok=True)
+    os.symlink(secret, folder / name)
+    assert error_of(folder) == f"sources.s: {folder}: {folder / name} is a link out of {folder}"

@@ -135,6 +135,7 @@ SHARDED_SAVE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_tensor_sharded_across_two_ranks_reads_back_whole(tmp_path):
     script = tmp_path / "save.py"
     script.write_text(SHARDED_SAVE)

@@ -74,7 +74,7 @@ def state_dicts(draw):
     return state
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(state=state_dicts())
 def test_descriptions_agree_with_torch_on_every_key_shape_dtype_and_byte(tmp_path, state):
     path = tmp_path / "m.pt"

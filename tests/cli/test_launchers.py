@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses: run by `pytest -m slow` (CI runs both tiers)
+
 GRAFT = str(Path(sys.executable).parent / "graft")
 
 

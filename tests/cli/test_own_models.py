@@ -92,6 +92,7 @@ def test_a_module_still_missing_says_where_it_was_looked_for(project):
     )
 
 
+@pytest.mark.slow
 def test_the_installed_graft_inspect_finds_it_without_pythonpath(project):
     result = run_cli("graft-inspect", "mymodels.Net", cwd=project)
     assert result.returncode == 0, result.stderr

@@ -14,6 +14,8 @@ from conftest import BIN, run_cli
 from torchgraft.examples.checkpoints import example_path
 from torchgraft.recipe.source import bundled_recipes
 
+pytestmark = pytest.mark.slow  # subprocesses: run by `pytest -m slow` (CI runs both tiers)
+
 ROOT = Path(__file__).resolve().parents[2]
 PRE_COMMIT = BIN / "pre-commit"
 GIT = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}

@@ -122,6 +122,7 @@ def test_the_committed_plan_is_stable_text(committed):
     assert "<details open><summary>Transfer: 12 target tensors in 6 lines</summary>" in md
 
 
+@pytest.mark.slow
 def test_plans_are_byte_identical_across_runs_and_hash_seeds(project):
     # A process of its own: the hash seed is fixed at start-up (this one's is random).
     result = run_cli("graft", "recipe=ft", "dry_run=true", "plan_dir=again", cwd=project,

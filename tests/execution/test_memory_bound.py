@@ -22,7 +22,8 @@ import torch
 from torchgraft.checkpoints import open_writer
 from torchgraft.core.tensors import TensorInfo
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
+pytestmark = [pytest.mark.slow,  # subprocesses: run by `pytest -m slow` (CI runs both tiers)
+              pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")]
 
 MiB = 2**20
 TENSORS, ROWS, COLS = 32, 2048, 1024  # 32 x 8 MiB of float32 = 256 MiB

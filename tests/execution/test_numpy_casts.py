@@ -29,7 +29,7 @@ def torch_bits(bits: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     return torch.from_numpy(bits.view(np.float32).copy()).to(dtype).view(torch.int16).numpy().view(np.uint16)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(values=st.lists(st.one_of(bits32, ties.map(lambda b: b & 0xFFFFFFFF)), min_size=1, max_size=200),
        dtype=st.sampled_from(["bfloat16", "float16"]))
 def test_numpy_rounding_is_torchs_bit_for_bit(values, dtype):

@@ -11,8 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
+pytestmark = pytest.mark.slow  # subprocesses: run by `pytest -m slow` (CI runs both tiers)
 
 BLOCK_TORCH = """
 import sys

@@ -193,7 +193,7 @@ def folded_lines(keys: list[str]) -> list[str]:
     return [group.patterns[0] for group in groups]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(key_trees(), st.data())
 def test_plan_text_lines_are_patterns_of_their_keys(source, data):
     keys = data.draw(st.lists(st.sampled_from(source), min_size=1, unique=True).map(sorted))

@@ -180,7 +180,7 @@ SOURCES = {
 }
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(
     st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 2)), min_size=1, max_size=40),
     st.sampled_from(sorted(SOURCES)),

@@ -158,7 +158,7 @@ def test_brace_notation():
     assert slot_values("'size': 8") is None and slot_values("i") is None
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(
     st.sets(st.tuples(st.integers(0, 5), st.integers(0, 3)), min_size=1, max_size=24),
     st.sampled_from(["same", "swap", "one", "double", "const"]),

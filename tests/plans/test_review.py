@@ -198,6 +198,7 @@ def test_read_regions_count_only_their_bytes():
     assert read_nbytes(Read("s", "k", (4, 20), "float32")) == 320
 
 
+@pytest.mark.slow
 def test_graft_diff_as_a_command(tmp_path):
     """The installed graft-diff console script (a subprocess smoke test)."""
     from conftest import run_cli

@@ -37,7 +37,7 @@ def check(spec, shape, dtype="float32", initial=None):
 
 # --- property: inferred shape == produced shape, for every transform ------------------------
 
-PROPERTY = settings(deadline=None, max_examples=60)
+PROPERTY = settings(deadline=None)
 
 
 @PROPERTY

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 from torchgraft.checkpoints.byteranges import ByteRange, OpenFile
 from torchgraft.core.errors import SourceError
 from torchgraft.core.hashing import sha256_files
+from torchgraft.core.paths import UnsafePath
 from torchgraft.core.tensors import TensorInfo
 
 
@@ -128,6 +129,9 @@ class Reader(abc.ABC):
         """``read()`` the headers; on any failure, release the files opened so far and re-raise."""
         try:
             read()
+        except UnsafePath as err:  # a side file that is a link out of the folder, or not a file
+            self.close()
+            raise self._error(err.reason) from None
         except BaseException:
             self.close()
             raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+from torchgraft.core.paths import UnsafePath, side_file
 from torchgraft.core.tensors import torch_dtype
 
 CHUNK = 64 << 20  # per kernel call: large enough to be free, small enough to stay interruptible
@@ -41,7 +43,17 @@ class OpenFile:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # a FIFO must not block
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            raise UnsafePath(f"{self.path.name} is not a regular file")
+        os.set_blocking(self.fd, True)
+
+    @classmethod
+    def inside(cls, directory: Path, name: str) -> OpenFile:
+        """The regular file ``name`` of an attacker-written folder (``.metadata``, an index,
+        ``adapter_config.json``): never a link out of it (UnsafePath)."""
+        return cls(side_file(directory, name))
 
     def stat(self) -> os.stat_result:
         return os.fstat(self.fd)

@@ -247,11 +247,12 @@ class DCPReader(Reader):
     def __init__(self, path: Path, *, field: str, shown: str | None = None, key: str | None = None):
         super().__init__(path, field=field, shown=shown)
         self.key = key
-        self._metadata_file = OpenFile(self.path / METADATA)
+        self._metadata_file: OpenFile | None = None
         self._data: dict[str, OpenFile] = {}  # the data files the tensors are in, by name
         self._read_or_close(self._read_metadata)
 
     def _read_metadata(self) -> None:
+        self._metadata_file = OpenFile.inside(self.path, METADATA)
         if self._metadata_file.stat().st_size > MAX_METADATA:
             raise self._error(f"{METADATA} is larger than {MAX_METADATA >> 20} MiB")
         raw = self._metadata_file.read_all()
@@ -264,7 +265,7 @@ class DCPReader(Reader):
         self._stored = self._select(stored, _planner_paths(top))
         self._set_inventory(s.info for s in self._stored.values())
         for name in sorted({c.file for s in self._stored.values() for c in s.chunks}):
-            self._data[name] = OpenFile(self.path / name)
+            self._data[name] = OpenFile.inside(self.path, name)
 
     def _select(self, stored: dict[str, StoredTensor], paths: dict[str, tuple]) -> dict[str, StoredTensor]:
         if self.key is None:
@@ -283,7 +284,7 @@ class DCPReader(Reader):
         return out
 
     def _files(self) -> list[OpenFile]:
-        return [self._metadata_file, *self._data.values()]
+        return [f for f in (self._metadata_file, *self._data.values()) if f is not None]
 
     def _header_sha256(self) -> str:
         return hashlib.sha256(self._metadata_file.read_all()).hexdigest()

@@ -43,7 +43,7 @@ class HFReader(Reader):
     def _read_directory(self, found: str) -> None:
         weight_map = None
         if found.endswith(".index.json"):
-            self._index = OpenFile(self.path / found)
+            self._index = OpenFile.inside(self.path, found)
             weight_map = self._read_index(self._index)
         self._open_shards(weight_map, single=found)
 

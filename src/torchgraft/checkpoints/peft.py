@@ -72,7 +72,7 @@ class PeftReader(Reader):
         self._read_or_close(self._read_folder)
 
     def _read_folder(self) -> None:
-        self._config = OpenFile(self.path / CONFIG)
+        self._config = OpenFile.inside(self.path, CONFIG)
         self.settings = self._parse_config(self._config.read_all())
         self._weights = SafetensorsReader(self.path / WEIGHTS, field=self.field, shown=f"{self.shown.rstrip('/')}/{WEIGHTS}")
         self._set_inventory(self._weights.inventory())
