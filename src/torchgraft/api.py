@@ -66,6 +66,10 @@ def _load(recipe: RecipeLike, **fill: Any) -> tuple[Recipe, dict]:
         merged = OmegaConf.merge(_defaults(), recipe)
     except OmegaConfBaseException as err:
         raise RecipeError("recipe", str(err).strip().splitlines()[0]) from None
+    output = merged.get("output")
+    path = OmegaConf.to_container(output, resolve=False).get("path") if isinstance(output, DictConfig) else None
+    if isinstance(path, str) and "${hydra:" in path:  # a recipe's path in the run directory, which only the CLI has
+        merged.output.path = None
     data = resolve(merged)
     return parse_recipe(data), recipe_record(data, cfg=merged)
 

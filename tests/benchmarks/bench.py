@@ -174,6 +174,8 @@ torchgraft.plan(sys.argv[1])
 # 48 layers x 128 experts x 3 per-expert tensors (18,432): planned twice in one process,
 # stacked into [128, 2, 2] tensors by 3 rules with [{e}], and by a plain rename into
 # per-expert keys; prints the best of 3 plan times of each (torch imported once).
+# Measured (2 CPUs, shared): 1.30x-1.37x over 3 runs (before slots were made once per index
+# and a stacking rule's keys skipped the second overlap check: 1.95x-2.20x).
 PLAN_STACK = """
 import sys, time, types, torch
 from torch import nn

@@ -36,7 +36,7 @@ from torchgraft.core.tensors import TensorInfo, torch_dtype
 from torchgraft.execution.casts import CASTS, read_cast
 from torchgraft.execution.initial import check_initial, initial_values
 from torchgraft.execution.merges import merge
-from torchgraft.execution.outputs import copy_files, replaceable
+from torchgraft.execution.outputs import replaceable, side_files
 from torchgraft.execution.progress import Progress
 from torchgraft.execution.ranks import ALONE, World
 from torchgraft.execution.sources import check_sources_unchanged, open_plan_sources
@@ -276,7 +276,7 @@ def execute(plan: Plan, output: str | Path, *, overwrite: bool = False, world: W
                 if fmt == "directory":
                     if not world.alone:  # the shards are all written: rank 0 indexes them
                         write_index(tmp, split(infos, plan.layout.shard_size))
-                    copy_files(plan, tmp)
+                    side_files(plan, tmp)
                 _verify(tmp, fmt, plan, metadata)
             check_sources_unchanged(plan, readers)  # what was read is what was checked
         return path
@@ -291,7 +291,7 @@ def _check_path(plan: Plan, path: Path, overwrite: bool) -> None:
         how = overlap(path, Path(ref.path))
         if how:
             raise OutputError("output.path", f"{path} {how} '{ref.name}' ({ref.path}); sources are never overwritten")
-    reason = directory_needed(path, sharded=plan.layout.shard_size is not None, copies=bool(plan.layout.files))
+    reason = directory_needed(path, sharded=plan.layout.shard_size is not None, copies=bool(plan.layout.names))
     if reason:
         raise OutputError("output.path", reason)
 
