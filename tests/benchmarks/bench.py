@@ -281,9 +281,10 @@ class Bench:
             _, status, usage = os.wait4(proc.pid, 0)
             wall = time.perf_counter() - start
             proc.returncode = os.waitstatus_to_exitcode(status)
+            err.seek(0)
+            self.stderr = err.read().decode(errors="replace")  # what the command logged
             if proc.returncode != 0:
-                err.seek(0)
-                sys.exit(f"failed ({proc.returncode}): {' '.join(argv)}\n{err.read().decode()[-3000:]}")
+                sys.exit(f"failed ({proc.returncode}): {' '.join(argv)}\n{self.stderr[-3000:]}")
         self.cpu = usage.ru_utime + usage.ru_stime  # steadier than wall time on a busy machine
         return wall, usage.ru_maxrss * 1024 / MiB
 
