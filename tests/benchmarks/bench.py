@@ -184,6 +184,8 @@ torchgraft.plan(sys.argv[1])
 # 48 layers x 128 experts x 3 per-expert tensors (18,432): planned twice in one process,
 # stacked into [128, 2, 2] tensors by 3 rules with [{e}], and by a plain rename into
 # per-expert keys; prints the best of 3 plan times of each (torch imported once).
+# Measured (2 CPUs, shared): 1.30x-1.37x over 3 runs (before slots were made once per index
+# and a stacking rule's keys skipped the second overlap check: 1.95x-2.20x).
 PLAN_STACK = """
 import sys, time, types, torch
 from torch import nn
@@ -294,9 +296,10 @@ class Bench:
             _, status, usage = os.wait4(proc.pid, 0)
             wall = time.perf_counter() - start
             proc.returncode = os.waitstatus_to_exitcode(status)
+            err.seek(0)
+            self.stderr = err.read().decode(errors="replace")  # what the command logged
             if proc.returncode != 0:
-                err.seek(0)
-                sys.exit(f"failed ({proc.returncode}): {' '.join(argv)}\n{err.read().decode()[-3000:]}")
+                sys.exit(f"failed ({proc.returncode}): {' '.join(argv)}\n{self.stderr[-3000:]}")
         self.cpu = usage.ru_utime + usage.ru_stime  # steadier than wall time on a busy machine
         return wall, usage.ru_maxrss * 1024 / MiB
 

@@ -14,7 +14,7 @@ from torchgraft.core.errors import GraftError
 
 
 def run_main(monkeypatch, capsys, job) -> tuple[int, list[str]]:
-    monkeypatch.setattr(graft, "run", lambda cfg, options, run_dir: job())
+    monkeypatch.setattr(graft, "run", lambda cfg, options, run_dir, world: job())
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as info:
         graft.main([f"hydra.run.dir={tempfile.mkdtemp()}/run"])

@@ -85,7 +85,10 @@ def test_per_expert_tensors_stack_and_split_back(hf, tmp_path):
     split = {"sources": {"titan": str(out_path)}, "target": None,
              "rules": [{"to": f"model.layers.{{i}}.mlp.experts.{{e}}.{name}.weight", "from": f"titan:layers.{{i}}.moe.experts.{w}[{{e}}]"}
                        for w, name in HF.items()]}
-    back = load_file(torchgraft.execute(torchgraft.plan(split), tmp_path / "back.safetensors"))
+    split_plan = torchgraft.plan(split)
+    assert ("model.layers.{0,1}.mlp.experts.{0..3}.up_proj.weight    [5,3]  f32  ← titan:layers.{0,1}.moe.experts.w3[{0..3}]"
+            "  (rules[2])") in torchgraft.render(split_plan).splitlines()  # one line for every expert
+    back = load_file(torchgraft.execute(split_plan, tmp_path / "back.safetensors"))
     assert sorted(back) == sorted(tensors)
     assert all(torch.equal(back[k], v) for k, v in tensors.items())
 

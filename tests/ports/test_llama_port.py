@@ -73,3 +73,17 @@ def test_without_the_rope_transform_the_logits_differ(tmp_path):
     hf_path = str(Path(example_path("hf_llama")) / "model.safetensors")
     with torch.no_grad():
         assert (meta_model(out)(TOKENS) - hf_model(hf_path)(TOKENS).logits).abs().max() > 0.1
+
+
+def test_hf_llama_to_fused_wqkv_gives_huggingface_logits(tmp_path):
+    """torchtitan's fused GQA wqkv (per kv head: its q heads, k, v) from one concat rule."""
+    hf_path = str(Path(example_path("hf_llama")) / "model.safetensors")
+    plan = torchgraft.plan(recipe("hf_llama_to_fused_qkv"))
+    assert len(plan.recipe["rules"]) <= 3
+    out = torchgraft.execute(plan, tmp_path / "fused.safetensors")
+    model = MetaLlama(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, hidden_dim=96, fused_qkv=True)
+    model.load_state_dict(load_file(out), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(TOKENS), hf_model(hf_path)(TOKENS).logits, rtol=0, atol=1e-5)
+    q = load_file(hf_path)["model.layers.0.self_attn.q_proj.weight"]
+    assert not torch.equal(load_file(out)["layers.0.attention.wqkv.weight"][:32], q[:32])  # rows interleaved, not copied

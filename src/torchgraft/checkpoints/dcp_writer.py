@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 from torchgraft.checkpoints.dcp import SIDE_FILE
+from torchgraft.core.errors import GraftError, RankFailed
 from torchgraft.core.tensors import TensorInfo, torch_dtype
 
 # What a DCP folder torchgraft wrote holds: an overwrite may replace exactly these.
@@ -32,8 +33,13 @@ DCP_FILES = re.compile(r"\.metadata|__\d+_\d+\.distcp|" + re.escape(SIDE_FILE))
 
 
 def write_dcp(directory: Path, infos: Sequence[TensorInfo], value: Callable[[str], torch.Tensor],
-              metadata: Mapping[str, str]) -> None:
-    """Write ``infos``' tensors (``value(key)`` makes each, when asked) as a DCP folder."""
+              metadata: Mapping[str, str], *, distributed: bool = False) -> None:
+    """Write ``infos``' tensors (``value(key)`` makes each, when asked) as a DCP folder.
+
+    ``distributed``: over the default process group, each rank giving its own tensors;
+    DCP's coordinator (rank 0) writes ``.metadata``, and this function ``torchgraft.json``
+    there. A rank's failure inside DCP reaches every rank (a ``CheckpointException``):
+    the first user error among its failures is raised as it is."""
     import torch
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemWriter
@@ -54,7 +60,29 @@ def write_dcp(directory: Path, infos: Sequence[TensorInfo], value: Callable[[str
 
     state = {key: torch.empty(shape, dtype=dtype, device="meta") for key, (shape, dtype) in shapes.items()}
     writer = FileSystemWriter(str(directory), single_file_per_rank=False, thread_count=1, sync_files=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "assuming ... a single process": it is one
-        dcp.save(state, storage_writer=writer, planner=_OnDemand(), no_dist=True)
-    (directory / SIDE_FILE).write_text(json.dumps(dict(metadata), sort_keys=True, indent=1) + "\n")
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "assuming ... a single process": it is one
+            dcp.save(state, storage_writer=writer, planner=_OnDemand(), no_dist=not distributed)
+    except CheckpointException as err:  # a BaseException: made an Exception, a user error first
+        raise _failure(err, torch.distributed.get_rank() if distributed else 0) from None
+    if not distributed or torch.distributed.get_rank() == 0:
+        (directory / SIDE_FILE).write_text(json.dumps(dict(metadata), sort_keys=True, indent=1) + "\n")
+
+
+def _failure(err: BaseException, rank: int) -> Exception:
+    """What a ``CheckpointException`` (every rank's failures inside DCP) means here: the
+    first user error, as it is on its own rank, a ``RankFailed`` on the others."""
+    failures = sorted((r, f) for r, (f, _tb) in err.failures.items() if isinstance(f, Exception))
+    for failed, failure in failures:
+        if isinstance(failure, GraftError):
+            return failure if failed == rank else RankFailed(failure.field, failure.message, failed, _size())
+    return failures[0][1] if failures else RuntimeError(str(err))
+
+
+def _size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_initialized() else 1

@@ -55,14 +55,27 @@ def index_json(groups: Sequence[Sequence[TensorInfo]], names: Sequence[str]) -> 
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def write_index(path: Path, groups: Sequence[Sequence[TensorInfo]]) -> None:
+    """``path/model.safetensors.index.json`` for the shards ``groups``, if there are several."""
+    if len(groups) > 1:
+        (path / INDEX).write_text(index_json(groups, shard_names(len(groups))), encoding="utf-8")
+
+
 class ShardedWriter(Writer):
-    """Writes a model directory (``path``, which must exist and be empty)."""
+    """Writes a model directory (``path``, which must exist and be empty).
+
+    ``shards``: only these shards (indices into the split of all ``infos``), whose
+    tensors alone are then written, in order; the index is left to ``write_index``
+    (one rank of several writes it, once every rank has written its shards)."""
 
     def __init__(self, path: Path, infos: Sequence[TensorInfo], metadata: Mapping[str, str],
-                 shard_size: int | None):
-        super().__init__(path, infos, metadata)
-        self.groups = split(self.infos, shard_size)
+                 shard_size: int | None, shards: frozenset[int] | None = None):
+        groups = split(list(infos), shard_size)
+        self.only = None if shards is None else sorted(shards)
+        super().__init__(path, infos if self.only is None else [i for n in self.only for i in groups[n]], metadata)
+        self.groups = groups
         self.names = shard_names(len(self.groups))
+        self._order = list(range(len(groups))) if self.only is None else self.only
         self._shard = -1
         self._current: SafetensorsWriter | None = None
         self._left = 0  # tensors the current shard still expects
@@ -72,9 +85,9 @@ class ShardedWriter(Writer):
             if self._current is not None:
                 self._current.close()
             self._shard += 1
-            group = self.groups[self._shard]
-            self._current = SafetensorsWriter(self.path / self.names[self._shard], group, self.metadata)
-            self._left = len(group)
+            n = self._order[self._shard]
+            self._current = SafetensorsWriter(self.path / self.names[n], self.groups[n], self.metadata)
+            self._left = len(self.groups[n])
         self._left -= 1
         return self._current
 
@@ -93,11 +106,12 @@ class ShardedWriter(Writer):
         (self._next() if first else self._current).write_part(info.key, data)
 
     def _finish(self) -> None:
-        if self._current is None:  # no tensors at all: still one (empty) file
-            self._current = SafetensorsWriter(self.path / self.names[0], [], self.metadata)
-        self._current.close()
-        if len(self.names) > 1:
-            (self.path / INDEX).write_text(index_json(self.groups, self.names), encoding="utf-8")
+        if self._current is None and not self.groups[0] and (self.only is None or 0 in self.only):
+            self._current = SafetensorsWriter(self.path / self.names[0], [], self.metadata)  # no tensors: one empty file
+        if self._current is not None:
+            self._current.close()
+        if self.only is None:
+            write_index(self.path, self.groups)
 
     def _discard(self) -> None:
         if self._current is not None:

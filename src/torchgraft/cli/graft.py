@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from torchgraft.api import apply, check
-from torchgraft.cli import exits, rundir, sweep
+from torchgraft.cli import exits, rundir, sweep, torchrun
 from torchgraft.core.errors import RecipeError
 from torchgraft.core.heap import paused_gc
 from torchgraft.core.text import human_bytes, printable
@@ -32,6 +32,7 @@ from torchgraft.execution.executor import check_output, execute
 from torchgraft.execution.initial import advice as init_advice
 from torchgraft.execution.outputs import output_bytes
 from torchgraft.execution.pipeline import Settings
+from torchgraft.execution.ranks import ALONE, World
 from torchgraft.execution.sources import pin_contents
 from torchgraft.planning.planner import make_plan
 from torchgraft.plans import review
@@ -46,11 +47,12 @@ from torchgraft.recipe.run_options import RUN_FIELDS, RunOptions, flag, parse_ru
 log = logging.getLogger("torchgraft")
 
 
-def run(cfg: DictConfig, options: RunOptions, run_dir: Path) -> sweep.Outcome:
+def run(cfg: DictConfig, options: RunOptions, run_dir: Path, world: World = ALONE) -> sweep.Outcome:
     """One job: plan the composed recipe, print it, and execute it unless dry_run.
-    ``apply=PLAN`` runs a reviewed plan instead; ``check=PLAN`` compares with a committed one."""
+    ``apply=PLAN`` runs a reviewed plan instead; ``check=PLAN`` compares with a committed one.
+    Under torchrun (``world``) every rank plans, rank 0 prints, each writes its share."""
     if options.apply:
-        return _apply(cfg, options, run_dir)
+        return _apply(cfg, options, run_dir, world)
     data = resolve(cfg)
     recipe = parse_recipe(data)
     verify = options.verify_sources
@@ -78,10 +80,11 @@ def run(cfg: DictConfig, options: RunOptions, run_dir: Path) -> sweep.Outcome:
         if verify == "hash":
             plan = pin_contents(plan)
         text = render(plan)
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        if world.rank == 0:
+            sys.stdout.write(text)
+            sys.stdout.flush()
         warning = unused_warning(plan)
-        if warning:
+        if warning and world.rank == 0:
             log.warning("%s", warning)
         note = init_advice(plan)
         if note:
@@ -92,7 +95,7 @@ def run(cfg: DictConfig, options: RunOptions, run_dir: Path) -> sweep.Outcome:
             return sweep.Outcome.of(plan, "dry_run")
     start = time.perf_counter()
     try:
-        execute(plan, output, overwrite=recipe.output.overwrite, settings=settings(options))
+        execute(plan, output, overwrite=recipe.output.overwrite, world=world, settings=settings(options))
     except BaseException:  # nothing is written on error: not the run's plan files either
         for suffix in (".json", ".txt", ".md"):
             (run_dir / f"plan{suffix}").unlink(missing_ok=True)
@@ -151,7 +154,7 @@ def apply_output(path: str, overrides: list[str], cfg: DictConfig, run_dir: Path
     return Path(planned) if planned else run_dir / "model.safetensors"
 
 
-def _apply(cfg: DictConfig, options: RunOptions, run_dir: Path) -> sweep.Outcome:
+def _apply(cfg: DictConfig, options: RunOptions, run_dir: Path, world: World = ALONE) -> sweep.Outcome:
     """``apply=PLAN``: the plan is the recipe; only output.path/overwrite and dry_run apply."""
     path = str(options.apply)
     overrides = list(HydraConfig.get().overrides.task)
@@ -163,9 +166,11 @@ def _apply(cfg: DictConfig, options: RunOptions, run_dir: Path) -> sweep.Outcome
         log.info("dry run: %s is unedited and its sources and target are unchanged; nothing written", path)
         return sweep.Outcome.of(plan, "apply")
     start = time.perf_counter()
-    plan = apply(path, output, overwrite=flag(cfg.output.get("overwrite"), "output.overwrite"), settings=settings(options))
+    plan = apply(path, output, overwrite=flag(cfg.output.get("overwrite"), "output.overwrite"), world=world,
+                 settings=settings(options))
     text = render(plan)
-    sys.stdout.write(text)
+    if world.rank == 0:
+        sys.stdout.write(text)
     write_plan(plan, run_dir / "plan", text)
     log.info("applied %s: wrote %s (%s) in %.2f s; verified against the plan", path, output, written_text(plan, output_bytes(output)),
              time.perf_counter() - start)
@@ -183,6 +188,7 @@ class _Call:
     run_dir: Path | None = None
     sweep_dir: Path | None = None
     errors: list[Exception] = field(default_factory=list)  # of the jobs, in order
+    world: World = field(default_factory=World)  # this process's rank under torchrun
 
     def worst_error(self) -> Exception | None:
         """The error ``main`` reports: the first bug, else the first user error."""
@@ -211,7 +217,7 @@ def _job(cfg: DictConfig, call: _Call) -> sweep.Outcome | None:
         call.debug = options.debug
         if call.multirun and not options.dry_run:
             sweep.refuse_recipe_output(cfg, call.argv)
-        outcome = run(cfg, options, run_dir)
+        outcome = run(cfg, options, run_dir, call.world)
     except Exception as err:
         sweep.write_status(mode, None, err, call.argv)
         call.errors.append(err)
@@ -284,7 +290,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     # SIGTERM and SIGHUP clean up as Ctrl-C does (temporaries removed); restored on return.
     previous = {signum: signal.signal(signum, exits.interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
+        call.world = torchrun.join()
         if multirun:
+            if not call.world.alone:
+                raise RecipeError("-m", "a sweep does not run under torchrun (each job would run on every rank); "
+                                        "run one recipe per torchrun, or sweep with hydra/launcher=submitit_slurm")
             sweep.refuse_shared_output(argv)
         with _hydra_app_args(argv), compose_once():
             app()
@@ -307,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             rundir.discard(call.run_dir)
         elif code == exits.OK:
             rundir.point_latest(call.run_dir)
+    torchrun.leave(call.world, error, code)  # under torchrun: once every rank knows, and rank 0 has cleaned up
     sys.exit(code)
 
 

@@ -39,3 +39,14 @@ class OutputError(GraftError):
 
 class DriftError(GraftError):
     """A reviewed plan no longer matches its sources, target or itself."""
+
+
+class RankFailed(GraftError):
+    """Under ``torchrun``: one rank failed, so every rank stops with its message."""
+
+    def __init__(self, field: str | None, reason: str, rank: int, size: int):
+        self.reason, self.rank, self.size = reason, rank, size
+        super().__init__(field, f"{reason} (rank {rank} of {size})")
+
+    def __reduce__(self):
+        return (type(self), (self.field, self.reason, self.rank, self.size))

@@ -76,5 +76,6 @@ class LitClassifier(nn.Module):
 
 
 from torchgraft.examples.llama import MetaLlama  # noqa: E402 -- after the small models it sits beside
+from torchgraft.examples.moe import MoELlama  # noqa: E402
 
-__all__ = ["ConvNet", "SequentialNet", "LinearProbe", "LitClassifier", "MetaLlama"]
+__all__ = ["ConvNet", "SequentialNet", "LinearProbe", "LitClassifier", "MetaLlama", "MoELlama"]

@@ -140,6 +140,53 @@ def _meta_llama(path: Path) -> None:
                                     seed=16, spread=0.5), path)
 
 
+HF_MIXTRAL = {"vocab_size": 128, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2, "rms_norm_eps": 1e-5,
+              "tie_word_embeddings": False, "max_position_embeddings": 64}
+MOE_LLAMA = {"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 128, "hidden_dim": 48, "n_experts": 4, "top_k": 2}
+
+
+def hf_mixtral_config():
+    """The tiny ``transformers.MixtralConfig`` of the ``hf_mixtral`` example (4 experts, top 2)."""
+    try:
+        import transformers
+    except ImportError:
+        raise RecipeError(None, "the hf_mixtral example needs transformers (pip install 'torchgraft[ports]')") from None
+    return transformers.MixtralConfig(**HF_MIXTRAL)
+
+
+def _hf_mixtral(path: Path) -> None:
+    """A Hugging Face model folder of a random ``MixtralForCausalLM``, written by its own
+    ``save_pretrained``: transformers holds the experts stacked in memory but writes one
+    ``block_sparse_moe.experts.{e}.w1.weight`` per expert, as Mixtral's files have them."""
+    import transformers
+
+    torch.manual_seed(17)
+    model = transformers.MixtralForCausalLM(hf_mixtral_config())
+    state = _random_state(lambda: model, seed=17, spread=0.5)
+    model.load_state_dict(state, strict=True)
+    model.save_pretrained(str(path))
+
+
+def _moe_llama(path: Path) -> None:
+    from torchgraft.examples.moe import MoELlama
+
+    _save_safetensors(_random_state(lambda: MoELlama(**MOE_LLAMA), seed=18, spread=0.5), path)
+
+
+HF_BERT = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 64,
+           "max_position_embeddings": 32, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+def _hf_bert(path: Path) -> None:
+    """A Hugging Face model folder of a random 4-layer ``BertModel``, saved by transformers."""
+    import transformers
+
+    model = transformers.BertModel(transformers.BertConfig(**HF_BERT))
+    model.load_state_dict(_random_state(lambda: model, seed=19), strict=True)
+    model.save_pretrained(str(path))
+
+
 EXAMPLES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "convnet": ("convnet.safetensors", _convnet),
     "sequential": ("sequential.pt", _sequential),
@@ -151,6 +198,9 @@ EXAMPLES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "vit": ("vit.safetensors", _vit),
     "hf_llama": ("hf_llama", _hf_llama),
     "meta_llama": ("meta_llama.safetensors", _meta_llama),
+    "hf_mixtral": ("hf_mixtral", _hf_mixtral),
+    "moe_llama": ("moe_llama.safetensors", _moe_llama),
+    "hf_bert": ("hf_bert", _hf_bert),
     **{f"run_step{step}": (f"run_step{step}.pt", _training_run(step)) for step in (3000, 4000, 5000)},
 }
 

@@ -52,6 +52,26 @@ class Attention(nn.Module):
         return self.wo(out.transpose(1, 2).reshape(b, s, -1))
 
 
+class FusedAttention(Attention):
+    """torchtitan's fused ``wqkv``: for each key/value head in turn, the rows of the query
+    heads that share it, then its key rows, then its value rows (one matmul for all three)."""
+
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int):
+        super().__init__(dim, n_heads, n_kv_heads)
+        del self.wq, self.wk, self.wv
+        self.wqkv = nn.Linear(dim, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=False)
+
+    def forward(self, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        repeat = self.n_heads // self.n_kv_heads
+        qkv = self.wqkv(x).view(b, s, self.n_kv_heads, repeat + 2, self.head_dim)
+        q = rotate(qkv[:, :, :, :repeat].reshape(b, s, self.n_heads, self.head_dim), angles)
+        k = rotate(qkv[:, :, :, repeat], angles).repeat_interleave(repeat, dim=2)
+        v = qkv[:, :, :, repeat + 1].repeat_interleave(repeat, dim=2)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+
+
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
@@ -64,9 +84,9 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, hidden_dim: int, norm_eps: float):
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, hidden_dim: int, norm_eps: float, fused_qkv: bool = False):
         super().__init__()
-        self.attention = Attention(dim, n_heads, n_kv_heads)
+        self.attention = (FusedAttention if fused_qkv else Attention)(dim, n_heads, n_kv_heads)
         self.feed_forward = FeedForward(dim, hidden_dim)
         self.attention_norm = RMSNorm(dim, norm_eps)
         self.ffn_norm = RMSNorm(dim, norm_eps)
@@ -76,18 +96,12 @@ class TransformerBlock(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
-class MetaLlama(nn.Module):
-    """``MetaLlama(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, hidden_dim=96)``."""
+class RotaryDecoder(nn.Module):
+    """What Meta-layout decoders share: token embeddings, blocks taking the rotary angles,
+    a final norm and the output head (set by the subclass)."""
 
-    def __init__(self, dim: int = 64, n_layers: int = 2, n_heads: int = 4, n_kv_heads: int | None = None,
-                 vocab_size: int = 128, hidden_dim: int = 96, norm_eps: float = 1e-5, rope_theta: float = 10000.0):
-        super().__init__()
-        n_kv_heads = n_kv_heads or n_heads
-        self.head_dim, self.rope_theta = dim // n_heads, rope_theta
-        self.tok_embeddings = nn.Embedding(vocab_size, dim)
-        self.layers = nn.ModuleList([TransformerBlock(dim, n_heads, n_kv_heads, hidden_dim, norm_eps) for _ in range(n_layers)])
-        self.norm = RMSNorm(dim, norm_eps)
-        self.output = nn.Linear(dim, vocab_size, bias=False)
+    head_dim: int
+    rope_theta: float
 
     def angles(self, seq_len: int, device: torch.device) -> torch.Tensor:
         freqs = 1.0 / self.rope_theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
@@ -100,3 +114,20 @@ class MetaLlama(nn.Module):
         for layer in self.layers:
             x = layer(x, angles)
         return self.output(self.norm(x))
+
+
+class MetaLlama(RotaryDecoder):
+    """``MetaLlama(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, hidden_dim=96)``;
+    ``fused_qkv=True``: torchtitan's one ``attention.wqkv`` in place of ``wq/wk/wv``."""
+
+    def __init__(self, dim: int = 64, n_layers: int = 2, n_heads: int = 4, n_kv_heads: int | None = None,
+                 vocab_size: int = 128, hidden_dim: int = 96, norm_eps: float = 1e-5, rope_theta: float = 10000.0,
+                 fused_qkv: bool = False):
+        super().__init__()
+        n_kv_heads = n_kv_heads or n_heads
+        self.head_dim, self.rope_theta = dim // n_heads, rope_theta
+        self.tok_embeddings = nn.Embedding(vocab_size, dim)
+        self.layers = nn.ModuleList([TransformerBlock(dim, n_heads, n_kv_heads, hidden_dim, norm_eps, fused_qkv)
+                                     for _ in range(n_layers)])
+        self.norm = RMSNorm(dim, norm_eps)
+        self.output = nn.Linear(dim, vocab_size, bias=False)

@@ -25,7 +25,7 @@ from torchgraft.checkpoints import Reader, atomic_output, open_checkpoint, open_
 from torchgraft.checkpoints.atomic import atomic_directory
 from torchgraft.checkpoints.dcp_writer import DCP_FILES, write_dcp
 from torchgraft.checkpoints.formats import directory_needed, output_format
-from torchgraft.checkpoints.sharded import ShardedWriter, check_directory
+from torchgraft.checkpoints.sharded import ShardedWriter, check_directory, split, write_index
 from torchgraft.checkpoints.writers import SafetensorsWriter
 from torchgraft.core.errors import OutputError
 from torchgraft.core.heap import HeapTrimmer
@@ -35,9 +35,10 @@ from torchgraft.core.tensors import TensorInfo, torch_dtype
 from torchgraft.execution import pipeline
 from torchgraft.execution import units as work
 from torchgraft.execution.initial import check_initial, initial_values
-from torchgraft.execution.outputs import copy_files, replaceable
+from torchgraft.execution.outputs import replaceable, side_files
 from torchgraft.execution.pipeline import Settings
 from torchgraft.execution.progress import Progress
+from torchgraft.execution.ranks import ALONE, World
 from torchgraft.execution.sources import check_sources_unchanged, open_plan_sources
 from torchgraft.execution.units import Unit, as_bytes, compute_unit, materialize, read_unit, unchanged, units
 from torchgraft.plans.types import Plan
@@ -87,7 +88,7 @@ def _stream(plan: Plan, writer, readers: Mapping[str, Reader], initial, progress
 
 
 def _write_dcp(plan: Plan, tmp: Path, infos: list[TensorInfo], readers: Mapping[str, Reader], initial,
-               metadata: Mapping[str, str], progress: Progress) -> None:
+               metadata: Mapping[str, str], progress: Progress, distributed: bool = False) -> None:
     """A DCP folder through torch.distributed.checkpoint's writer, which asks for each
     tensor in turn (no byte copies: DCP stores each tensor as a torch.save blob)."""
     by_key = {e.key: e for e in plan.entries}
@@ -101,7 +102,7 @@ def _write_dcp(plan: Plan, tmp: Path, infos: list[TensorInfo], readers: Mapping[
         progress.update(nbytes)
         return tensor
 
-    write_dcp(tmp, infos, value, metadata)
+    write_dcp(tmp, infos, value, metadata, distributed=distributed)
 
 
 def _verify(path: Path, fmt: str, plan: Plan, metadata: Mapping[str, str]) -> None:
@@ -134,57 +135,78 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise OutputError("output.path", f"{path}: already exists (set output.overwrite=true to replace it)")
 
 
-def execute(plan: Plan, output: str | Path, *, overwrite: bool = False, settings: Settings | None = None) -> Path:
+def execute(plan: Plan, output: str | Path, *, overwrite: bool = False, world: World = ALONE,
+            settings: Settings | None = None) -> Path:
     """Write the plan's output at ``output`` (atomically), verify it, return its path.
 
     ``.safetensors`` streams: memory is the tensors in flight. ``.pt``/``.pth`` is one
     pickle: the whole output is held in memory until it is saved. A path without an
     extension is a Hugging Face model directory, in shards if the plan has a shard size;
     ``.dcp`` is a torch.distributed.checkpoint folder, one tensor in memory at a time.
+    ``world``: this process's rank under ``torchrun``, which writes its share (``ranks``).
     ``settings``: how many bytes may be in flight, and whether to overlap reads, computes
     and writes (``pipeline``); the output is the same either way.
     """
     path = Path(output)
-    check_output(path, overwrite)
-    for ref in plan.sources:  # apply: the output may be named after the plan was made
-        how = overlap(path, Path(ref.path))
-        if how:
-            raise OutputError("output.path", f"{path} {how} '{ref.name}' ({ref.path}); sources are never overwritten")
-    fmt = output_format(path)
-    reason = directory_needed(path, sharded=plan.layout.shard_size is not None, copies=bool(plan.layout.files))
-    if reason:
-        raise OutputError("output.path", reason)
-    readers = open_plan_sources(plan)
+    readers: dict[str, Reader] = {}
     try:
-        check_initial(plan)
+        with world.step() as same:
+            same.value = (plan.sha256, str(path))
+            _check_path(plan, path, overwrite)
+            readers = open_plan_sources(plan)
+            check_initial(plan)
+        world.same("output path", "output.path", [v[1] for v in same.values],
+                   "; give output.path, on a filesystem every rank sees (the default is in each rank's run directory)")
+        world.same("plan sha256", "plan", [v[0] for v in same.values])
+        fmt = output_format(path)
         initial = initial_values(plan, readers)
         infos = [TensorInfo(e.key, tuple(e.shape), e.dtype) for e in plan.entries]
         metadata = {"format": "pt", "torchgraft.plan_sha256": plan.sha256, "torchgraft.version": plan.version}
+        share = world.share(plan, fmt)
+        if not world.alone and world.rank == 0 and fmt not in ("directory", "dcp"):
+            log.warning("%s is one file: rank 0 writes it alone (a directory output, output.shard_size, or a .dcp "
+                        "output splits the work across the %d ranks)", path.name, world.size)
         if fmt == "directory":
             publish = atomic_directory(path, overwrite=overwrite, replaceable=replaceable(plan.layout))
         elif fmt == "dcp":
             publish = atomic_directory(path, overwrite=overwrite, replaceable=DCP_FILES)
         else:
             publish = atomic_output(path, overwrite=overwrite)
-        with publish as tmp:
-            if fmt == "dcp":
-                with Progress(sum(i.nbytes for i in infos), f"writing {path.name}") as progress:
-                    _write_dcp(plan, tmp, infos, readers, initial, metadata, progress)
-            else:
+        with world.publishing(publish) as tmp:
+            label = f"writing {path.name}" + ("" if world.alone else f" (rank {world.rank} of {world.size})")
+            with Progress(sum(i.nbytes for i in share.infos), label) as progress:
+                if fmt == "dcp":
+                    _write_dcp(share.plan, tmp, share.infos, readers, initial, metadata, progress, not world.alone)
+                elif world.alone or (share.shards if fmt == "directory" else world.rank == 0):
+                    if fmt == "directory":
+                        writer = ShardedWriter(tmp, infos, metadata, plan.layout.shard_size, share.shards)
+                    else:
+                        writer = open_writer(tmp, infos, metadata, _first_copy_page_offset(plan, readers))
+                    with writer:
+                        _stream(share.plan, writer, readers, initial, progress, settings or Settings())
+            world.barrier()  # every rank's share is written
+            if world.rank == 0:
                 if fmt == "directory":
-                    writer = ShardedWriter(tmp, infos, metadata, plan.layout.shard_size)
-                else:
-                    writer = open_writer(tmp, infos, metadata, _first_copy_page_offset(plan, readers))
-                with writer, Progress(sum(i.nbytes for i in infos), f"writing {path.name}") as progress:
-                    _stream(plan, writer, readers, initial, progress, settings or Settings())
-            if fmt == "directory":
-                copy_files(plan, tmp)
-            _verify(tmp, fmt, plan, metadata)
+                    if not world.alone:  # the shards are all written: rank 0 indexes them
+                        write_index(tmp, split(infos, plan.layout.shard_size))
+                    side_files(plan, tmp)
+                _verify(tmp, fmt, plan, metadata)
             check_sources_unchanged(plan, readers)  # what was read is what was checked
         return path
     finally:
         for reader in readers.values():
             reader.close()
+
+
+def _check_path(plan: Plan, path: Path, overwrite: bool) -> None:
+    check_output(path, overwrite)
+    for ref in plan.sources:  # apply: the output may be named after the plan was made
+        how = overlap(path, Path(ref.path))
+        if how:
+            raise OutputError("output.path", f"{path} {how} '{ref.name}' ({ref.path}); sources are never overwritten")
+    reason = directory_needed(path, sharded=plan.layout.shard_size is not None, copies=bool(plan.layout.names))
+    if reason:
+        raise OutputError("output.path", reason)
 
 
 def state_dict(plan: Plan, initial: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -156,16 +156,28 @@ def slot_maker(region: Region, shape: Sequence[int]) -> Callable[[Sequence[str]]
     dims = [region.var_dim(name, len(shape)) for name in names]
     parts = describe(base, shape)[1:-1].split(", ")
     bounds, kept = list(base.bounds), base.kept
+    # 48 layers x 3 rules bind the same 128 values: each slot is made once, and its box
+    # shared (the planner then hashes and compares one object per slot, not 144).
+    made: dict[tuple[str, ...], tuple[Box, str] | None] = {}
 
     def make(values: Sequence[str]) -> tuple[Box, str] | None:
+        values = tuple(values)
+        found = made.get(values, False)
+        if found is not False:
+            return found
         for dim, value in zip(dims, values):
             if not (value.isdecimal() and value.isascii() and len(value) <= _MAX_INDEX_DIGITS) or int(value) >= shape[dim]:
-                return None
+                found = None
+                break
             value = int(value)
             bounds[dim] = (value, value + 1)
             parts[dim] = str(value)
-        return Box(tuple(bounds), kept), "[" + ", ".join(parts) + "]"
+        else:
+            found = Box(tuple(bounds), kept), "[" + ", ".join(parts) + "]"
+        made[values] = found
+        return found
 
+    make.shape = base.shape  # type: ignore[attr-defined]  # every slot's box has this shape
     return make
 
 

@@ -68,9 +68,11 @@ def _reads_text(reads: Sequence[Read]) -> str:
     return " + ".join(f"{r.source}:{r.key}{r.region or ''}" for r in reads)
 
 
-def _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms) -> str | None:
-    """Why values of ``shape`` and ``dtype`` cannot go to ``key`` (its region ``box``), or None."""
-    expected = box.shape if box is not None else target.shape
+def _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms, expected=None) -> str | None:
+    """Why values of ``shape`` and ``dtype`` cannot go to ``key`` (its region ``box``, of shape
+    ``expected`` when the caller knows it), or None."""
+    if expected is None:
+        expected = box.shape if box is not None else target.shape
     if shape == tuple(expected) and is_floating(dtype) == is_floating(target.dtype):
         return None
     source_text = _reads_text(reads)
@@ -108,6 +110,9 @@ class RuleExpander:
         self.target = {t.key: t for t in target} if target is not None else None
         self.extracted: dict[str, TensorInfo] = {}  # the output's tensors when there is no target
         self.assignments: list[_Assignment] = []
+        # explicit rules that index a region with a bound variable (stacking): each checked
+        # that no two of its bindings write one slot, so their slots need no second check
+        self.slot_checked: set[str] = set()
         self.skipped: list[Skipped] = []
 
     # -- the target's tensors ------------------------------------------------------
@@ -263,8 +268,12 @@ class RuleExpander:
                     raise PlanError(f"{field}.merge", f"a gradient over {over} needs layer numbers, but {over} binds {odd!r}")
             numbers = [int(b[over]) if over is not None else LayerPositions.number_in(to) for b, to in pairs]
             positions = LayerPositions(numbers)
+        to_field, from_field = f"{field}.to", f"{field}.from"  # made once: a stacking rule loops 18k times
+        joined = isinstance(rule.merge, Mapping) and "each" in rule.merge
+        if to_region is not None and to_region.variables:
+            self.slot_checked.add(to_field)
         for bindings, to_text in pairs:
-            target = self._target_info(to_text, f"{field}.to", rule.missing, rule.to)
+            target = self._target_info(to_text, to_field, rule.missing, rule.to)
             if target is None and self.target is not None:
                 continue
             reads = []
@@ -272,7 +281,7 @@ class RuleExpander:
                 try:
                     key = template.format(bindings)
                 except PatternError as err:
-                    raise PlanError(f"{field}.from", f"{err} (filling '{text}' for {to_text})") from None
+                    raise PlanError(from_field, f"{err} (filling '{text}' for {to_text})") from None
                 info = self.inventories[source].get(key)
                 if info is None:
                     if rule.missing == "skip":
@@ -293,15 +302,17 @@ class RuleExpander:
                         raise PlanError(f"{field}.merge.base", f"base '{base}' has no tensor '{first.key}'"
                                                                f"{closest(first.key, list(self.inventories[base]))}")
                     reads.append(Read(base, first.key, info.shape, info.dtype, first.region))
-                if isinstance(rule.merge, Mapping) and "each" in rule.merge:
+                if joined:
                     src_shape = self._joined_shape(reads, rule, output)
+                elif len(reads) == 1 and reads[0].region is None:
+                    src_shape = reads[0].shape
                 else:
-                    src_shape = self._merged_shape(reads, f"{field}.from")
+                    src_shape = self._merged_shape(reads, from_field)
                 merge = output.merge
                 if positions is not None:
                     number = int(bindings[over]) if over is not None else LayerPositions.number_in(to_text)
                     merge = resolve(rule.merge, positions.t(number))
-                box = text = None
+                box = text = expected = None
                 if to_region is not None:
                     if target is None:
                         raise PlanError(f"{field}.to", f"'{rule.to}': a region needs a target tensor to write into (set target or base)")
@@ -311,13 +322,14 @@ class RuleExpander:
                             makers[target.shape] = slot_maker(to_region, target.shape)
                         maker = makers[target.shape]
                         made = maker([bindings.get(v, "") for v in to_region.variables]) if maker else None
+                        expected = maker.shape if made is not None else None
                     if made is None:  # the slow way, which says what is wrong
                         bound = self._bind_region(to_region, bindings, f"{field}.to", rule.to)
                         made = self._box(bound, target.shape, f"{field}.to", to_text, to_region, bindings, reads), None
                     box, text = made
                     if to_region.variables:
-                        self._one_write_per_slot(slots, to_text, box, reads, f"{field}.to", target.shape)
-                self._assign(to_text, box, target, tuple(reads), output, f"{field}.to", src_shape, merge, text)
+                        self._one_write_per_slot(slots, to_text, box, reads, to_field, target.shape)
+                self._assign(to_text, box, target, tuple(reads), output, to_field, src_shape, merge, text, expected)
 
     def _binder(self, sides: _Sides) -> int | None:
         """The side that binds the variables: -1 for ``to``, else the index of a ``from``;
@@ -328,7 +340,8 @@ class RuleExpander:
         region_vars = sides.to_region.variables if sides.to_region is not None else ()
         if to_vars and self.target is not None and all(v in to_vars for v in region_vars):
             return -1
-        plain = next((i for i, t in enumerate(sides.from_templates) if t.variables), None)
+        plain = next((i for i, (t, r) in enumerate(zip(sides.from_templates, sides.from_regions))
+                      if t.variables or (r is not None and r.variables)), None)
         if plain is not None:
             return plain
         return -1 if to_vars or region_vars else None
@@ -401,13 +414,14 @@ class RuleExpander:
     @staticmethod
     def _one_write_per_slot(slots: dict, key: str, box: Box, reads, field: str, shape) -> None:
         """Two bindings of one rule must not write the same slot (``experts.1`` and ``experts.01``)."""
-        slot = (key, box)
+        slot = (key, box.bounds)
         if slot in slots:
             raise PlanError(field, f"{key}{describe(box, shape)} is written twice by this rule: by {_reads_text(slots[slot])} "
                                    f"and by {_reads_text(reads)} (two bindings give the same index)")
         slots[slot] = reads
 
-    def _assign(self, key, box, target, reads, output: _RuleOutput, blame, shape, merge, region_text: str | None = None):
+    def _assign(self, key, box, target, reads, output: _RuleOutput, blame, shape, merge, region_text: str | None = None,
+                expected: tuple[int, ...] | None = None):
         field, transforms = output.field, output.transforms
         src_shape, dtype = tuple(shape), reads[0].dtype
         for i, transform in enumerate(transforms):
@@ -424,7 +438,7 @@ class RuleExpander:
         if target is None:  # extraction: the rule defines the output tensor, so its values fit
             self.extracted.setdefault(key, TensorInfo(key, shape, dtype))  # a second, conflicting rule fails the overlap check
         else:
-            problem = _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms)
+            problem = _mismatch(reads, key, box, target, src_shape, shape, dtype, transforms, expected)
             if problem:
                 if self.recipe.policy.mismatch == "skip":
                     self.skipped.append(Skipped(key, field, problem))

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from torchgraft.checkpoints import Reader, open_checkpoint
 from torchgraft.core.errors import PlanError
-from torchgraft.core.target import check_resettable, target_inventory
+from torchgraft.core.target import build_model, check_resettable, model_inventory
 from torchgraft.core.tensors import TensorInfo, is_floating
 from torchgraft.core.text import shape_text
 from torchgraft.core.version import __version__
@@ -97,11 +97,19 @@ class _Planner(RuleExpander):
         """The assignments to each key, in rule order; two that overlap are an error."""
         by_key: dict[str, list[_Assignment]] = {}
         slotted: dict[str, _Slots] = {}  # keys written region by region: candidates by index
+        # keys that only one stacking rule writes so far: it checked its slots itself
+        single: dict[str, str] = {}
         for a in self.assignments:
             others = by_key.get(a.key)
             if others is None:
                 by_key[a.key] = [a]
+                if a.field in self.slot_checked:
+                    single[a.key] = a.field
                 continue
+            if single.get(a.key) == a.field:
+                others.append(a)
+                continue
+            single.pop(a.key, None)
             slots = slotted.get(a.key)
             if slots is None:
                 slots = slotted[a.key] = _Slots(others)
@@ -200,8 +208,10 @@ def _make_plan(recipe: Recipe, resolved: dict, *, target: list[TensorInfo] | Non
     own = readers is None
     readers = open_sources(recipe) if own else readers
     try:
+        model = None  # the target, built on the meta device: its inventory, and its config (output.config)
         if target is None and recipe.target is not None:
-            target = target_inventory(recipe.target)
+            model = build_model(recipe.target, device="meta")
+            target = model_inventory(model)
         elif target is None and recipe.base is not None:
             target = readers[recipe.base].inventory()
         planner = _Planner(recipe, readers, target)
@@ -231,7 +241,7 @@ def _make_plan(recipe: Recipe, resolved: dict, *, target: list[TensorInfo] | Non
                              recipe.target_init),
             recipe=resolved,
             version=__version__,
-            layout=resolve_layout(recipe, readers),
+            layout=resolve_layout(recipe, readers, model),
         )
         if recipe.target_init == "per_module" and recipe.target is not None and recipe.base is None:
             # a module without reset_parameters fails the dry run, not the execution

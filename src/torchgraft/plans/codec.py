@@ -17,6 +17,7 @@ from torchgraft.core.errors import PlanError
 from torchgraft.plans import _json_fast
 from torchgraft.plans.schema import SCHEMA_VERSION, validate, validate_by_form
 from torchgraft.plans.types import (
+    ConfigFile,
     CopiedFile,
     Entry,
     Layout,
@@ -107,9 +108,11 @@ def _head(plan: Plan) -> dict:
     if plan.layout != Layout():
         body["output"] = {
             "shard_size": plan.layout.shard_size,
-            "files": [{"source": f.source, "name": f.name, "size": f.size, "sha256": f.sha256}
-                      for f in plan.layout.files],
+            "files": [{**({"folder": f.folder} if f.folder is not None else {"source": f.source}),
+                       "name": f.name, "size": f.size, "sha256": f.sha256} for f in plan.layout.files],
         }
+        if plan.layout.config:  # left out when empty: plans without it keep their hash
+            body["output"]["config"] = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in plan.layout.config]
     return body
 
 
@@ -180,7 +183,9 @@ def from_document(data: dict) -> Plan:
         recipe=data["recipe"],
         version=data["torchgraft_version"],
         layout=Layout(output.get("shard_size"),
-                      tuple(CopiedFile(f["source"], f["name"], f["size"], f["sha256"]) for f in output.get("files", []))),
+                      tuple(CopiedFile(f.get("source"), f["name"], f["size"], f["sha256"], f.get("folder"))
+                            for f in output.get("files", [])),
+                      tuple(ConfigFile(f["name"], f["size"], f["sha256"]) for f in output.get("config", []))),
     )
 
 

@@ -18,24 +18,34 @@ MAX_NODES = 30
 _NUMBER = re.compile(r"^\d+$")
 
 
-def _module(key: str, depth: int) -> str:
-    parts = key.split(".")
-    if len(parts) > 1:
-        parts = parts[:-1]  # the tensor's own name
-    return ".".join("*" if _NUMBER.match(p) else p for p in parts[:depth])
+def _segments(key: str, cache: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[str, ...]:
+    """The first 3 segments of a key's module (its tensor name dropped), numbers as ``*``.
+    Cached by those segments: a 100k-tensor plan has a few hundred of them."""
+    parts = key.split(".", 3)
+    head = tuple(parts[:3] if len(parts) == 4 else parts[:-1] or parts)
+    found = cache.get(head)
+    if found is None:
+        found = cache[head] = tuple("*" if _NUMBER.match(p) else p for p in head)
+    return found
 
 
-def _edges(plan: Plan, depth: int) -> set[tuple[str, str, str]]:
-    """(source name or "" for initial values, source module, target module)."""
+def _deepest_edges(plan: Plan) -> set[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """(source name or "" for initial values, source segments, target segments), once."""
+    cache: dict[tuple[str, ...], tuple[str, ...]] = {}
     edges = set()
     for entry in plan.entries:
-        to = _module(entry.key, depth)
+        to = _segments(entry.key, cache)
         for piece in entry.pieces:
             for read in piece.reads:
-                edges.add((read.source, _module(read.key, depth), to))
+                edges.add((read.source, _segments(read.key, cache), to))
         if entry.needs_initial:
-            edges.add(("", "", to))
+            edges.add(("", (), to))
     return edges
+
+
+def _edges(deepest: set, depth: int) -> set[tuple[str, str, str]]:
+    """(source name or "" for initial values, source module, target module) at ``depth``."""
+    return {(source, ".".join(module[:depth]), ".".join(to[:depth])) for source, module, to in deepest}
 
 
 def _nodes(edges: set[tuple[str, str, str]]) -> int:
@@ -53,10 +63,11 @@ def _label(text: str) -> str:
 
 def flowchart(plan: Plan) -> list[str]:
     """The Markdown lines of the chart (a mermaid block), or none for an empty plan."""
+    deepest = _deepest_edges(plan)
     edges: set[tuple[str, str, str]] = set()
     depth = 3
     for depth in (3, 2, 1):
-        edges = _edges(plan, depth)
+        edges = _edges(deepest, depth)
         if _nodes(edges) <= MAX_NODES:
             break
     if not edges or _nodes(edges) > MAX_NODES:  # even the top-level modules are too many to draw
@@ -74,7 +85,9 @@ def flowchart(plan: Plan) -> list[str]:
             lines += [f'  subgraph source{i}["{_label(source)}"]', *(f'    {node(source, m)}["{_label(m)}"]' for m in modules), "  end"]
     if any(s == "" for s, _, _ in edges):
         lines.append(f'  {node("", "")}(["initial values"])')
-    targets = list(dict.fromkeys(_module(e.key, depth) for e in plan.entries))
+    cache: dict[tuple[str, ...], tuple[str, ...]] = {}
+    segments = dict.fromkeys(_segments(e.key, cache) for e in plan.entries)  # in plan order
+    targets = list(dict.fromkeys(".".join(t[:depth]) for t in segments))
     lines += ['  subgraph target["target"]', *(f'    {node(None, t)}["{_label(t)}"]' for t in targets), "  end"]
     for source, module, to in sorted(edges, key=lambda e: (e[0] == "", sources.index(e[0]) if e[0] else 0, e[1], targets.index(e[2]))):
         lines.append(f"  {node(source, module)} {'-.->' if source == '' else '-->'} {node(None, to)}")

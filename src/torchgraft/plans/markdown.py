@@ -10,7 +10,7 @@ import re
 
 from torchgraft.core.text import human_bytes, printable
 from torchgraft.plans.flowchart import flowchart
-from torchgraft.plans.text import nbytes, shown_path, source_stats, summary, table, target_text, unused_lines
+from torchgraft.plans.text import layout_text, nbytes, shown_path, source_stats, summary, table, target_text, unused_lines
 from torchgraft.plans.types import Plan
 
 OPEN_UP_TO = 30  # lines: a list this short is shown open
@@ -57,6 +57,9 @@ def render_markdown(plan: Plan) -> str:
                 f"| {n_read} ({human_bytes(b_read)}) | {n_unused} ({human_bytes(b_unused)}) |"
             )
         lines.append("")
+    files = layout_text(plan)
+    if files:  # what the model directory gets besides its tensors
+        lines += [f"**Files** {_cell(files)}", ""]
     lines += [summary(plan), ""]
     rows = table(plan)
     lines += _block(f"Transfer: {len(plan.entries)} target tensors in {len(rows)} lines", rows)

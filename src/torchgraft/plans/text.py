@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -132,30 +133,46 @@ def origin_text(entry: Entry, keys: Sequence[str] | None = None) -> str:
 
 
 def _index_step(a: Piece, a_keys: Sequence[str], b: Piece, b_keys: Sequence[str]):
-    """``(region item, key segments, a's index, b's index)`` when ``b`` is ``a`` at another
-    integer index of one region item, that index also being the one segment in which each
-    read key differs; else None."""
+    """``(region item, where each read shows the index, a's index, b's index)`` when ``b``
+    is ``a`` at another integer index of one region item, that index also being the one
+    segment in which a read key differs (stacked experts) or the one item in which a read's
+    region differs (rows of a table); reads that do neither must be the same. Else None."""
     if not (a.region and b.region) or (a.rule, a.transforms, a.merge) != (b.rule, b.transforms, b.merge):
         return None
-    if [(r.source, r.shape, r.dtype, r.region) for r in a.reads] != [(r.source, r.shape, r.dtype, r.region) for r in b.reads]:
+    if [(r.source, r.shape, r.dtype) for r in a.reads] != [(r.source, r.shape, r.dtype) for r in b.reads]:
         return None
     items_a, items_b = a.region[1:-1].split(", "), b.region[1:-1].split(", ")
     differ = [i for i, (x, y) in enumerate(zip(items_a, items_b)) if x != y]
     if len(items_a) != len(items_b) or len(differ) != 1 or not (items_a[differ[0]].isdigit() and items_b[differ[0]].isdigit()):
         return None
     item = differ[0]
-    segments = []
-    for key_a, key_b in zip(a_keys, b_keys):
-        seg_a, seg_b = key_a.split("."), key_b.split(".")
-        diff = [i for i, (x, y) in enumerate(zip(seg_a, seg_b)) if x != y]
-        if len(seg_a) != len(seg_b) or len(diff) != 1 or (seg_a[diff[0]], seg_b[diff[0]]) != (items_a[item], items_b[item]):
+    values = (items_a[item], items_b[item])
+    where: list[tuple[str, int] | None] = []
+    for read_a, read_b, key_a, key_b in zip(a.reads, b.reads, a_keys, b_keys):
+        if key_a != key_b and read_a.region == read_b.region:
+            seg_a, seg_b = key_a.split("."), key_b.split(".")
+            diff = [i for i, (x, y) in enumerate(zip(seg_a, seg_b)) if x != y]
+            if len(seg_a) != len(seg_b) or len(diff) != 1 or (seg_a[diff[0]], seg_b[diff[0]]) != values:
+                return None
+            where.append(("key", diff[0]))
+        elif key_a == key_b and read_a.region != read_b.region and read_a.region and read_b.region:
+            reg_a, reg_b = read_a.region[1:-1].split(", "), read_b.region[1:-1].split(", ")
+            diff = [i for i, (x, y) in enumerate(zip(reg_a, reg_b)) if x != y]
+            if len(reg_a) != len(reg_b) or len(diff) != 1 or (reg_a[diff[0]], reg_b[diff[0]]) != values:
+                return None
+            where.append(("region", diff[0]))
+        elif key_a == key_b and read_a.region == read_b.region:
+            where.append(None)  # the same read in every piece (a bias row added to each)
+        else:
             return None
-        segments.append(diff[0])
-    return item, tuple(segments), int(items_a[item]), int(items_b[item])
+    if all(w is None for w in where):
+        return None
+    return item, tuple(where), int(values[0]), int(values[1])
 
 
 def _index_runs(pieces: Sequence[Piece], keys: Sequence[Sequence[str]]) -> list[tuple[Piece, list[str], str | None]]:
-    """Pieces as shown: ``(piece, read keys, region)``, runs of three or more folded."""
+    """Pieces as shown: ``(piece, read keys, region)``, runs of three or more folded (the
+    piece returned then has its reads' regions folded too)."""
     out: list[tuple[Piece, list[str], str | None]] = []
     i = 0
     while i < len(pieces):
@@ -172,16 +189,23 @@ def _index_runs(pieces: Sequence[Piece], keys: Sequence[Sequence[str]]) -> list[
             out.append((pieces[i], list(keys[i]), pieces[i].region))
             i += 1
             continue
-        item, segments = shape
+        item, where = shape
         braced = brace(values)
         items = pieces[i].region[1:-1].split(", ")
         items[item] = braced
-        folded = []
-        for key, seg in zip(keys[i], segments):
-            parts = key.split(".")
-            parts[seg] = braced
-            folded.append(".".join(parts))
-        out.append((pieces[i], folded, "[" + ", ".join(items) + "]"))
+        folded, reads = [], []
+        for key, read, at in zip(keys[i], pieces[i].reads, where):
+            if at is not None and at[0] == "key":
+                parts = key.split(".")
+                parts[at[1]] = braced
+                key = ".".join(parts)
+            elif at is not None:
+                region = read.region[1:-1].split(", ")
+                region[at[1]] = braced
+                read = replace(read, region="[" + ", ".join(region) + "]")
+            folded.append(key)
+            reads.append(read)
+        out.append((replace(pieces[i], reads=tuple(reads)), folded, "[" + ", ".join(items) + "]"))
         i = j
     return out
 
@@ -204,7 +228,46 @@ def group_entries(entries: Sequence[Entry], forms: Forms | None = None) -> list[
     fold only when everything but their keys (``entry_form``) is equal. ``forms``: the
     entries' keys and forms if already made (``Plan.entry_forms``)."""
     forms = forms if forms is not None else Forms.of(entries, entry_parts)
-    return merge_leaves(fold_keyed(entries, forms.keys, forms.numbers), _same_kept)
+    keys, rests = forms.keys, forms.numbers
+    if any(_index_region(r.region) for e in entries for p in e.pieces for r in p.reads):
+        keys, rests = _index_regions_as_keys(entries, keys, rests)
+    return merge_leaves(fold_keyed(entries, keys, rests), _same_kept)
+
+
+def _index_region(region: str | None) -> bool:
+    """Whether a read's region only indexes with integers (``[3]``, ``[:, 3]``): unstacked
+    experts, which fold across the index as they fold across a key's number."""
+    if not region:
+        return False
+    items = region[1:-1].split(", ")
+    return any(i.isdigit() for i in items) and all(i.isdigit() or i in (":", "...") for i in items)
+
+
+def _region_key(region: str) -> str:
+    """``[:, 3]`` -> ``:.3``: its items as dotted segments, which fold as a key's do."""
+    return ".".join("~" if item == "..." else item for item in region[1:-1].split(", "))
+
+
+def _region_of(key: str) -> str:
+    items = re.split(r"\.(?![^{]*\})", key)  # not at the dots of a brace: {0..127}
+    return "[" + ", ".join("..." if item == "~" else item for item in items) + "]"
+
+
+def _index_regions_as_keys(entries: Sequence[Entry], keys, rests) -> tuple[list, list]:
+    """Keys and forms for folding in which each index region of a read is one more key
+    (after the entry's keys), and not part of the form: ``experts.{0..127}.w ← x.w[{0..127}]``."""
+    new_keys, new_rests = [], []
+    for entry, entry_keys, rest in zip(entries, keys, rests):
+        regions = tuple(_region_key(r.region) for p in entry.pieces for r in p.reads if _index_region(r.region))
+        if not regions:
+            new_keys.append(entry_keys)
+            new_rests.append(("form", rest))
+            continue
+        reads = [replace(p, reads=tuple(replace(r, region="[]") if _index_region(r.region) else r for r in p.reads))
+                 for p in entry.pieces]
+        new_keys.append((*entry_keys, *regions))
+        new_rests.append(("indexed", entry_parts(replace(entry, pieces=tuple(reads)))[1]))
+    return new_keys, new_rests
 
 
 def group_unused(plan: Plan) -> list[Group]:
@@ -281,13 +344,37 @@ def header(plan: Plan) -> list[str]:
     written = (plan.recipe.get("output") or {}).get("path")
     if written:  # a literal output.path is part of the plan (the run directory's is not)
         lines.append(f"output  {shown_path(written)}")
+    files = layout_text(plan)
+    if files:
+        lines.append(f"files   {files}")
     return lines
+
+
+def layout_text(plan: Plan) -> str:
+    """The files a directory output gets besides its tensors, for review:
+    ``config.json, generation_config.json (from the target's config); tokenizer.json (copied from ~/hf)``."""
+    parts = []
+    if plan.layout.config:
+        parts.append(", ".join(printable(f.name) for f in plan.layout.config) + " (from the target's config)")
+    by_origin: dict[str, list[str]] = {}
+    for f in plan.layout.files:
+        origin = shown_path(f.folder) if f.folder is not None else f.source
+        by_origin.setdefault(printable(origin or ""), []).append(printable(f.name))
+    parts += [f"{', '.join(names)} (copied from {origin})" for origin, names in by_origin.items()]
+    return "; ".join(parts)
 
 
 def entry_row(group: Group[Entry]) -> tuple[str, str, str, str, str]:
     """(key pattern, shape, dtype, origin, rules) of a line of entries."""
     first = group.members[0]
-    return (group.patterns[0], shape_text(first.shape), short_dtype(first.dtype), origin_text(first, group.patterns[1:]), rules_text(first))
+    reads = [r for p in first.pieces for r in p.reads]
+    keys = group.patterns[1 : 1 + len(reads)]
+    regions = iter(group.patterns[1 + len(reads):])  # the folded index regions (group_entries)
+    if len(group.patterns) > 1 + len(reads):
+        first = replace(first, pieces=tuple(
+            replace(p, reads=tuple(replace(r, region=_region_of(next(regions))) if _index_region(r.region) else r for r in p.reads))
+            for p in first.pieces))
+    return (group.patterns[0], shape_text(first.shape), short_dtype(first.dtype), origin_text(first, keys), rules_text(first))
 
 
 def align(rows: Sequence[tuple[str, str, str, str, str]], prefix: str = "") -> list[str]:

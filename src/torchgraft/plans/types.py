@@ -110,8 +110,19 @@ class TargetRef:
 class CopiedFile:
     """A non-tensor file (config.json, tokenizer...) copied into a directory output."""
 
-    source: str  # a source that is a model directory
+    source: str | None  # a source that is a model directory; None: from ``folder``
     name: str  # file name in that directory
+    size: int
+    sha256: str
+    folder: str | None = None  # an absolute directory that is not a source
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A file written from the target's config (``output.config``): its bytes are made
+    again at execution and must be these."""
+
+    name: str  # config.json | generation_config.json
     size: int
     sha256: str
 
@@ -123,6 +134,12 @@ class Layout:
 
     shard_size: int | None = None  # bytes of tensor data per shard of a directory output
     files: tuple[CopiedFile, ...] = ()
+    config: tuple[ConfigFile, ...] = ()  # written from the target's config
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every file besides the tensors that the output directory gets."""
+        return tuple(f.name for f in self.files) + tuple(f.name for f in self.config)
 
 
 @dataclass(frozen=True)

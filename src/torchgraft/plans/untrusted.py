@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 from torchgraft.core.errors import GraftError, PlanError
+from torchgraft.core.hf_config import CONFIG_NAMES
 from torchgraft.core.specs import check_plan_spec
 from torchgraft.core.tensors import itemsize
 from torchgraft.keys.regions import Box, Region
@@ -157,7 +158,20 @@ def _check_layout(plan: Plan, names: dict[str, str]) -> None:
         if f.name in seen:
             raise PlanError(f"{at}.name", f"{_shown(f.name)} appears twice")
         seen.add(f.name)
-        if names.get(f.source) != "hf":
+        if f.folder is not None:
+            if not os.path.isabs(f.folder) or "\0" in f.folder:
+                raise PlanError(f"{at}.folder", f"{_shown(f.folder)} is not an absolute directory path")
+        elif names.get(f.source) != "hf":
             raise PlanError(f"{at}.source", f"names no model-directory source of the plan: {_shown(f.source)}")
         if f.size > MAX_BYTES:
+            raise PlanError(f"{at}.size", "is out of range")
+    for i, c in enumerate(layout.config):
+        at = f"output.config[{i}]"
+        if c.name not in CONFIG_NAMES:
+            raise PlanError(f"{at}.name", f"{_shown(c.name)} is not a config file torchgraft writes "
+                                          f"({', '.join(CONFIG_NAMES)})")
+        if c.name in seen:
+            raise PlanError(f"{at}.name", f"{_shown(c.name)} appears twice")
+        seen.add(c.name)
+        if c.size > MAX_BYTES:
             raise PlanError(f"{at}.size", "is out of range")

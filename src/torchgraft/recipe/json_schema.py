@@ -72,7 +72,12 @@ def recipe_schema() -> dict:
         "adapter": {"anyOf": [{"type": "string"}, {"type": "array"}],
                     "description": "PEFT LoRA adapter source(s) to merge in: NAME, or a list of NAME / {name, scale}"},
     }, required=("from",))
-    explicit = _section("explicit", {**common, "to": {"type": "string", "description": "TARGET_KEY[REGION]"}}, required=("to", "from"))
+    with_transform = {"type": "object", "required": ["key"], "additionalProperties": False,
+                      "properties": {"key": {"type": "string"}, "transform": {"description": "this source's own transforms"}}}
+    explicit_from = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": [{"type": "string"}, with_transform]}}],
+                     "description": "SOURCE:KEY[REGION], or several (merged); {key, transform} for a source's own transforms"}
+    explicit = _section("explicit", {**common, "from": explicit_from, "to": {"type": "string", "description": "TARGET_KEY[REGION]"}},
+                        required=("to", "from"))
     policy = _section("policy", {
         "unassigned": _enum(UNASSIGNED_MODES, "a target tensor no rule assigns and keep does not list"),
         "unused": _enum(UNUSED_MODES, "source tensors no rule reads"),
@@ -85,6 +90,7 @@ def recipe_schema() -> dict:
         "overwrite": _or_interpolation({"type": ["boolean", "null"]}),
         "shard_size": {"type": ["string", "integer", "null"], "description": "e.g. 5GB: HF-style shards"},
         "copy_files": {"anyOf": [{"type": ["string", "null"]}, copy_files]},
+        "config": _or_interpolation({"type": ["boolean", "null"], "description": "write a transformers target's config.json"}),
     })
     fields: dict[str, dict] = {
         "sources": {"type": ["object", "null"], "additionalProperties": {"anyOf": [{"type": "string"}, source]},

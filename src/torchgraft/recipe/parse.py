@@ -50,7 +50,7 @@ _BULK_FIELDS = ("from", "select", "exclude", "rename", "types", "kind", "merge",
 _ADAPTER_FIELDS = ("name", "scale")
 _EXPLICIT_FIELDS = ("to", "from", "merge", "missing", "transform")
 _POLICY_FIELDS = ("unassigned", "unused", "mismatch")
-_OUTPUT_FIELDS = ("path", "dtype", "overwrite", "shard_size", "copy_files")
+_OUTPUT_FIELDS = ("path", "dtype", "overwrite", "shard_size", "copy_files", "config")
 _COPY_FIELDS = ("from", "files")
 
 _SOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -113,8 +113,9 @@ class Policy:
 class CopyFiles:
     """Non-tensor files (config.json, tokenizer files) to copy into a directory output."""
 
-    source: str  # a source that is a model directory
+    source: str | None  # a source that is a model directory; None: from ``folder``
     files: tuple[str, ...] = ()  # names or globs in its top folder; empty: every non-checkpoint file
+    folder: str | None = None  # a directory that is not a source (``from: path/to/hf_dir``)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class OutputSpec:
     overwrite: bool = False
     shard_size: int | None = None  # bytes
     copy_files: CopyFiles | None = None
+    config: bool = False  # write the transformers target's config.json (and generation_config.json)
 
 
 @dataclass(frozen=True)
@@ -361,12 +363,16 @@ def _parse_output(value: object, sources: list[str]) -> OutputSpec:
     overwrite = raw.get("overwrite")
     if overwrite is not None and not isinstance(overwrite, bool):
         raise wrong_type(overwrite, "output.overwrite", "true or false")
+    config = raw.get("config")
+    if config is not None and not isinstance(config, bool):
+        raise wrong_type(config, "output.config", "true or false")
     return OutputSpec(path, dtype, bool(overwrite), byte_size(raw.get("shard_size"), "output.shard_size"),
-                      _parse_copy_files(raw.get("copy_files"), sources))
+                      _parse_copy_files(raw.get("copy_files"), sources), bool(config))
 
 
 def _parse_copy_files(value: object, sources: list[str]) -> CopyFiles | None:
-    """``copy_files: NAME`` (every non-checkpoint file) or ``{from: NAME, files: [globs]}``."""
+    """``copy_files: NAME`` (every non-checkpoint file) or ``{from: NAME, files: [globs]}``;
+    a ``from`` with a ``/`` in it is a directory that is not a source (``path/to/hf_dir``)."""
     field = "output.copy_files"
     if value is None:
         return None
@@ -377,12 +383,16 @@ def _parse_copy_files(value: object, sources: list[str]) -> CopyFiles | None:
         raise wrong_type(value, field, "a source name or a mapping")
     reject_unknown(value, _COPY_FIELDS, field)
     source = expect_str(value.get("from"), f"{field}.from")
-    _check_source(source, f"{field}.from", sources)
+    folder = None
+    if source not in sources and ("/" in source or "\\" in source):
+        source, folder = None, source
+    else:
+        _check_source(source, f"{field}.from", sources)
     files = strings(value.get("files"), f"{field}.files")
     for path, name in files:
         if "/" in name or "\\" in name or name in (".", ".."):
             raise RecipeError(path, f"expected a file name or glob in the source's top folder (got {name!r})")
-    return CopyFiles(source, tuple(name for _, name in files))
+    return CopyFiles(source, tuple(name for _, name in files), folder)
 
 
 def _parse_dtype(value: object, field: str) -> str | None:

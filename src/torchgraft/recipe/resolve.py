@@ -92,6 +92,8 @@ def recipe_record(data: Mapping[str, Any], run_dir: str | os.PathLike | None = N
     output = dict(record.get("output") or {})
     path = output.pop("path", None)
     output.pop("overwrite", None)
+    if not output.get("config", True):  # the default, left out: plans made before it keep their hash
+        output.pop("config")
     if pin_output and path is not None and not (run_dir is not None and _inside(str(path), run_dir)):
         output["path"] = str(path)
     record["output"] = output
