@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from safetensors import safe_open
 
 import torchgraft
 from torchgraft.checkpoints import open_writer
+from torchgraft.checkpoints.formats import directory_needed
 from torchgraft.checkpoints.writers import SafetensorsWriter
 from torchgraft.core.errors import SourceError
 from torchgraft.core.tensors import TensorInfo
@@ -28,10 +30,14 @@ SMALL = Settings(in_flight=16 << 10)  # overlapped, every tensor over 4 KiB in r
 OVERLAPPED = (Settings(), SMALL)
 
 
-def written(plan, path, settings) -> bytes:
+def written(plan, path, settings) -> dict[str, bytes]:
+    """Every file of the output (a model directory where the plan needs one)."""
+    if directory_needed(path, sharded=plan.layout.shard_size is not None, copies=bool(plan.layout.names)):
+        path = path.with_suffix("")
     execute(plan, path, settings=settings)
-    data = path.read_bytes()
-    path.unlink()
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    data = {f.name: f.read_bytes() for f in files}
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
     return data
 
 
