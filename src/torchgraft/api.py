@@ -24,6 +24,7 @@ from torchgraft.core.heap import paused_gc
 from torchgraft.core.specs import check_plan_spec
 from torchgraft.core.target import model_inventory
 from torchgraft.execution.executor import check_output, execute, state_dict
+from torchgraft.execution.pipeline import Settings
 from torchgraft.execution.ranks import ALONE, World
 from torchgraft.execution.sources import open_plan_sources, pin_contents
 from torchgraft.planning.planner import make_plan
@@ -108,10 +109,11 @@ def load_into(model: nn.Module, recipe: RecipeLike) -> Plan:
 
 
 @paused_gc()
-def apply(path: str, output: Path, *, overwrite: bool = False, dry_run: bool = False, world: World = ALONE) -> Plan:
+def apply(path: str, output: Path, *, overwrite: bool = False, dry_run: bool = False, world: World = ALONE,
+          settings: Settings | None = None) -> Plan:
     """Execute the reviewed plan at ``path`` exactly, after checking that it is unedited
     and that its sources and target are unchanged. ``dry_run``: check only. ``world``:
-    this process's rank under torchrun (``execution.ranks``)."""
+    this process's rank under torchrun (``execution.ranks``). ``settings``: as for ``execute``."""
     the_plan = read_plan(path, "apply")
     if the_plan.target.spec is not None:
         try:  # before anything is built: a plan file calls nothing but its model class
@@ -125,7 +127,7 @@ def apply(path: str, output: Path, *, overwrite: bool = False, dry_run: bool = F
         for reader in open_plan_sources(the_plan).values():
             reader.close()
         return the_plan
-    execute(the_plan, output, overwrite=overwrite, world=world)  # checks the sources' fingerprints before writing
+    execute(the_plan, output, overwrite=overwrite, world=world, settings=settings)  # checks the sources' fingerprints
     return the_plan
 
 

@@ -21,9 +21,9 @@ Cases
   cast    the ~2 GB checkpoint cast to bfloat16
   rss     the same copy and cast at 1 GB and 4 GB: peak RSS must not grow
   dry     100k-tensor checkpoint (60 layers x 256 experts), 50 rules: dry run only
-          (``--keys N``: as many experts per layer as make about N tensors; one file's
-          header passes the 100 MB safetensors limit near 900k tensors, so a 1M case
-          needs a sharded source, which this script does not build yet)
+          (``--keys N``: as many experts per layer as make about N tensors; over 300k
+          tensors the source is a model directory of 300k-tensor shards, as one file's
+          header passes the 100 MB safetensors limit near 900k tensors)
   mean    mean of 3 x 512 MiB (64 float32 tensors each) against a safetensors script
           (load_file x3 -> in-place mean -> save_file), API and CLI
   convert the ~2 GB pytorch_model.bin (torch.save zip) -> model.safetensors through the
@@ -90,18 +90,28 @@ def tensors():
             yield f"{p}.mlp.experts.{e}.bias", [64]
     yield "model.norm.weight", [64]
     yield "lm_head.weight", [32000, 64]
-header, end = {}, 0
-for key, shape in tensors():
-    n = 4
-    for d in shape:
-        n *= d
-    header[key] = {"dtype": "F32", "shape": shape, "data_offsets": [end, end + n]}
-    end += n
-raw = json.dumps(header, separators=(",", ":")).encode()
-raw += b" " * (-len(raw) % 8)
-with open(sys.argv[1], "wb") as f:
-    f.write(struct.pack("<Q", len(raw)) + raw)
-    f.truncate(8 + len(raw) + end)
+shards = int(sys.argv[3]) if len(sys.argv) > 3 else 1  # > 1: a model directory of that many shards
+items = list(tensors())
+per = -(-len(items) // shards)
+index = {}
+for s in range(shards):
+    name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors" if shards > 1 else sys.argv[1]
+    header, end = {}, 0
+    for key, shape in items[s * per:(s + 1) * per]:
+        n = 4
+        for d in shape:
+            n *= d
+        header[key] = {"dtype": "F32", "shape": shape, "data_offsets": [end, end + n]}
+        index[key] = name
+        end += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(name if shards == 1 else f"{sys.argv[1]}/{name}", "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + end)
+if shards > 1:
+    with open(f"{sys.argv[1]}/model.safetensors.index.json", "w") as f:
+        json.dump({"metadata": {}, "weight_map": index}, f)
 """
 
 # The same edit for both baselines: only how the state dict is loaded and saved differs.
@@ -218,9 +228,14 @@ print(best(stack), best(rename))
 
 LIST_KEYS = """
 import sys
+from pathlib import Path
 from safetensors import safe_open
-with safe_open(sys.argv[1], "pt") as f:
-    print(len(f.keys()))
+src = Path(sys.argv[1])
+n = 0
+for path in sorted(src.glob("*.safetensors")) if src.is_dir() else [src]:
+    with safe_open(path, "pt") as f:
+        n += len(f.keys())
+print(n)
 """
 
 
@@ -444,10 +459,13 @@ def convert_case(bench: Bench, pt: Path) -> dict:
 def dry_case(bench: Bench, keys: int = 107_943) -> dict:
     d = bench.root
     experts = max(1, round((keys - 3 - 60 * 7) / (60 * 7)))
-    src = d / f"moe{experts}.safetensors"
+    shards = -(-keys // 300_000)  # one file's header must stay under safetensors' 100 MB
+    src = d / (f"moe{experts}.safetensors" if shards == 1 else f"moe{experts}")
     if not src.exists():
-        print(f"  building {src.name} ({60 * 7 * experts + 423:,} tensors; sparse data section)", flush=True)
-        subprocess.run([PYTHON, "-c", GENERATE_MOE, str(src), str(experts)], check=True)
+        print(f"  building {src.name} ({60 * 7 * experts + 423:,} tensors in {shards} file(s); sparse data)", flush=True)
+        if shards > 1:
+            src.mkdir()
+        subprocess.run([PYTHON, "-c", GENERATE_MOE, str(src), str(experts), str(shards)], check=True)
     recipes = d / "recipes"
     recipes.mkdir(exist_ok=True)
     (recipes / "moe.yaml").write_text(moe_recipe(src))
@@ -464,6 +482,9 @@ def dry_case(bench: Bench, keys: int = 107_943) -> dict:
                                [PYTHON, "-c", PLAN_ONLY, str(recipes / "moe.yaml")], [], cwd=d)}
     r["dry"] = bench.measure("dry", "graft recipe=moe dry_run=true (CLI)",
                              [*graft(), "recipe=moe", "dry_run=true", f"hydra.run.dir={runs}"], [runs], cwd=d)
+    if src.is_dir():  # the bytes read are measured on one-file sources
+        remove(runs)
+        return r
     evict(src)
     before = cached_bytes(src)
     bench.run([*graft(), "recipe=moe", "dry_run=true", f"hydra.run.dir={runs}"], cwd=d)

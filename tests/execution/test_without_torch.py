@@ -130,3 +130,27 @@ def test_a_float32_cast_runs_without_torch(tmp_path):
         for key in ("0.w", "0.b", "2.w"):
             want = state[f"model.layers.{key[0]}.{key[2]}"].to(getattr(torch, dtype))
             assert torch.equal(got[f"blocks.{key}"].view(torch.int16), want.view(torch.int16)), (dtype, key)
+
+
+def test_a_float32_mean_runs_without_torch(tmp_path):
+    """merge: mean of float32 tensors (to float32 or bfloat16): numpy, as merges.merge computes it."""
+    from torchgraft.execution.merges import merge
+
+    sources = []
+    for s in range(3):
+        generator = torch.Generator().manual_seed(s)
+        state = {f"layers.{i}.weight": torch.randn(16, 8, generator=generator) * 1e3 for i in range(2)}
+        state["layers.0.weight"][0, s] = (float("nan"), float("inf"), 1e-40)[s]  # a NaN meeting a NaN takes torch
+        sources.append(state)
+        save_file(state, tmp_path / f"m{s}.safetensors")
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype / "model.safetensors"
+        out.parent.mkdir()
+        recipe = {"sources": {n: str(tmp_path / f"m{s}.safetensors") for s, n in enumerate("abc")}, "target": None,
+                  "rules": [{"from": ["a", "b", "c"], "merge": "mean"}], "output": {"dtype": dtype}}
+        result = subprocess.run([sys.executable, "-c", API, json.dumps(recipe), str(out)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        got = load_file(out)
+        for key in got:
+            want = merge("mean", [lambda t=s[key]: t for s in sources], key, "rules[0]").to(getattr(torch, dtype))
+            assert got[key].view(torch.uint8).equal(want.view(torch.uint8)), (dtype, key)

@@ -242,10 +242,10 @@ def test_nothing_is_written_when_execution_is_refused(tmp_path, convnet):
 def test_an_interrupted_write_leaves_no_partial_file(tmp_path, convnet, monkeypatch):
     plan = torchgraft.plan(recipe(convnet))
     out = tmp_path / "out" / "model.safetensors"
-    execute_module = importlib.import_module("torchgraft.execution.executor")  # the module, not the API function
+    units = importlib.import_module("torchgraft.execution.units")
 
     calls = {"n": 0}
-    real = execute_module._unchanged  # asked for every entry, copied or computed
+    real = units.unchanged  # asked for every entry, copied or computed
 
     def fail_midway(entry, readers):
         calls["n"] += 1
@@ -253,7 +253,7 @@ def test_an_interrupted_write_leaves_no_partial_file(tmp_path, convnet, monkeypa
             raise KeyboardInterrupt
         return real(entry, readers)
 
-    monkeypatch.setattr(execute_module, "_unchanged", fail_midway)
+    monkeypatch.setattr(units, "unchanged", fail_midway)
     with pytest.raises(KeyboardInterrupt):
         torchgraft.execute(plan, out)
     assert not out.exists()

@@ -100,6 +100,11 @@ class ShardedWriter(Writer):
     def _write_bytes(self, info: TensorInfo, data: memoryview) -> None:
         self._next().write_bytes(info.key, data)
 
+    PARTS = True
+
+    def _write_part(self, info: TensorInfo, data: memoryview, first: bool) -> None:
+        (self._next() if first else self._current).write_part(info.key, data)
+
     def _finish(self) -> None:
         if self._current is None and not self.groups[0] and (self.only is None or 0 in self.only):
             self._current = SafetensorsWriter(self.path / self.names[0], [], self.metadata)  # no tensors: one empty file

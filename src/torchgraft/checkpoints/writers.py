@@ -49,6 +49,7 @@ class Writer(abc.ABC):
             raise TypeError(f"metadata must map str to str; entry {bad[0]!r} does not")
         self.metadata = dict(metadata)
         self._written = 0
+        self._part: tuple[TensorInfo, int] | None = None  # a tensor written in parts: it, bytes so far
         self._closed = False
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
@@ -69,6 +70,27 @@ class Writer(abc.ABC):
 
         tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8) if len(data) else torch.empty(0, dtype=torch.uint8)
         self._write(info, tensor.view(torch_dtype(info.dtype)).reshape(info.shape))
+
+    PARTS = False  # whether ``write_part`` is supported (a format that streams its data)
+
+    def write_part(self, key: str, data: memoryview) -> None:
+        """Write the next bytes of ``key`` (its leading rows first); ``key`` is written
+        once all its bytes are. Only where ``PARTS``: a tensor too large to hold whole."""
+        if self._part is None:
+            self._part = (self._expect(key, None), 0)
+        info, done = self._part
+        if info.key != key:
+            raise RuntimeError(f"'{info.key}' is written in parts and not finished; got '{key}'")
+        data = memoryview(data).cast("B")
+        if done + data.nbytes > info.nbytes:
+            raise RuntimeError(f"'{key}' needs {info.nbytes} bytes, got {done + data.nbytes}")
+        self._write_part(info, data, first=done == 0)
+        done += data.nbytes
+        self._part = None if done == info.nbytes else (info, done)
+        self._written += done == info.nbytes
+
+    def _write_part(self, info: TensorInfo, data: memoryview, first: bool) -> None:
+        raise NotImplementedError(f"{type(self).__name__} writes whole tensors")
 
     def copy(self, key: str, source: ByteRange) -> None:
         """Write ``key`` from the bytes at ``source`` (its data, stored whole and
@@ -112,6 +134,8 @@ class Writer(abc.ABC):
     def _expect(self, key: str, tensor: torch.Tensor | None) -> TensorInfo:
         if self._closed:
             raise RuntimeError(f"write of '{key}' after close")
+        if self._part is not None:
+            raise RuntimeError(f"'{self._part[0].key}' is written in parts and not finished; got '{key}'")
         if self._written >= len(self.infos):
             raise RuntimeError(f"'{key}' was not declared (all {len(self.infos)} declared "
                                "tensors are already written)")
@@ -185,6 +209,11 @@ class SafetensorsWriter(Writer):
         self._file.copy(source.fd, source.offset, source.length)
 
     def _write_bytes(self, info: TensorInfo, data: memoryview) -> None:
+        self._file.write(data)
+
+    PARTS = True
+
+    def _write_part(self, info: TensorInfo, data: memoryview, first: bool) -> None:
         self._file.write(data)
 
     def _finish(self) -> None:

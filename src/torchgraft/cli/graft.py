@@ -31,6 +31,7 @@ from torchgraft.core.version import __version__
 from torchgraft.execution.executor import check_output, execute
 from torchgraft.execution.initial import advice as init_advice
 from torchgraft.execution.outputs import output_bytes
+from torchgraft.execution.pipeline import Settings
 from torchgraft.execution.ranks import ALONE, World
 from torchgraft.execution.sources import pin_contents
 from torchgraft.planning.planner import make_plan
@@ -94,7 +95,7 @@ def run(cfg: DictConfig, options: RunOptions, run_dir: Path, world: World = ALON
             return sweep.Outcome.of(plan, "dry_run")
     start = time.perf_counter()
     try:
-        execute(plan, output, overwrite=recipe.output.overwrite, world=world)
+        execute(plan, output, overwrite=recipe.output.overwrite, world=world, settings=settings(options))
     except BaseException:  # nothing is written on error: not the run's plan files either
         for suffix in (".json", ".txt", ".md"):
             (run_dir / f"plan{suffix}").unlink(missing_ok=True)
@@ -102,6 +103,13 @@ def run(cfg: DictConfig, options: RunOptions, run_dir: Path, world: World = ALON
     written = output_bytes(output)
     log.info("wrote %s (%s) in %.2f s; verified against the plan", output, written_text(plan, written), time.perf_counter() - start)
     return sweep.Outcome.of(plan, "run", output)
+
+
+def settings(options: RunOptions) -> Settings:
+    """How the run moves tensors (``in_flight``, ``sequential``): never what it writes."""
+    if options.in_flight is None:
+        return Settings(sequential=options.sequential)
+    return Settings(options.in_flight, options.sequential)
 
 
 def replan_overrides(task: list[str]) -> list[str]:
@@ -116,7 +124,7 @@ def written_text(plan, file_bytes: int) -> str:
     return f"{len(plan.entries)} tensors, {human_bytes(target_nbytes(plan))} of tensor data, {human_bytes(file_bytes)} on disk"
 
 
-_APPLY_FIELDS = ("apply", "dry_run", "debug", "output.path", "output.overwrite")
+_APPLY_FIELDS = ("apply", "dry_run", "debug", "output.path", "output.overwrite", "in_flight", "sequential")
 
 
 def refuse_overrides(overrides: list[str]) -> None:
@@ -158,7 +166,8 @@ def _apply(cfg: DictConfig, options: RunOptions, run_dir: Path, world: World = A
         log.info("dry run: %s is unedited and its sources and target are unchanged; nothing written", path)
         return sweep.Outcome.of(plan, "apply")
     start = time.perf_counter()
-    plan = apply(path, output, overwrite=flag(cfg.output.get("overwrite"), "output.overwrite"), world=world)
+    plan = apply(path, output, overwrite=flag(cfg.output.get("overwrite"), "output.overwrite"), world=world,
+                 settings=settings(options))
     text = render(plan)
     if world.rank == 0:
         sys.stdout.write(text)

@@ -6,10 +6,16 @@ saying what was expected at that path, so the recipe schema reads as a list of f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 
 from torchgraft.core.errors import RecipeError
 from torchgraft.core.text import did_you_mean
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 def type_name(value: object) -> str:
@@ -77,3 +83,19 @@ def strings(value: object, field: str) -> list[tuple[str, str]]:
     if value is not None and not isinstance(value, str) and not is_list(value):
         raise wrong_type(value, field, "a string or a list")
     return [(path, expect_str(item, path)) for path, item in one_or_many(value, field)]
+
+
+def byte_size(value: object, field: str) -> int | None:
+    """``5GB`` -> 5 * 1000**3, ``1.5GiB`` -> 1.5 * 1024**3; plain integers are bytes."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise RecipeError(field, f"expected a size such as 5GB or 500MiB (got {value!r})")
+        size = int(Decimal(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()])
+    if size <= 0:
+        raise RecipeError(field, f"must be positive (got {value!r})")
+    return size

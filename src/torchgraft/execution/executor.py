@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 from torchgraft.checkpoints import Reader, atomic_output, open_checkpoint, open_writer
 from torchgraft.checkpoints.atomic import atomic_directory
-from torchgraft.checkpoints.byteranges import ByteRange
 from torchgraft.checkpoints.dcp_writer import DCP_FILES, write_dcp
 from torchgraft.checkpoints.formats import directory_needed, output_format
 from torchgraft.checkpoints.sharded import ShardedWriter, check_directory, split, write_index
@@ -33,148 +32,59 @@ from torchgraft.core.heap import HeapTrimmer
 from torchgraft.core.paths import overlap
 from torchgraft.core.target import build_model
 from torchgraft.core.tensors import TensorInfo, torch_dtype
-from torchgraft.execution.casts import CASTS, read_cast
+from torchgraft.execution import pipeline
+from torchgraft.execution import units as work
 from torchgraft.execution.initial import check_initial, initial_values
-from torchgraft.execution.merges import merge
 from torchgraft.execution.outputs import replaceable, side_files
+from torchgraft.execution.pipeline import Settings
 from torchgraft.execution.progress import Progress
 from torchgraft.execution.ranks import ALONE, World
 from torchgraft.execution.sources import check_sources_unchanged, open_plan_sources
-from torchgraft.keys.regions import Region
-from torchgraft.plans.types import Entry, Piece, Plan, Read
-from torchgraft.transforms import compile_transform
+from torchgraft.execution.units import Unit, as_bytes, compute_unit, materialize, read_unit, unchanged, units
+from torchgraft.plans.types import Plan
 
 log = logging.getLogger(__name__)
-
-
-def _unchanged(entry: Entry, readers: Mapping[str, Reader]) -> ByteRange | None:
-    """The bytes to copy when ``entry`` is one whole source tensor taken as it is (same
-    dtype and shape; no region, merge or transform): its stored bytes are the output's."""
-    if len(entry.pieces) != 1 or entry.uncovered:
-        return None
-    piece = entry.pieces[0]
-    read = piece.reads[0]
-    if piece != Piece((read,), piece.rule) or read.region is not None:  # any other field: values change
-        return None
-    if read.dtype != entry.dtype or tuple(read.shape) != tuple(entry.shape):
-        return None
-    return readers[read.source].byte_range(read.key)
-
-
-def _cast_only(entry: Entry, readers: Mapping[str, Reader]) -> tuple[ByteRange, str] | None:
-    """The stored bytes and dtype of the one whole source tensor that ``entry`` only casts,
-    when numpy can do that cast as torch does (``casts.CASTS``): no torch needed."""
-    if len(entry.pieces) != 1 or entry.uncovered:
-        return None
-    piece = entry.pieces[0]
-    read = piece.reads[0]
-    if piece != Piece((read,), piece.rule) or read.region is not None or tuple(read.shape) != tuple(entry.shape):
-        return None
-    if (read.dtype, entry.dtype) not in CASTS:
-        return None
-    where = readers[read.source].byte_range(read.key)
-    return None if where is None else (where, read.dtype)
-
-
-def _stored_as(entry: Entry, reader: Reader, infos: Mapping[str, TensorInfo]) -> ByteRange | None:
-    """The bytes of ``entry`` if the base (``reader``, whose tensors are ``infos``)
-    stores its tensor exactly as the output wants it."""
-    info = infos[entry.key]
-    if info.dtype != entry.dtype or info.shape != tuple(entry.shape):
-        return None
-    return reader.byte_range(entry.key)
 
 
 def _first_copy_page_offset(plan: Plan, readers: Mapping[str, Reader]) -> int | None:
     """Where in a page the first tensor copied as bytes starts in its source (None: no
     such tensor): the output's data starts there too, so that copies move whole pages."""
     for entry in plan.entries:
-        found = _unchanged(entry, readers)
+        found = unchanged(entry, readers)
         if found is not None:
             return found.offset % SafetensorsWriter.PAGE
     return None
 
 
-def _values(piece: Piece, readers: Mapping[str, Reader], initial: Callable[[], torch.Tensor] | None = None,
-            key: str = "") -> torch.Tensor:
-    """A piece's values. ``initial`` gives the destination's initial value, for a transform
-    that fills from it (pad_rows with fill: init); it is called only then. ``key`` (the
-    target's) seeds random merges."""
-    loaders = [functools.partial(_read, read, readers) for read in piece.reads]
-    if isinstance(piece.merge, dict) and "each" in piece.merge:  # {concat: DIM} | {stack: DIM}
-        value = join(piece.merge, [load() for load in loaders], piece.rule)
-    elif len(loaders) == 1:
-        value = loaders[0]()
-    else:  # merged: the sources are read one by one as the method needs them
-        value = merge(piece.merge, loaders, key + (piece.region or ""), piece.rule)
-    for spec in piece.transforms:
-        value = compile_transform(spec, piece.rule).apply(value, initial)
-    return value
-
-
-def _read(read: Read, readers: Mapping[str, Reader]) -> torch.Tensor:
-    index = Region.parse(read.region).box(read.shape).index() if read.region else None
-    return readers[read.source].read(read.key, index)
-
-
-def join(merge: dict, tensors: list, rule: str):
-    """Concatenate or stack the sources' values, each after its own transforms."""
-    import torch
-
-    parts = [tensor for tensor in tensors]
-    for i, specs in enumerate(merge["each"]):
-        for spec in specs:
-            parts[i] = compile_transform(spec, f"{rule}.from[{i}]").apply(parts[i])
-    if "concat" in merge:
-        return torch.cat(parts, dim=merge["concat"])
-    return torch.stack(parts, dim=merge["stack"])
-
-
-def materialize(entry: Entry, readers: Mapping[str, Reader], initial) -> torch.Tensor:
-    """The values of one output tensor, in the entry's dtype, contiguous."""
-    dtype = torch_dtype(entry.dtype)
-    whole = [p for p in entry.pieces if p.region is None]
-    if whole:
-        out = _values(whole[0], readers, lambda: initial[entry.key], entry.key).to(dtype)
-    else:
-        out = initial[entry.key].to(dtype, copy=True)
-        for piece in entry.pieces:
-            index = Region.parse(piece.region).box(entry.shape).index()
-            out[index] = _values(piece, readers, lambda: out[index], entry.key).to(dtype)  # noqa: B023 -- called now; regions are disjoint: still initial
-    if tuple(out.shape) != tuple(entry.shape):
-        raise RuntimeError(f"{entry.key}: produced shape {list(out.shape)}, plan says {list(entry.shape)}")
-    return out.contiguous()
-
-
-def _stream(plan: Plan, writer, readers: Mapping[str, Reader], initial, progress: Progress) -> None:
+def _stream(plan: Plan, writer, readers: Mapping[str, Reader], initial, progress: Progress,
+            settings: Settings) -> None:
     """Every entry into the writer, in plan order: as bytes when it is stored as the
-    output wants it, else computed, written and dropped."""
+    output wants it, else computed, written and dropped; reads, computes and writes
+    overlapped (``pipeline``) when any entry computes."""
     heap = HeapTrimmer()
-    base = readers[plan.target.base] if plan.target.base is not None else None
-    base_infos = base.by_key() if base is not None else {}
-    for entry in plan.entries:
-        nbytes = TensorInfo(entry.key, tuple(entry.shape), entry.dtype).nbytes
-        unchanged = _unchanged(entry, readers)
-        if unchanged is None and entry.kept and base is not None:
-            unchanged = _stored_as(entry, base, base_infos)  # patching: the base as it is
-        cast = None if unchanged is not None or entry.kept else _cast_only(entry, readers)
-        if unchanged is not None:
-            writer.copy(entry.key, unchanged)
-        elif cast is not None:
-            where, dtype = cast
-            writer.write_bytes(entry.key, read_cast(where, dtype, entry.dtype))
-            heap.freed(nbytes)
+    todo = list(units(plan, readers, settings.chunk if writer.PARTS else None))
+    if all(unit.kind == "copy" for unit in todo):
+        settings = Settings(settings.in_flight, sequential=True)  # nothing to overlap
+
+    def write(unit: Unit, data) -> None:
+        if unit.kind == "copy":
+            writer.copy(unit.entry.key, unit.where)
+        elif unit.rows is not None:
+            writer.write_part(unit.entry.key, as_bytes(data))
+        elif unit.kind in ("cast", "mean"):  # numpy bytes
+            writer.write_bytes(unit.entry.key, data)
         else:
-            writer.write(entry.key, _value(entry, readers, initial))
-            heap.freed(nbytes)
-        progress.update(nbytes)
+            writer.write(unit.entry.key, data)
+        if unit.kind != "copy":
+            heap.freed(unit.out_bytes)
+        progress.update(unit.out_bytes)
 
-
-def _value(entry: Entry, readers: Mapping[str, Reader], initial) -> torch.Tensor:
-    """One output tensor's values; a kept one is its initial value as it is (no copy)."""
-    if entry.kept:
-        return initial[entry.key].to(torch_dtype(entry.dtype))
-    return materialize(entry, readers, initial)
+    stage = pipeline.Stage(functools.partial(read_unit, readers=readers, initial=initial),
+                           compute_unit, write, lambda unit: unit.cost)
+    try:
+        pipeline.run(todo, stage, settings)
+    finally:
+        work.restore_threads()
 
 
 def _write_dcp(plan: Plan, tmp: Path, infos: list[TensorInfo], readers: Mapping[str, Reader], initial,
@@ -186,7 +96,7 @@ def _write_dcp(plan: Plan, tmp: Path, infos: list[TensorInfo], readers: Mapping[
 
     def value(key: str) -> torch.Tensor:
         entry = by_key[key]
-        tensor = _value(entry, readers, initial)
+        tensor = work.value(entry, readers, initial)
         nbytes = TensorInfo(key, tuple(entry.shape), entry.dtype).nbytes
         heap.freed(nbytes)
         progress.update(nbytes)
@@ -225,7 +135,8 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise OutputError("output.path", f"{path}: already exists (set output.overwrite=true to replace it)")
 
 
-def execute(plan: Plan, output: str | Path, *, overwrite: bool = False, world: World = ALONE) -> Path:
+def execute(plan: Plan, output: str | Path, *, overwrite: bool = False, world: World = ALONE,
+            settings: Settings | None = None) -> Path:
     """Write the plan's output at ``output`` (atomically), verify it, return its path.
 
     ``.safetensors`` streams: memory is the tensors in flight. ``.pt``/``.pth`` is one
@@ -233,6 +144,8 @@ def execute(plan: Plan, output: str | Path, *, overwrite: bool = False, world: W
     extension is a Hugging Face model directory, in shards if the plan has a shard size;
     ``.dcp`` is a torch.distributed.checkpoint folder, one tensor in memory at a time.
     ``world``: this process's rank under ``torchrun``, which writes its share (``ranks``).
+    ``settings``: how many bytes may be in flight, and whether to overlap reads, computes
+    and writes (``pipeline``); the output is the same either way.
     """
     path = Path(output)
     readers: dict[str, Reader] = {}
@@ -270,7 +183,7 @@ def execute(plan: Plan, output: str | Path, *, overwrite: bool = False, world: W
                     else:
                         writer = open_writer(tmp, infos, metadata, _first_copy_page_offset(plan, readers))
                     with writer:
-                        _stream(share.plan, writer, readers, initial, progress)
+                        _stream(share.plan, writer, readers, initial, progress, settings or Settings())
             world.barrier()  # every rank's share is written
             if world.rank == 0:
                 if fmt == "directory":

@@ -111,6 +111,8 @@ def recipe_schema() -> dict:
         "check": {"type": ["string", "null"]},
         "plan_dir": {"type": ["string", "null"]},
         "verify_sources": _enum(VERIFY_MODES, "fast: size, mtime, header hash; hash: every byte"),
+        "in_flight": {"type": ["integer", "string", "null"], "description": "bytes read ahead and not yet written: 32MiB"},
+        "sequential": _or_interpolation({"type": ["boolean", "null"]}),
     }
     if set(fields) != set(RECIPE_FIELDS + RUN_FIELDS):  # a field added to the parser needs its entry here
         raise RuntimeError(f"recipe schema out of step with the parser: {sorted(set(fields) ^ set(RECIPE_FIELDS + RUN_FIELDS))}")

@@ -13,10 +13,10 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 
 from torchgraft.core.errors import RecipeError
 from torchgraft.core.fields import (
+    byte_size,
     choice,
     expect_mapping,
     expect_str,
@@ -55,9 +55,6 @@ _COPY_FIELDS = ("from", "files")
 
 _SOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _CLASS_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
-_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
-_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 @dataclass(frozen=True)
@@ -369,7 +366,7 @@ def _parse_output(value: object, sources: list[str]) -> OutputSpec:
     config = raw.get("config")
     if config is not None and not isinstance(config, bool):
         raise wrong_type(config, "output.config", "true or false")
-    return OutputSpec(path, dtype, bool(overwrite), _parse_size(raw.get("shard_size"), "output.shard_size"),
+    return OutputSpec(path, dtype, bool(overwrite), byte_size(raw.get("shard_size"), "output.shard_size"),
                       _parse_copy_files(raw.get("copy_files"), sources), bool(config))
 
 
@@ -410,22 +407,6 @@ def _parse_dtype(value: object, field: str) -> str | None:
     if not is_floating(name):
         raise RecipeError(field, f"must be a floating dtype (got {text!r})")
     return name
-
-
-def _parse_size(value: object, field: str) -> int | None:
-    """``5GB`` -> 5 * 1000**3, ``1.5GiB`` -> 1.5 * 1024**3; plain integers are bytes."""
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    else:
-        match = _SIZE.fullmatch(value) if isinstance(value, str) else None
-        if match is None:
-            raise RecipeError(field, f"expected a size such as 5GB or 500MiB (got {value!r})")
-        size = int(Decimal(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()])
-    if size <= 0:
-        raise RecipeError(field, f"must be positive (got {value!r})")
-    return size
 
 
 def _check_source(name: str, field: str, sources: list[str]) -> None:

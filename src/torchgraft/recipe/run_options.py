@@ -1,5 +1,6 @@
 """The run switches of ``graft`` (``dry_run``, ``apply``, ``check``, ``plan_dir``,
-``verify_sources``, ``debug``), read and validated like recipe fields.
+``verify_sources``, ``debug``, ``in_flight``, ``sequential``), read and validated like
+recipe fields.
 
 They steer one run and are not part of the transfer: a plan does not record them.
 """
@@ -11,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from torchgraft.core.errors import RecipeError
-from torchgraft.core.fields import choice, optional_str
+from torchgraft.core.fields import byte_size, choice, optional_str
 
-RUN_FIELDS = ("dry_run", "debug", "apply", "check", "plan_dir", "verify_sources")
+RUN_FIELDS = ("dry_run", "debug", "apply", "check", "plan_dir", "verify_sources", "in_flight", "sequential")
 VERIFY_MODES = ("fast", "hash")  # fast: size, mtime, header hash | hash: also every byte
 
 
@@ -25,6 +26,8 @@ class RunOptions:
     check: str | None = None
     plan_dir: str | None = None
     verify_sources: str = "fast"
+    in_flight: int | None = None  # bytes read ahead and not yet written (None: the executor's default)
+    sequential: bool = False  # read, compute and write one after another (for debugging)
 
     @property
     def mode(self) -> str:
@@ -59,6 +62,8 @@ def parse_run_options(data: Mapping[str, Any]) -> RunOptions:
         check=optional_str(data.get("check"), "check"),
         plan_dir=optional_str(data.get("plan_dir"), "plan_dir"),
         verify_sources=verify_mode(data.get("verify_sources")),
+        in_flight=byte_size(data.get("in_flight"), "in_flight"),
+        sequential=flag(data.get("sequential"), "sequential"),
     )
     if options.apply and options.check:
         raise RecipeError("check", "cannot be combined with apply (check compares a recipe with a plan; apply runs a plan)")
