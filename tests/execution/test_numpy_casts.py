@@ -53,7 +53,7 @@ def test_every_special_value_and_a_chunked_read(tmp_path, monkeypatch, dtype):
     assert got.view(np.uint16).tolist() == torch_bits(bits, getattr(torch, dtype)).tolist()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(data=st.data(), count=st.integers(2, 5), length=st.integers(1, 100),
        dtype=st.sampled_from(["float32", "bfloat16", "float16"]))
 def test_a_numpy_mean_is_torchs_merge_bit_for_bit(data, count, length, dtype):

@@ -127,6 +127,7 @@ MiB = 2**20
 ROWS, COLS = 16384, 4096  # one 256 MiB float32 tensor
 
 
+@pytest.mark.slow  # a fresh interpreter, for its peak RSS
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
 def test_a_tensor_larger_than_the_bound_is_computed_in_row_chunks_within_it(tmp_path):
     source = tmp_path / "big.safetensors"

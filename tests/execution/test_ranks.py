@@ -105,6 +105,31 @@ def test_two_ranks_write_the_sharded_directory_of_one_process(source, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["two.dcp", "two.safetensors"])
+def test_two_ranks_write_a_dcp_checkpoint_or_one_file_with_the_plans_values(source, tmp_path, name):
+    """DCP: each rank saves its share through DCP's writer; one file: rank 0 writes it."""
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import load_file
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "cast.yaml").write_text(
+        f"sources: {{src: {source}}}\ntarget: null\nrules:\n  - {{from: src, rename: {{'model.layers.{{i}}': 'layers.{{i}}'}}}}\n"
+        "output: {dtype: bfloat16}\n")
+    done, stderr = _torchrun(tmp_path, 2, "recipe=cast", f"output.path={tmp_path / name}")
+    assert done.returncode == 0, done.stderr[-3000:] + str(stderr)
+    want = {k.replace("model.layers", "layers"): v.to(torch.bfloat16) for k, v in load_file(source).items()}
+    if name.endswith(".dcp"):
+        got = {k: torch.empty_like(v) for k, v in want.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "torch.distributed is disabled ... single process"
+            dcp.load(got, checkpoint_id=str(tmp_path / name), no_dist=True)
+        assert len(list((tmp_path / name).glob("*.distcp"))) >= 2  # both ranks wrote data
+    else:
+        got = load_file(tmp_path / name)
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.slow
 def test_a_tensor_rank_1_cannot_read_stops_both_ranks_and_publishes_nothing(tmp_path):
     """A DCP source with one chunk's bytes zeroed (a real fault, found only by reading it):
     the tensor is in a shard rank 1 writes, so rank 1 fails while rank 0 has written its own."""
