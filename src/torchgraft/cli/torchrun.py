@@ -8,8 +8,10 @@ rank writes, and how they fail together, is ``execution.ranks``.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
 from datetime import timedelta
 
 from torchgraft.core.errors import GraftError
@@ -55,3 +57,11 @@ def leave(world: World, error: BaseException | None, code: int) -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(code))
     world.close(error)
     dist.destroy_process_group()
+    if code != 0:
+        # Exit now, not through the interpreter's shutdown: that puts SIGTERM back to its
+        # default first, so torchrun's stop (sent once the first rank exits) would end this
+        # rank by the signal (-15) instead of with its code. Everything is cleaned up and said.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
