@@ -82,10 +82,12 @@ def test_cli_dry_run_without_torch(tmp_path):
     src, _ = _source(tmp_path)
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "bytes.yaml").write_text(json.dumps(_recipe(src)))
-    result = subprocess.run([sys.executable, "-c", CLI, "recipe=bytes", "dry_run=true", "hydra.run.dir=run"],
+    said_numpy = 'import atexit; atexit.register(lambda: print("numpy imported:", "numpy" in sys.modules))\n'
+    result = subprocess.run([sys.executable, "-c", said_numpy + CLI, "recipe=bytes", "dry_run=true", "hydra.run.dir=run"],
                             cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "blocks.2.w          [8,4]  f32   ← src:model.layers.2.w  (rules[0])" in result.stdout
+    assert result.stdout.endswith("numpy imported: False\n")  # numpy too waits for a cast that needs it
     assert "no checkpoint written" in result.stderr
     assert list(tmp_path.glob("**/*.safetensors")) == [src]
 
