@@ -54,3 +54,12 @@ def test_layers_fold_and_the_chart_stays_small(tmp_path):
     lines = flowchart(torchgraft.plan({"sources": {"s": str(tmp_path / "wide.safetensors")}, "target": None, "rules": [{"from": "s"}]}))
     assert 0 < _nodes(lines) <= MAX_NODES
     assert '    n0["m0"]' in lines
+
+
+def test_a_key_with_braces_of_its_own_is_its_own_module(tmp_path):
+    """The chart is drawn from the folded lines: a key ``{0..2}.bias`` is no layer of ``*.scale``."""
+    save_file({k: torch.zeros(2) for k in ("0.scale", "1.scale", "2.scale", "{0..2}.bias")}, tmp_path / "s.safetensors")
+    plan = torchgraft.plan({"sources": {"s": str(tmp_path / "s.safetensors")}, "target": None, "base": "s", "rules": [],
+                            "policy": {"unassigned": "keep"}})
+    lines = flowchart(plan)
+    assert lines[3:7] == ['  subgraph target["target"]', '    n1["*"]', '    n2["{0..2}"]', '  end']

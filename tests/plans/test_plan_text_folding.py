@@ -9,7 +9,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchgraft.keys.folding import Group, brace, expand, expand_line, fold, slot_values
+from torchgraft.keys.folding import Group, brace, expand, expand_line, fold, merge_leaves, slot_values
 from torchgraft.plans.markdown import render_markdown
 from torchgraft.plans.text import group_entries, render, table
 from torchgraft.plans.types import Entry, Piece, Plan, Read, SourceRef, TargetRef, Unused
@@ -149,6 +149,13 @@ def test_integers_that_follow_by_arithmetic_fold_in_lockstep():
 def test_two_lines_do_not_fold_and_keys_with_braces_never_do():
     keys = [("a.0.w",), ("a.1.w",), ("x.{i}.0",), ("x.{i}.1",), ("x.{i}.2",)]
     assert [g.patterns for g in fold(keys, lambda k: k, lambda k: ())] == [("a.0.w",), ("a.1.w",), ("x.{i}.0",), ("x.{i}.1",), ("x.{i}.2",)]
+
+
+def test_a_key_with_braces_of_its_own_shares_no_line_with_its_siblings():
+    keys = [("0.scale",), ("1.scale",), ("2.scale",), ("{0..2}.bias",), ("norm.{weight,bias}",), ("norm.scale",)]
+    groups = merge_leaves(fold(keys, lambda k: k, lambda k: ()), lambda a, b: True)
+    assert [g.patterns for g in groups] == [("{0..2}.scale",), ("{0..2}.bias",), ("norm.{weight,bias}",), ("norm.scale",)]
+    assert [len(g.members) for g in groups] == [3, 1, 1, 1]
 
 
 def test_brace_notation():

@@ -331,17 +331,24 @@ def _follows(column, dim_columns, dim_lists) -> tuple[int, list[str]] | None:
 
 def merge_leaves(groups: Sequence[Group[T]], same: Callable[[Group[T], Group[T]], bool]) -> list[Group[T]]:
     """Adjacent single-key lines that differ only in their last segment share one line
-    (``norm.{weight,bias}``) when ``same`` says the rest of the two lines is equal."""
+    (``norm.{weight,bias}``) when ``same`` says the rest of the two lines is equal. A key
+    with braces of its own shares no line: ``expand`` would not give it back."""
     out: list[Group[T]] = []
     for group in groups:
         prev = out[-1] if out else None
-        if prev is not None and len(group.patterns) == 1 and len(prev.patterns) == 1 and same(prev, group):
+        if (prev is not None and len(group.patterns) == 1 and len(prev.patterns) == 1
+                and not _literal_braces(prev) and not _literal_braces(group) and same(prev, group)):
             merged = _merge(prev.patterns[0], group.patterns[0])
             if merged is not None:
                 out[-1] = Group((merged,), prev.members + group.members, prev.first)
                 continue
         out.append(group)
     return out
+
+
+def _literal_braces(group: Group) -> bool:
+    """A line of one key that holds braces (a folded line's braces are the folder's)."""
+    return len(group.members) == 1 and ("{" in group.patterns[0] or "}" in group.patterns[0])
 
 
 def _merge(a: str, b: str) -> str | None:

@@ -395,8 +395,14 @@ def table(plan: Plan, grouped: bool = True) -> list[str]:
 
 
 @_per_plan
+def entry_groups(plan: Plan) -> list[Group[Entry]]:
+    """``group_entries`` of a plan's entries, made once for its text, Markdown and flowchart."""
+    return group_entries(plan.entries, plan.entry_forms)
+
+
+@_per_plan
 def _folded_table(plan: Plan) -> list[str]:
-    return align([entry_row(g) for g in group_entries(plan.entries, plan.entry_forms)])
+    return align([entry_row(g) for g in entry_groups(plan)])
 
 
 def unused_lines(plan: Plan, grouped: bool = True) -> list[str]:
