@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -38,6 +38,7 @@ _NAME = re.compile(r"[^,{}\s.]+")
 _LINE_COST = 60  # a line costs as much as this many characters when choosing a folding
 _MAX_FIXED_CHOICES = 6  # keys with more integer segments than this try fewer foldings
 _MIN_FOLD = 3  # two lines folded into one read worse than the two lines
+_KEEP = 16  # templates kept as regexes per rest when splitting keys (_split_items)
 
 
 @dataclass(frozen=True)
@@ -187,16 +188,58 @@ def fold_keyed(items: Sequence[T], keys: Sequence[tuple[str, ...]], rests: Seque
     """``fold`` with each item's keys and rest given (a plan has them at hand)."""
     # members are (position, item, integers of its keys as text, its keys)
     buckets: dict[tuple, list[tuple[int, T, tuple[str, ...], tuple[str, ...]]]] = {}
-    for i, (item, item_keys, rest) in enumerate(zip(items, keys, rests)):
-        split = [_split_digits(key) for key in item_keys]
-        templates = tuple(template for template, _ in split)
-        values = tuple(value for _, digits in split for value in digits)
+    for i, (item, item_keys, rest, (templates, values)) in enumerate(zip(items, keys, rests, _split_items(keys, rests))):
         buckets.setdefault((templates, rest), []).append((i, item, values, item_keys))
     groups: list[Group[T]] = []
     for (templates, _), members in buckets.items():
         groups.extend(_fold_bucket(templates, members, least))
     groups.sort(key=lambda g: g.first)
     return groups
+
+
+def _split_items(keys: Sequence[tuple[str, ...]], rests: Sequence[Hashable]) -> Iterator[tuple[tuple, tuple[str, ...]]]:
+    """``_split_digits`` of each item's keys: their templates, and the integers of them all.
+
+    Items with one rest mostly have keys of a few templates (``layers.*.q.weight``): the
+    first ``_KEEP`` met per rest are kept as one anchored regex over an item's keys joined
+    by newlines, and an item that fully matches one splits the same way (the text around
+    its integers is the template's, which holds no integer segment). Matching costs a third
+    of splitting: on the 108k-entry MoE dry run the split takes 0.31 s instead of 1.03 s,
+    the whole CLI dry run 0.6 CPU s less. Keys holding a newline are split in full, and so
+    are a rest's items once its regexes fail more than twice as often as they match."""
+    known: dict[Hashable, list] = {}  # rest -> [matched, failed, (fullmatch, templates), ...]
+    split = _INT_SEGMENT.split
+    for item_keys, rest in zip(keys, rests):
+        joined = "\n".join(item_keys)
+        plain = joined.count("\n") == len(item_keys) - 1  # no key holds a newline
+        kind = known.get(rest)
+        if kind is None:
+            kind = known[rest] = [0, 0]
+        elif plain and kind[1] <= 2 * kind[0] + _KEEP * _KEEP:
+            for fullmatch, templates in itertools.islice(kind, 2, None):
+                match = fullmatch(joined)
+                if match is not None:
+                    kind[0] += 1
+                    yield templates, match.groups()
+                    break
+                kind[1] += 1
+            else:
+                match = None
+            if match is not None:
+                continue
+        split_templates, values = [], []
+        for key in item_keys:
+            if "{" in key or "}" in key:  # as _split_digits: never folds
+                split_templates.append((key,))
+                continue
+            parts = split(key)
+            split_templates.append(tuple(parts[0::2]))
+            values += parts[1::2]
+        templates = tuple(split_templates)
+        if plain and values and len(kind) < 2 + _KEEP:
+            pattern = "\n".join(_INTEGER.join(map(re.escape, template)) for template in templates)
+            kind.append((re.compile(pattern).fullmatch, templates))
+        yield templates, tuple(values)
 
 
 def _fold_bucket(templates, members, least: int) -> list[Group]:
