@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -131,6 +132,15 @@ def test_a_100k_tensor_plan_of_a_60_layer_model_is_a_screenful():
     rows = table(plan)
     assert len(rows) == 14
     assert rows[10].startswith("blocks.{0..59}.moe.{0..1649}.w1  [64,384]     f32  ← minilm:encoder.layer.{0..59}.experts.{0..1649}.w1")
+
+
+def test_a_plan_s_folded_lines_are_forgotten_with_the_plan():
+    """They hold its entries: kept after it, the collector walks them all, at exit if not before."""
+    plan = synthetic_plan(3)
+    entry = plan.entries[0]
+    render_markdown(plan)
+    del plan
+    assert sys.getrefcount(entry) == 2  # ``entry`` and the call's argument
 
 
 def test_two_integers_that_vary_independently_fold_as_a_product():
