@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
 
 import torchgraft
+from conftest import dcp
 from torchgraft.checkpoints import open_checkpoint
 from torchgraft.core.errors import GraftError
 
@@ -42,7 +42,7 @@ def saved(tmp_path) -> tuple[Path, dict]:
     folder = tmp_path / "step-7"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "assuming ... a single process": it is meant
-        dcp.save(state, checkpoint_id=str(folder), no_dist=True)
+        dcp().save(state, checkpoint_id=str(folder), no_dist=True)
     return folder, state
 
 

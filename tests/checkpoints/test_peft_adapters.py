@@ -9,11 +9,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import REFERENCE_LIBRARIES
 from torchgraft.api import execute, plan, render
 from torchgraft.core.errors import PlanError, SourceError
 
+pytestmark = REFERENCE_LIBRARIES
+
 transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+
+
+def peft():
+    """The reference library, imported by the tests that use it (2.5 s of import that
+    every pytest-xdist worker paid at collection as a module-level import)."""
+    return pytest.importorskip("peft")
 
 
 def llama(tmp_path):
@@ -38,14 +46,14 @@ def adapter(tmp_path, make, **lora):
     _, _ = make(tmp_path)
     base, _ = make(tmp_path)
     torch.manual_seed(1)
-    model = peft.get_peft_model(base, peft.LoraConfig(init_lora_weights=False, **lora))
+    model = peft().get_peft_model(base, peft().LoraConfig(init_lora_weights=False, **lora))
     model.save_pretrained(tmp_path / "adapter")
     return tmp_path / "adapter"
 
 
 def reference(tmp_path, make, folder):
     base, _ = make(tmp_path)
-    merged = peft.PeftModel.from_pretrained(base, folder).merge_and_unload()
+    merged = peft().PeftModel.from_pretrained(base, folder).merge_and_unload()
     return {k: v.detach() for k, v in merged.state_dict().items()}
 
 

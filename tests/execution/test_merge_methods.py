@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import REFERENCE_LIBRARIES
 from torchgraft.api import execute, plan
 
 SHAPES = {"layers.0.w": (64, 32), "layers.1.w": (64, 32), "layers.2.w": (64, 32), "layers.3.w": (64, 32), "norm": (300,)}
@@ -214,6 +215,7 @@ MERGEKIT_CASES = {
 }
 
 
+@REFERENCE_LIBRARIES
 @pytest.mark.parametrize("case", list(MERGEKIT_CASES))
 def test_method_equals_mergekit(models, tmp_path, case):
     raw = pytest.importorskip("mergekit.scripts.merge_raw_pytorch")

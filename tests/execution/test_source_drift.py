@@ -14,11 +14,11 @@ import warnings
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 
 import torchgraft
 import torchgraft.execution.executor as executor
+from conftest import dcp
 from torchgraft.checkpoints import open_checkpoint
 from torchgraft.checkpoints.byteranges import read_range
 from torchgraft.core.errors import DriftError
@@ -45,7 +45,7 @@ def write(kind: str, where, seed: int) -> None:
     elif kind == "dcp":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "assuming ... a single process": it is meant
-            dcp.save(values, checkpoint_id=str(where), no_dist=True)
+            dcp().save(values, checkpoint_id=str(where), no_dist=True)
     else:
         where.mkdir()
         for name, keys in SHARDS.items():

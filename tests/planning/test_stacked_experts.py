@@ -148,6 +148,7 @@ def test_an_index_that_is_not_an_integer_is_refused(tmp_path):
                               "but e='shared'")
 
 
+@pytest.mark.slow  # 6,144 experts: 2.5 s, in the scale tier (`pytest -m slow`; CI runs both tiers)
 def test_48_layers_of_128_experts_stack_in_3_rules_with_short_plan_lines(tmp_path):
     path = tmp_path / "hf.safetensors"
     save_file(per_expert(48, 128, 2, 2), str(path))

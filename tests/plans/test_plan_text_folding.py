@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -126,6 +127,7 @@ def test_the_folded_text_expands_to_the_one_line_per_tensor_text():
     assert sorted(line.strip() for row in unused for line in expand_line(row)) == sorted(line.split()[0] for line in flat_unused)
 
 
+@pytest.mark.slow  # 100k entries: 3 s, in the scale tier (`pytest -m slow`; CI runs both tiers)
 def test_a_100k_tensor_plan_of_a_60_layer_model_is_a_screenful():
     plan = synthetic_plan(60, experts=1650)
     assert len(plan.entries) > 99_000

@@ -242,7 +242,7 @@ def _mode_from_overrides(self: Hydra, config_name: str | None, overrides: list[s
 @contextmanager
 def compose_once():
     """For one call: the run mode from the overrides, not from a first composition of the
-    config (a 1-tensor dry run: see the closing note of issue 13 item 4 for the numbers)."""
+    whole config, which cost about 0.2 s of every run (a quarter of a 1-tensor dry run)."""
     saved = Hydra.get_mode
     Hydra.get_mode = _mode_from_overrides
     try:

@@ -227,5 +227,21 @@ def example_path(name: str) -> str:
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
             built = Path(tmp) / filename
             build(built)
-            os.replace(built, path)
+            _publish_once(built, path)
     return str(path)
+
+
+def _publish_once(built: Path, path: Path) -> None:
+    """Move ``built`` to ``path`` unless another process building the same example got
+    there first. An example in use is never replaced: the bytes would be the same, but
+    not the file identity that a plan made from it pinned."""
+    try:
+        if built.is_dir():
+            os.rename(built, path)  # fails if another build's folder is there (not empty)
+        else:
+            os.link(built, path)  # fails if another build's file is there
+    except FileExistsError:
+        pass
+    except OSError:
+        if not path.exists():
+            raise
