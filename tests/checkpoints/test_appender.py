@@ -19,7 +19,9 @@ def small_window(monkeypatch):
 
 
 def _payload(n: int) -> bytes:
-    return bytes((i * 7 + 3) % 251 for i in range(n))
+    """``n`` bytes with no period that divides a window or a buffer (251 is prime)."""
+    period = bytes((i * 7 + 3) % 251 for i in range(251))
+    return (period * (n // 251 + 1))[:n]
 
 
 def test_bytes_written_and_synced_behind_the_writer(tmp_path, small_window, monkeypatch):
