@@ -80,6 +80,16 @@ class RankBench(Bench):
         return result
 
 
+JOIN = """
+import os
+if int(os.environ["WORLD_SIZE"]) > 1:
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    dist.barrier()
+    dist.destroy_process_group()
+"""
+
+
 def torchrun(nproc: int, *args: str) -> list[str]:
     return [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "torchgraft", *args]
 
@@ -106,6 +116,12 @@ def cast_case(bench: Bench, src: Path) -> dict:
     r = {"disk": bench.measure("cast", "dd 1000 MiB of the source, conv=fsync (the output's bytes, durable)",
                                ["dd", f"if={src}", f"of={d / 'dd.out'}", "bs=8M", "count=125", "conv=fsync", "status=none"],
                                [d / "dd.out"])}
+    # The floor of any run under torchrun: the launcher, and ranks that only join the gloo
+    # group (each imports torch for torch.distributed); the 1-rank run needs no group.
+    (d / "join.py").write_text(JOIN)
+    for n in (1, 2):
+        r[f"floor {n}"] = bench.measure("cast", f"torchrun {n} rank{'s' if n > 1 else ''} that only join the group",
+                                        [*torchrun(n)[:-2], str(d / "join.py")], [], cwd=d)
     for n in (1, 2):
         r[n] = bench.measure("cast", f"torchrun {n} rank{'s' if n > 1 else ''}", torchrun(n, "recipe=cast", f"output.path={out}"),
                              [out], cwd=d)
@@ -142,6 +158,9 @@ def report(results: dict) -> None:
         e1, e2 = results["cast"]["execute 1"], results["cast"]["execute 2"]
         print(f"  execute phase alone: 2 ranks {e2:.2f} s = {e2 / e1:.2f}x 1 rank {e1:.2f} s; writing the output's "
               f"1000 MiB durably (dd) takes {results['cast']['disk'][0]:.2f} s")
+        f1, f2 = results["cast"]["floor 1"][0], results["cast"]["floor 2"][0]
+        print(f"  torchrun alone: 1 rank {f1:.2f} s, 2 ranks that only join the group {f2:.2f} s = {f2 / one[0]:.2f}x "
+              f"the 1-rank cast (the target allows {0.65 * one[0]:.2f} s)")
     for key in sorted(k for k in results if k.startswith("dcp")):
         r = results[key]
         peer = r["peer"]
