@@ -208,34 +208,50 @@ def _split_items(keys: Sequence[tuple[str, ...]], rests: Sequence[Hashable]) -> 
     (the plan text's folding 0.85 s instead of 1.56 s). Keys holding a newline are split in
     full, and so are a rest's items once its regexes fail more than twice as often as they
     match: then no slower than splitting every key (100k keys of 20k templates)."""
-    known: dict[Hashable, list] = {}  # rest -> [matched, failed, (fullmatch, templates), ...]
+    known: dict[Hashable, _Templates] = {}
     for item_keys, rest in zip(keys, rests):
-        kind = known.get(rest)
-        if kind is None:
-            kind = known[rest] = [0, 0]
-        elif len(kind) > 2 and kind[1] <= 2 * kind[0] + _KEEP * _KEEP:
-            joined = "\n".join(item_keys)
-            if joined.count("\n") == len(item_keys) - 1:  # no key holds a newline
-                match = None
-                for fullmatch, templates in itertools.islice(kind, 2, None):
-                    match = fullmatch(joined)
-                    if match is not None:
-                        kind[0] += 1
-                        yield templates, match.groups()
-                        break
-                    kind[1] += 1
-                if match is not None:
-                    continue
+        seen = known.setdefault(rest, _Templates())
+        matched = seen.match(item_keys)
+        if matched is not None:
+            yield matched
+            continue
         split_templates, split_values = [], []
         for key in item_keys:
             template, digits = _split_digits(key)
             split_templates.append(template)
             split_values += digits
         templates = tuple(split_templates)
-        if split_values and len(kind) < 2 + _KEEP and not any("\n" in key for key in item_keys):
-            pattern = "\n".join(_INTEGER.join(map(re.escape, template)) for template in templates)
-            kind.append((re.compile(pattern).fullmatch, templates))
+        if split_values and not any("\n" in key for key in item_keys):
+            seen.keep(templates)
         yield templates, tuple(split_values)
+
+
+class _Templates:
+    """The key templates met for one rest, as regexes, and how well they have matched."""
+
+    def __init__(self) -> None:
+        self.patterns: list[tuple[Callable, tuple]] = []  # (fullmatch, templates)
+        self.matched = self.failed = 0
+
+    def match(self, keys: tuple[str, ...]) -> tuple[tuple, tuple[str, ...]] | None:
+        """The templates and integers of ``keys`` if they fit templates met before."""
+        if not self.patterns or self.failed > 2 * self.matched + _KEEP * _KEEP:  # mostly new templates: stop trying
+            return None
+        joined = "\n".join(keys)
+        if joined.count("\n") != len(keys) - 1:  # a key holds a newline
+            return None
+        for fullmatch, templates in self.patterns:
+            match = fullmatch(joined)
+            if match is not None:
+                self.matched += 1
+                return templates, match.groups()
+            self.failed += 1
+        return None
+
+    def keep(self, templates: tuple) -> None:
+        if len(self.patterns) < _KEEP:
+            pattern = "\n".join(_INTEGER.join(map(re.escape, template)) for template in templates)
+            self.patterns.append((re.compile(pattern).fullmatch, templates))
 
 
 def _fold_bucket(templates, members, least: int) -> list[Group]:
