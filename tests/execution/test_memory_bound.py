@@ -105,5 +105,8 @@ def test_per_module_initial_values_of_a_model_five_times_larger(tmp_path, source
               "keep": ["layers", "head.bias"], "target_init": "per_module", "policy": {"unused": "ignore"}}
     out = tmp_path / "out.safetensors"
     growth = transfer(recipe, out)
-    assert growth < BOUND, f"peak RSS grew by {growth / MiB:.0f} MiB"
+    # Per-module initial values also hold the module being initialized (8 MiB) and its
+    # initializer's temporary: 39-44 MiB of growth here, and 51 MiB in 2 runs of 10, over
+    # BOUND alone. Materializing the model would be 256 MiB.
+    assert growth < BOUND + 2 * ROWS * COLS * 4, f"peak RSS grew by {growth / MiB:.0f} MiB"
     assert out.stat().st_size > TENSORS * ROWS * COLS * 4
