@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import types
 
 import pytest
 import torch
@@ -156,3 +158,16 @@ def test_a_written_config_that_changed_since_planning_is_refused(hf_dir, tmp_pat
     assert str(err.value) == ("output.config: the target's config.json differs from the one the plan was made with "
                               "(transformers or the target changed); re-plan")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_target_that_is_not_transformers_never_loads_transformers_modeling_code(monkeypatch):
+    """transformers is a lazy package: its ``PreTrainedModel`` attribute imports the modeling
+    code (4 s of CPU). Imported but not loaded, it must stay so while a ConvNet is planned."""
+
+    class NotLoaded(types.ModuleType):
+        def __getattr__(self, name):
+            raise AssertionError(f"planning a ConvNet loaded transformers.{name}")
+
+    monkeypatch.setitem(sys.modules, "transformers", NotLoaded("transformers"))
+    monkeypatch.delitem(sys.modules, "transformers.modeling_utils", raising=False)
+    assert torchgraft.plan("conv_only").entries

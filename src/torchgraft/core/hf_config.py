@@ -21,9 +21,15 @@ CONFIG_NAMES = ("config.json", "generation_config.json")
 
 
 def is_transformers_model(model: nn.Module) -> bool:
-    """Whether ``model`` is a ``transformers.PreTrainedModel`` (never imports transformers)."""
-    transformers = sys.modules.get("transformers")
-    return transformers is not None and isinstance(model, transformers.PreTrainedModel)
+    """Whether ``model`` is a ``transformers.PreTrainedModel``; never imports anything.
+
+    Asked of ``transformers.modeling_utils``, not of ``transformers``: the package is
+    lazy, and its ``PreTrainedModel`` attribute imports the modeling code (4 s of CPU
+    here, torch's compiler and export included) for any target, a ConvNet too, once
+    anything imported ``transformers``. A PreTrainedModel exists only once that module
+    is loaded."""
+    modeling = sys.modules.get("transformers.modeling_utils")
+    return modeling is not None and isinstance(model, modeling.PreTrainedModel)
 
 
 def config_files(model: nn.Module, dtype: str | None = None) -> dict[str, bytes]:
