@@ -46,9 +46,40 @@ def examples_dir(tmp_path_factory, worker_id) -> Path:
     return path
 
 
-# The tests judged against peft and mergekit run on one pytest-xdist worker
-# (`--dist loadgroup`): importing either costs ~4 s, which every worker paid.
+# The tests that load transformers' modeling code (a transformers target, an hf_* example,
+# a port judged against transformers), peft or mergekit run on one pytest-xdist worker
+# (`--dist loadgroup`): loading transformers' models alone costs 4-5 s of CPU (torch's
+# compiler and export come with it), which every worker paid.
 REFERENCE_LIBRARIES = pytest.mark.xdist_group("reference-libraries")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """``--dist loadgroup`` on pytest 9.2: pytest-xdist 3.8 groups tests by appending
+    ``@GROUP`` to ``item._nodeid``, which pytest 9.2 no longer reads (its node ids are
+    structured), so grouped tests were silently spread over every worker (pytest-xdist
+    issue 1386). Do what xdist means to, on the structured id; a no-op where it works."""
+    if not config.getvalue("loadgroup"):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")})
+        if groups and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
+
+
+def bundled_recipe_params() -> list:
+    """The bundled recipes' names, for ``parametrize``; those that build a transformers
+    model (target or example checkpoint) in the reference-libraries group."""
+    from torchgraft.recipe.source import bundled_recipes
+
+    def uses_transformers(path: Path) -> bool:
+        text = path.read_text(encoding="utf-8")
+        return "transformers." in text or "${example:hf_" in text
+
+    return [pytest.param(p.stem, marks=REFERENCE_LIBRARIES) if uses_transformers(p) else p.stem
+            for p in sorted(bundled_recipes().glob("*.yaml"))]
 
 
 def dcp():

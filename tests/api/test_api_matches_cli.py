@@ -11,16 +11,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import torchgraft
-from conftest import graft_in_process
+from conftest import bundled_recipe_params, graft_in_process
 from torchgraft.core.errors import PlanError
 from torchgraft.examples import ConvNet
 from torchgraft.examples.checkpoints import example_path
 from torchgraft.recipe.source import bundled_recipes
 
-BUNDLED = sorted(p.stem for p in bundled_recipes().glob("*.yaml"))
 
-
-@pytest.mark.parametrize("name", BUNDLED)
+@pytest.mark.parametrize("name", bundled_recipe_params())
 def test_every_bundled_recipe_plans_cleanly_and_gets_the_cli_s_plan_byte_for_byte(tmp_path, name):
     result = graft_in_process(f"recipe={name}", "dry_run=true", "plan_dir=plans", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import torchgraft
+from conftest import REFERENCE_LIBRARIES
 from torchgraft.checkpoints.atomic import atomic_directory
 from torchgraft.checkpoints.sharded import split
 from torchgraft.core.errors import DriftError, OutputError, PlanError, RecipeError
@@ -274,6 +275,7 @@ def test_graft_writes_a_sharded_directory_from_the_command_line(graft, tmp_path)
         in result.stderr
 
 
+@REFERENCE_LIBRARIES
 def test_a_sharded_model_directory_loads_with_from_pretrained(tmp_path):
     """The issue's promise: an HF directory written by torchgraft is a model transformers loads."""
     transformers = pytest.importorskip("transformers")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import torchgraft
+from conftest import REFERENCE_LIBRARIES
 from torchgraft.core.version import __version__
 from torchgraft.examples.checkpoints import examples_dir
 from torchgraft.recipe.source import bundled_recipes
@@ -44,6 +45,7 @@ def _samples() -> list[tuple[Path, str, str]]:
             if m.group(1) in BUNDLED]
 
 
+@REFERENCE_LIBRARIES  # plans the transformers recipes too
 def test_every_plan_sample_is_what_a_dry_run_prints():
     samples = _samples()
     assert {name for _, name, _ in samples} == set(BUNDLED)  # each recipe's plan is shown somewhere

@@ -17,9 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 import torchgraft
+from conftest import REFERENCE_LIBRARIES
 from torchgraft.core.errors import GraftError
 
 transformers = pytest.importorskip("transformers")  # the `ports` extra; installed in CI
+pytestmark = REFERENCE_LIBRARIES  # loads transformers' models
 
 CONFIG = {"_target_": "transformers.LlamaConfig", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
           "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 32,

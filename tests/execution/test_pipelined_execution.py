@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 
 import torchgraft
+from conftest import bundled_recipe_params
 from torchgraft.checkpoints import open_writer
 from torchgraft.checkpoints.formats import directory_needed
 from torchgraft.checkpoints.writers import SafetensorsWriter
@@ -53,7 +54,7 @@ def same_bytes(plan, tmp_path, monkeypatch) -> int:
     return len(parts)
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in bundled_recipes().glob("*.yaml")))
+@pytest.mark.parametrize("name", bundled_recipe_params())
 def test_every_bundled_recipe_writes_the_same_bytes_overlapped(name, tmp_path, monkeypatch):
     same_bytes(torchgraft.plan(bundled_recipes() / f"{name}.yaml"), tmp_path, monkeypatch)
 

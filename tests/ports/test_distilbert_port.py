@@ -14,10 +14,12 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 import torchgraft
+from conftest import REFERENCE_LIBRARIES
 from torchgraft.examples.checkpoints import HF_BERT, example_path
 from torchgraft.recipe.source import bundled_recipes
 
 transformers = pytest.importorskip("transformers")  # the `ports` extra; installed in CI
+pytestmark = REFERENCE_LIBRARIES  # loads transformers' models
 
 IDS = torch.tensor([[5, 17, 42, 99, 3, 64, 0, 31], [8, 1, 77, 23, 2, 2, 0, 0]])
 MASK = torch.tensor([[1] * 8, [1] * 6 + [0] * 2])

@@ -12,11 +12,13 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 import torchgraft
+from conftest import REFERENCE_LIBRARIES
 from torchgraft.examples import MetaLlama
 from torchgraft.examples.checkpoints import HF_LLAMA, example_path
 from torchgraft.recipe.source import bundled_recipes
 
 transformers = pytest.importorskip("transformers")  # the `ports` extra; installed in CI
+pytestmark = REFERENCE_LIBRARIES  # loads transformers' models
 
 
 def recipe(name: str, **sources: str):

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 import torchgraft
+from conftest import REFERENCE_LIBRARIES
 from torchgraft.examples import ConvNet, SequentialNet
 from torchgraft.examples.bert import BertForPreTraining, FusedQKVClassifier
 from torchgraft.examples.checkpoints import example_path
@@ -182,6 +183,7 @@ def test_backbone_by_type_takes_every_conv_and_batchnorm(tmp_path):
 # --- the same ports from real Hugging Face models ----------------------------------------------
 
 @torch.no_grad()
+@REFERENCE_LIBRARIES
 def test_gpt2_port_from_a_transformers_model(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(n_positions=16, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **GPT)
@@ -194,6 +196,7 @@ def test_gpt2_port_from_a_transformers_model(tmp_path):
 
 
 @torch.no_grad()
+@REFERENCE_LIBRARIES
 def test_bert_port_from_a_transformers_model(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

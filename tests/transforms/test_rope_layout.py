@@ -8,10 +8,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import torchgraft
+from conftest import REFERENCE_LIBRARIES
 from torchgraft.core.errors import GraftError
 from torchgraft.transforms import compile_transform, describe
 
 transformers = pytest.importorskip("transformers")
+pytestmark = REFERENCE_LIBRARIES  # loads transformers' models
 
 
 def meta_rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
