@@ -59,7 +59,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     ``@GROUP`` to ``item._nodeid``, which pytest 9.2 no longer reads (its node ids are
     structured), so grouped tests were silently spread over every worker (pytest-xdist
     issue 1386). Do what xdist means to, on the structured id; a no-op where it works."""
-    if not config.getvalue("loadgroup"):
+    if not getattr(config.option, "loadgroup", False):  # set in pytest-xdist workers only
         return
     from _pytest.nodeid import NodeId
 
@@ -67,6 +67,21 @@ def pytest_collection_modifyitems(config, items) -> None:
         groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")})
         if groups and "@" not in item.nodeid:
             item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
+
+
+class ReferenceLibrary:
+    """``transformers = ReferenceLibrary("transformers")``: a module-level name that imports
+    the library at first use, and skips the test if it is not installed. A module-level
+    ``pytest.importorskip`` made every pytest-xdist worker import it at collection (1 s for
+    transformers), the worker that runs none of its tests too."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("_"):  # pytest's collection asks every module-level name for such
+            raise AttributeError(attr)
+        return getattr(pytest.importorskip(self._name), attr)
 
 
 def bundled_recipe_params() -> list:

@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import REFERENCE_LIBRARIES
+from conftest import REFERENCE_LIBRARIES, ReferenceLibrary
 from torchgraft.api import execute, plan, render
 from torchgraft.core.errors import PlanError, SourceError
 
 pytestmark = REFERENCE_LIBRARIES
 
-transformers = pytest.importorskip("transformers")
+transformers = ReferenceLibrary("transformers")
 
 
 def peft():

@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 import torchgraft
-from conftest import REFERENCE_LIBRARIES
+from conftest import REFERENCE_LIBRARIES, ReferenceLibrary
 from torchgraft.core.errors import GraftError
 
-transformers = pytest.importorskip("transformers")  # the `ports` extra; installed in CI
+transformers = ReferenceLibrary("transformers")  # the `ports` extra; installed in CI
 pytestmark = REFERENCE_LIBRARIES  # loads transformers' models
 
 CONFIG = {"_target_": "transformers.LlamaConfig", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,

@@ -8,17 +8,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 import torchgraft
-from conftest import REFERENCE_LIBRARIES
+from conftest import REFERENCE_LIBRARIES, ReferenceLibrary
 from torchgraft.examples.checkpoints import HF_BERT, example_path
 from torchgraft.recipe.source import bundled_recipes
 
-transformers = pytest.importorskip("transformers")  # the `ports` extra; installed in CI
+transformers = ReferenceLibrary("transformers")  # the `ports` extra; installed in CI
 pytestmark = REFERENCE_LIBRARIES  # loads transformers' models
 
 IDS = torch.tensor([[5, 17, 42, 99, 3, 64, 0, 31], [8, 1, 77, 23, 2, 2, 0, 0]])

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 import torchgraft
-from conftest import REFERENCE_LIBRARIES
+from conftest import REFERENCE_LIBRARIES, ReferenceLibrary
 from torchgraft.examples import MetaLlama
 from torchgraft.examples.checkpoints import HF_LLAMA, example_path
 from torchgraft.recipe.source import bundled_recipes
 
-transformers = pytest.importorskip("transformers")  # the `ports` extra; installed in CI
+transformers = ReferenceLibrary("transformers")  # the `ports` extra; installed in CI
 pytestmark = REFERENCE_LIBRARIES  # loads transformers' models
 
 

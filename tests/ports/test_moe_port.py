@@ -8,18 +8,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 import torchgraft
-from conftest import REFERENCE_LIBRARIES
+from conftest import REFERENCE_LIBRARIES, ReferenceLibrary
 from torchgraft.examples import MoELlama
 from torchgraft.examples.checkpoints import MOE_LLAMA, example_path
 from torchgraft.recipe.source import bundled_recipes
 
-transformers = pytest.importorskip("transformers")  # the `ports` extra; installed in CI
+transformers = ReferenceLibrary("transformers")  # the `ports` extra; installed in CI
 pytestmark = REFERENCE_LIBRARIES  # loads transformers' models
 
 TOKENS = torch.tensor([[1, 17, 42, 99, 3, 64, 5, 127, 0, 31, 8, 77]])

@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import torchgraft
-from conftest import REFERENCE_LIBRARIES
+from conftest import REFERENCE_LIBRARIES, ReferenceLibrary
 from torchgraft.core.errors import GraftError
 from torchgraft.transforms import compile_transform, describe
 
-transformers = pytest.importorskip("transformers")
+transformers = ReferenceLibrary("transformers")
 pytestmark = REFERENCE_LIBRARIES  # loads transformers' models
 
 
