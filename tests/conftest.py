@@ -70,8 +70,8 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 class ReferenceLibrary:
-    """``transformers = ReferenceLibrary("transformers")``: a module-level name that imports
-    the library at first use, and skips the test if it is not installed. A module-level
+    """``transformers = ReferenceLibrary("transformers")``: a module-level name for a library
+    the tests are judged against, which imports it at first use, and skips the test if it is not installed. A module-level
     ``pytest.importorskip`` made every pytest-xdist worker import it at collection (1 s for
     transformers), the worker that runs none of its tests too."""
 
@@ -97,12 +97,9 @@ def bundled_recipe_params() -> list:
             for p in sorted(bundled_recipes().glob("*.yaml"))]
 
 
-def dcp():
-    """``torch.distributed.checkpoint``, imported by the tests that use it: 1 s of import
-    that every pytest-xdist worker paid at collection when it was a module-level import."""
-    import torch.distributed.checkpoint
-
-    return torch.distributed.checkpoint
+# Torch's DCP, imported by the tests that use it: 1 s of import that every pytest-xdist
+# worker paid at collection when it was a module-level import.
+dcp = ReferenceLibrary("torch.distributed.checkpoint")
 
 
 def run_cli(command: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:

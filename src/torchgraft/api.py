@@ -7,7 +7,6 @@ entry points are for commands."""
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 from collections.abc import Callable, Mapping
@@ -46,7 +45,7 @@ log = logging.getLogger("torchgraft")
 def _defaults() -> DictConfig:
     """The CLI's defaults (conf/config.yaml) without Hydra's own sections. The default
     ``output.path`` lives in a run directory, which only the CLI has."""
-    return OmegaConf.create(copy.deepcopy(_default_fields()))
+    return OmegaConf.create(_default_fields())  # a new config: the cached dict is not shared
 
 
 @functools.cache

@@ -42,7 +42,7 @@ def saved(tmp_path) -> tuple[Path, dict]:
     folder = tmp_path / "step-7"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "assuming ... a single process": it is meant
-        dcp().save(state, checkpoint_id=str(folder), no_dist=True)
+        dcp.save(state, checkpoint_id=str(folder), no_dist=True)
     return folder, state
 
 

@@ -16,12 +16,7 @@ from torchgraft.core.errors import PlanError, SourceError
 pytestmark = REFERENCE_LIBRARIES
 
 transformers = ReferenceLibrary("transformers")
-
-
-def peft():
-    """The reference library, imported by the tests that use it (2.5 s of import that
-    every pytest-xdist worker paid at collection as a module-level import)."""
-    return pytest.importorskip("peft")
+peft = ReferenceLibrary("peft")
 
 
 def llama(tmp_path):
@@ -46,14 +41,14 @@ def adapter(tmp_path, make, **lora):
     _, _ = make(tmp_path)
     base, _ = make(tmp_path)
     torch.manual_seed(1)
-    model = peft().get_peft_model(base, peft().LoraConfig(init_lora_weights=False, **lora))
+    model = peft.get_peft_model(base, peft.LoraConfig(init_lora_weights=False, **lora))
     model.save_pretrained(tmp_path / "adapter")
     return tmp_path / "adapter"
 
 
 def reference(tmp_path, make, folder):
     base, _ = make(tmp_path)
-    merged = peft().PeftModel.from_pretrained(base, folder).merge_and_unload()
+    merged = peft.PeftModel.from_pretrained(base, folder).merge_and_unload()
     return {k: v.detach() for k, v in merged.state_dict().items()}
 
 

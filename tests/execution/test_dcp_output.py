@@ -37,7 +37,7 @@ def test_a_dcp_output_loads_with_dcp_load_equal_to_the_plan(source, tmp_path):
               "norm.weight": torch.empty(4, dtype=torch.float16), "step": torch.empty((), dtype=torch.int64)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        dcp().load(loaded, checkpoint_id=str(out), no_dist=True)
+        dcp.load(loaded, checkpoint_id=str(out), no_dist=True)
     assert torch.equal(loaded["layers.1.weight"], tensors["model.layers.1.weight"].half())
     assert torch.equal(loaded["norm.weight"], tensors["model.norm.weight"].half())
     assert int(loaded["step"]) == 3

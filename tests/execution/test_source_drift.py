@@ -45,7 +45,7 @@ def write(kind: str, where, seed: int) -> None:
     elif kind == "dcp":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "assuming ... a single process": it is meant
-            dcp().save(values, checkpoint_id=str(where), no_dist=True)
+            dcp.save(values, checkpoint_id=str(where), no_dist=True)
     else:
         where.mkdir()
         for name, keys in SHARDS.items():
