@@ -9,7 +9,9 @@ machine, from the repository root::
 
 Every command runs in a process of its own, started from this one (which never
 imports torch, so children do not inherit its RSS). Wall time is the median of the
-runs; peak RSS is the child's ``ru_maxrss`` from ``wait4`` -- what ``/usr/bin/time -v``
+runs, and the commands of a case are interleaved (each round runs every command once,
+in a rotated order), so a slow minute of this shared VM falls on the baselines and on
+torchgraft alike; peak RSS is the child's ``ru_maxrss`` from ``wait4`` -- what ``/usr/bin/time -v``
 reports, resident pages of memory-mapped files included. The source is read once
 before each case (warm cache); outputs are deleted and ``sync``ed between runs, so the
 write-back of one run does not land on the next. Synthetic checkpoints are built
@@ -46,6 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 PYTHON = sys.executable
 GRAFT = str(Path(sys.executable).parent / "graft")
@@ -322,21 +325,59 @@ class Bench:
                 note: str = "") -> tuple[float, float]:
         walls, peaks, cpus = [], [], []
         for _ in range(self.runs):
-            for out in outputs:
-                remove(out)
-            os.sync()
-            wall, peak = self.run(argv, cwd=cwd)
+            wall, peak = self.once(argv, outputs, cwd=cwd)
             walls.append(wall)
             peaks.append(peak)
             cpus.append(self.cpu)
+        return self.record(case, label, walls, peaks, cpus, note)
+
+    def compare(self, case: str, commands: dict[str, Command]) -> dict[str, tuple[float, float]]:
+        """Every command once per round, the order rotated each round, medians at the end.
+
+        On this VM a command's time drifts by 10-30 % over a minute (write-back of the
+        previous case, the host's other tenants); measured one command after another, a
+        baseline could land in a slow minute and the command it is compared with in a fast
+        one (a 2 GB ``cp`` + ``sync`` took 1.1 s and 2.6 s in one session). Interleaved, the
+        drift falls on every command of the case alike, so their ratios hold."""
+        samples: dict[str, tuple[list, list, list]] = {key: ([], [], []) for key in commands}
+        keys = list(commands)
+        for round_ in range(self.runs):
+            shift = round_ % len(keys)
+            for key in keys[shift:] + keys[:shift]:
+                command = commands[key]
+                wall, peak = self.once(command.argv, command.outputs, cwd=command.cwd)
+                for values, value in zip(samples[key], (wall, peak, self.cpu)):
+                    values.append(value)
+        return {key: self.record(case, commands[key].label, *samples[key], commands[key].note) for key in keys}
+
+    def once(self, argv: list[str], outputs: list[Path], *, cwd: Path | None = None) -> tuple[float, float]:
+        """One run from a clean slate: its outputs deleted and the disk synced first, and after."""
         for out in outputs:
             remove(out)
         os.sync()
+        result = self.run(argv, cwd=cwd)
+        for out in outputs:
+            remove(out)
+        os.sync()
+        return result
+
+    def record(self, case: str, label: str, walls: list[float], peaks: list[float], cpus: list[float],
+               note: str = "") -> tuple[float, float]:
         note = f"cpu {statistics.median(cpus):.2f} s" + (f"; {note}" if note else "")
         row = (case, label, statistics.median(walls), statistics.median(peaks), note)
         self.rows.append(row)
         print(f"  {label:<44} {row[2]:7.2f} s  {row[3]:8.0f} MiB  {note}", flush=True)
         return row[2], row[3]
+
+
+class Command(NamedTuple):
+    """One command of a case: what it prints as, what it runs, the outputs it leaves."""
+
+    label: str
+    argv: list[str]
+    outputs: list[Path]
+    cwd: Path | None = None
+    note: str = ""
 
 
 def remove(path: Path) -> None:
@@ -388,29 +429,30 @@ def transfer_case(bench: Bench, case: str, job: str, st: Path, pt: Path) -> dict
     d = bench.root
     out_st, out_pt = d / "out.safetensors", d / "out.pt"
     warm(st, pt)
-    r = {}
-    r["cp"] = bench.measure(case, "cp (source file)", ["cp", str(st), str(out_st)], [out_st])
-    r["cp_sync"] = bench.measure(case, "cp + sync (durable, like torchgraft)",
-                                 ["sh", "-c", f"cp {st} {out_st} && sync {out_st}"], [out_st])
-    r["seed"] = bench.measure(case, "seed: torch.load -> edit -> torch.save",
-                              [PYTHON, "-c", SEED, str(pt), str(out_pt), job], [out_pt])
-    r["st"] = bench.measure(case, "safetensors load_file -> save_file",
-                            [PYTHON, "-c", SAFETENSORS, str(st), str(out_st), job], [out_st])
-    r["tg_st"] = bench.measure(case, "torchgraft API, .safetensors source",
-                               [*tg(TORCHGRAFT), json.dumps(recipe(st, job)), str(out_st)], [out_st])
-    r["tg_pt"] = bench.measure(case, "torchgraft API, .pt source",
-                               [*tg(TORCHGRAFT), json.dumps(recipe(pt, job)), str(out_st)], [out_st])
+    recipes = d / "recipes"
+    recipes.mkdir(exist_ok=True)
+    commands = {
+        "cp": Command("cp (source file)", ["cp", str(st), str(out_st)], [out_st]),
+        "cp_sync": Command("cp + sync (durable, like torchgraft)", ["sh", "-c", f"cp {st} {out_st} && sync {out_st}"],
+                           [out_st]),
+        "seed": Command("seed: torch.load -> edit -> torch.save", [PYTHON, "-c", SEED, str(pt), str(out_pt), job],
+                        [out_pt]),
+        "st": Command("safetensors load_file -> save_file", [PYTHON, "-c", SAFETENSORS, str(st), str(out_st), job],
+                      [out_st]),
+        "tg_st": Command("torchgraft API, .safetensors source", [*tg(TORCHGRAFT), json.dumps(recipe(st, job)), str(out_st)],
+                         [out_st]),
+        "tg_pt": Command("torchgraft API, .pt source", [*tg(TORCHGRAFT), json.dumps(recipe(pt, job)), str(out_st)],
+                         [out_st]),
+    }
     if job in ("rename", "cast"):
-        recipes = d / "recipes"
-        recipes.mkdir(exist_ok=True)
         (recipes / f"bench_{job}.yaml").write_text(f"# graft recipe=bench_{job}\n" + json.dumps(recipe(st, job)) + "\n")
-        r["tg_cli"] = bench.measure(case, "torchgraft `graft` CLI, .safetensors source",
-                                    [*graft(), f"recipe=bench_{job}", f"output.path={out_st}",
-                                     f"hydra.run.dir={d / 'runs'}"], [out_st, d / "runs"], cwd=d)
+        commands["tg_cli"] = Command("torchgraft `graft` CLI, .safetensors source",
+                                     [*graft(), f"recipe=bench_{job}", f"output.path={out_st}", f"hydra.run.dir={d / 'runs'}"],
+                                     [out_st, d / "runs"], cwd=d)
     if job == "rename":
-        r["tg_pt_pt"] = bench.measure(case, "torchgraft API, .pt -> .pt (whole output in memory)",
-                                      [*tg(TORCHGRAFT), json.dumps(recipe(pt, job)), str(out_pt)], [out_pt])
-    return r
+        commands["tg_pt_pt"] = Command("torchgraft API, .pt -> .pt (whole output in memory)",
+                                       [*tg(TORCHGRAFT), json.dumps(recipe(pt, job)), str(out_pt)], [out_pt])
+    return bench.compare(case, commands)
 
 
 def rss_case(bench: Bench, small: tuple[Path, Path], large: tuple[Path, Path]) -> dict:
@@ -443,14 +485,15 @@ def mean_case(bench: Bench, srcs: list[Path]) -> dict:
     recipes = d / "recipes"
     recipes.mkdir(exist_ok=True)
     (recipes / "bench_mean.yaml").write_text("# graft recipe=bench_mean\n" + json.dumps(rec) + "\n")
-    return {
-        "cp_sync": bench.measure("mean", "cp + sync of one source", ["sh", "-c", f"cp {srcs[0]} {out} && sync {out}"], [out]),
-        "st": bench.measure("mean", "safetensors load_file x3 -> in-place mean -> save_file",
-                            [PYTHON, "-c", MEAN_SCRIPT, *map(str, srcs), str(out)], [out]),
-        "tg": bench.measure("mean", "torchgraft API", [*tg(TORCHGRAFT), json.dumps(rec), str(out)], [out]),
-        "tg_cli": bench.measure("mean", "torchgraft `graft` CLI", [*graft(), "recipe=bench_mean", f"output.path={out}",
-                                                                  f"hydra.run.dir={d / 'runs'}"], [out, d / "runs"], cwd=d),
-    }
+    return bench.compare("mean", {
+        "cp_sync": Command("cp + sync of one source", ["sh", "-c", f"cp {srcs[0]} {out} && sync {out}"], [out]),
+        "st": Command("safetensors load_file x3 -> in-place mean -> save_file",
+                      [PYTHON, "-c", MEAN_SCRIPT, *map(str, srcs), str(out)], [out]),
+        "tg": Command("torchgraft API", [*tg(TORCHGRAFT), json.dumps(rec), str(out)], [out]),
+        "tg_cli": Command("torchgraft `graft` CLI",
+                          [*graft(), "recipe=bench_mean", f"output.path={out}", f"hydra.run.dir={d / 'runs'}"],
+                          [out, d / "runs"], cwd=d),
+    })
 
 
 def convert_case(bench: Bench, pt: Path) -> dict:
@@ -462,15 +505,16 @@ def convert_case(bench: Bench, pt: Path) -> dict:
     recipes.mkdir(exist_ok=True)
     rec = {"sources": {"src": str(pt)}, "target": None, "rules": [{"from": "src"}]}
     (recipes / "bench_convert.yaml").write_text("# graft recipe=bench_convert\n" + json.dumps(rec) + "\n")
-    return {
-        "cp_sync": bench.measure("convert", "cp + sync of the .bin", ["sh", "-c", f"cp {pt} {out} && sync {out}"], [out]),
-        "shifted": bench.measure("convert", "the same copy, source offset not page-congruent, + fsync",
-                                 [PYTHON, "-c", SHIFTED_COPY, str(pt), str(out)], [out]),
-        "st": bench.measure("convert", "torch.load -> save_file (safetensors' convert)",
-                            [PYTHON, "-c", CONVERT_SCRIPT, str(pt), str(out)], [out]),
-        "tg_cli": bench.measure("convert", "torchgraft `graft` CLI", [*graft(), "recipe=bench_convert", f"output.path={out}",
-                                                                     f"hydra.run.dir={d / 'runs'}"], [out, d / "runs"], cwd=d),
-    }
+    return bench.compare("convert", {
+        "cp_sync": Command("cp + sync of the .bin", ["sh", "-c", f"cp {pt} {out} && sync {out}"], [out]),
+        "shifted": Command("the same copy, source offset not page-congruent, + fsync",
+                           [PYTHON, "-c", SHIFTED_COPY, str(pt), str(out)], [out]),
+        "st": Command("torch.load -> save_file (safetensors' convert)", [PYTHON, "-c", CONVERT_SCRIPT, str(pt), str(out)],
+                      [out]),
+        "tg_cli": Command("torchgraft `graft` CLI",
+                          [*graft(), "recipe=bench_convert", f"output.path={out}", f"hydra.run.dir={d / 'runs'}"],
+                          [out, d / "runs"], cwd=d),
+    })
 
 
 def dry_case(bench: Bench, keys: int = 107_943) -> dict:
