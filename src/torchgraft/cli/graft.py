@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from torchgraft.api import apply, check
 from torchgraft.cli import exits, rundir, sweep, torchrun
 from torchgraft.core.errors import RecipeError
-from torchgraft.core.heap import paused_gc
+from torchgraft.core.heap import no_collection_at_exit, paused_gc
 from torchgraft.core.text import human_bytes, printable
 from torchgraft.core.version import __version__
 from torchgraft.execution.executor import check_output, execute
@@ -272,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point of ``graft``: runs the Hydra app on ``argv`` and exits with
     0 (ok), 1 (a user error) or 2 (a bug), as mapped by ``exits``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    no_collection_at_exit()
     if "--version" in argv:
         print(f"torchgraft {__version__} (Hydra {hydra.__version__})")
         sys.exit(exits.OK)

@@ -15,6 +15,7 @@ import yaml
 
 from torchgraft.checkpoints.formats import looks_like_checkpoint
 from torchgraft.core.errors import GraftError
+from torchgraft.core.heap import no_collection_at_exit
 from torchgraft.core.tensors import TensorInfo, short_dtype
 from torchgraft.core.text import human_bytes, printable, shape_text
 from torchgraft.keys.folding import fold
@@ -128,6 +129,7 @@ def inspect_checkpoint(path: str, fmt: str, key: str | None, expand: bool) -> st
 
 
 def main(argv: list[str] | None = None) -> None:
+    no_collection_at_exit()
     parser = argparse.ArgumentParser(
         prog="graft-inspect",
         description="List a checkpoint's or a model class's tensors as a module tree.",

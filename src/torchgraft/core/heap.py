@@ -1,5 +1,5 @@
-"""Memory housekeeping for large runs: freed tensors back to the OS, and no cyclic
-garbage collection while a 100k-entry plan is built.
+"""Memory housekeeping for large runs: freed tensors back to the OS, no cyclic garbage
+collection while a 100k-entry plan is built, and none over everything still alive at exit.
 
 Give the memory of freed tensors back to the OS during a long run.
 
@@ -25,6 +25,7 @@ A no-op where the C library has no ``malloc_trim``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import gc
@@ -69,3 +70,20 @@ def paused_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def no_collection_at_exit() -> None:
+    """Skip the collector's last pass over every object still alive when the process exits.
+
+    Called once by each command's ``main`` (idempotent). After the atexit handlers,
+    ``Py_FinalizeEx`` runs a full collection, which walks every live object -- after
+    ``import torch`` alone that took 0.45 s of a process's exit. ``gc.freeze()`` moves them
+    into the permanent generation, which no collection visits; refcounting still frees
+    what it frees, and every other atexit handler (logging's flush among them) still runs.
+    Only the finalizers of cyclic garbage left at exit are skipped, which Python never
+    promises to run. Measured: ``python -c 'import torch'`` exits in 0.12 s instead of
+    0.45 s; ``graft recipe=R dry_run=true``, median of 5, alternated: conv_only
+    1.97 -> 1.66 s, drop_layers 3.12 -> 2.39 s, hf_llama_to_meta 3.30 -> 2.74 s.
+    """
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
