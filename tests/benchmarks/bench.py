@@ -323,13 +323,8 @@ class Bench:
 
     def measure(self, case: str, label: str, argv: list[str], outputs: list[Path], *, cwd: Path | None = None,
                 note: str = "") -> tuple[float, float]:
-        walls, peaks, cpus = [], [], []
-        for _ in range(self.runs):
-            wall, peak = self.once(argv, outputs, cwd=cwd)
-            walls.append(wall)
-            peaks.append(peak)
-            cpus.append(self.cpu)
-        return self.record(case, label, walls, peaks, cpus, note)
+        """One command on its own (``compare`` with a single command)."""
+        return self.compare(case, {label: Command(label, argv, outputs, cwd, note)})[label]
 
     def compare(self, case: str, commands: dict[str, Command]) -> dict[str, tuple[float, float]]:
         """Every command once per round, the order rotated each round, medians at the end.
@@ -348,18 +343,18 @@ class Bench:
                 wall, peak = self.once(command.argv, command.outputs, cwd=command.cwd)
                 for values, value in zip(samples[key], (wall, peak, self.cpu)):
                     values.append(value)
+        for command in commands.values():
+            for out in command.outputs:
+                remove(out)
+        os.sync()
         return {key: self.record(case, commands[key].label, *samples[key], commands[key].note) for key in keys}
 
     def once(self, argv: list[str], outputs: list[Path], *, cwd: Path | None = None) -> tuple[float, float]:
-        """One run from a clean slate: its outputs deleted and the disk synced first, and after."""
+        """One run from a clean slate: its outputs deleted and the disk synced first."""
         for out in outputs:
             remove(out)
         os.sync()
-        result = self.run(argv, cwd=cwd)
-        for out in outputs:
-            remove(out)
-        os.sync()
-        return result
+        return self.run(argv, cwd=cwd)
 
     def record(self, case: str, label: str, walls: list[float], peaks: list[float], cpus: list[float],
                note: str = "") -> tuple[float, float]:
@@ -429,8 +424,6 @@ def transfer_case(bench: Bench, case: str, job: str, st: Path, pt: Path) -> dict
     d = bench.root
     out_st, out_pt = d / "out.safetensors", d / "out.pt"
     warm(st, pt)
-    recipes = d / "recipes"
-    recipes.mkdir(exist_ok=True)
     commands = {
         "cp": Command("cp (source file)", ["cp", str(st), str(out_st)], [out_st]),
         "cp_sync": Command("cp + sync (durable, like torchgraft)", ["sh", "-c", f"cp {st} {out_st} && sync {out_st}"],
@@ -445,6 +438,8 @@ def transfer_case(bench: Bench, case: str, job: str, st: Path, pt: Path) -> dict
                          [out_st]),
     }
     if job in ("rename", "cast"):
+        recipes = d / "recipes"
+        recipes.mkdir(exist_ok=True)
         (recipes / f"bench_{job}.yaml").write_text(f"# graft recipe=bench_{job}\n" + json.dumps(recipe(st, job)) + "\n")
         commands["tg_cli"] = Command("torchgraft `graft` CLI, .safetensors source",
                                      [*graft(), f"recipe=bench_{job}", f"output.path={out_st}", f"hydra.run.dir={d / 'runs'}"],
